@@ -1,0 +1,33 @@
+"""One exception tree for the whole project; adapters convert library errors at their edge."""
+
+from __future__ import annotations
+
+
+class NodevigilError(Exception):
+    """Root of every error nodevigil raises on purpose."""
+
+
+class ConfigError(NodevigilError):
+    """The configuration is invalid; ``problems`` lists every error as ``path: message``."""
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(head + "; ".join(problems))
+
+
+class StateError(NodevigilError):
+    """Durable state under ``state_dir`` cannot be used (locked, unwritable, corrupt)."""
+
+
+class AdapterError(NodevigilError):
+    """A load balancer, notifier or store adapter failed; the message names the adapter."""
+
+
+class LoadBalancerError(AdapterError):
+    """A load balancer refused or could not be reached."""
+
+
+class NotifierError(AdapterError):
+    """A notifier could not deliver."""

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what nodevigil and its test suite need on a Debian machine (run as root):
+# the real servers the integration tests start, and a virtualenv with the Python packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+    mosquitto                      # MQTT broker: node agent heartbeats
+    haproxy                        # local load balancer (runtime API)
+    bind9 bind9-utils              # global load balancer: RFC 2136 dynamic updates with TSIG
+    pdns-server pdns-backend-sqlite3   # global load balancer: PowerDNS HTTP API
+    prometheus                     # promtool: checks /metrics and the alerting rules
+    prometheus-alertmanager        # notifier target
+    prometheus-blackbox-exporter   # the peer in the probe benchmark
+)
+
+missing=()
+for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # The packages' own services are not wanted: tests start their own on ephemeral ports.
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    python3 -m venv .venv
+fi
+stamp=.venv/.nodevigil-installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[test]'
+    touch "$stamp"
+fi
