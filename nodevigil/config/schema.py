@@ -8,7 +8,15 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+)
 
 from nodevigil.durations import format_duration, parse_duration
 
@@ -145,7 +153,7 @@ class IcmpProbe(ProbeBase):
     type: Literal["icmp"]
     address: str
     count: int = Field(default=1, ge=1, le=10)
-    privileged: bool = False
+    privileged: bool | None = None  # None: raw sockets when running as root, else datagram
 
 
 class ResourceLimits(Frozen):

@@ -1,0 +1,107 @@
+"""The monitor's Prometheus metrics, registered on a registry passed in."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from monitor.heartbeat import FIGURES
+from nodevigil.events import Verdict
+
+if TYPE_CHECKING:
+    from monitor.heartbeat import HeartbeatBoard
+
+PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class MonitorMetrics:
+    """Probe results and durations, verdicts and their changes."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.probe_results = Counter(
+            "nodevigil_probe_results",
+            "Probe results by node, probe and outcome (success, failure, inconclusive).",
+            ["node", "probe", "result"],
+            registry=registry,
+        )
+        self.probe_duration = Histogram(
+            "nodevigil_probe_duration_seconds",
+            "How long probes took, by probe type.",
+            ["type"],
+            buckets=PROBE_BUCKETS,
+            registry=registry,
+        )
+        self.node_verdict = Gauge(
+            "nodevigil_node_verdict",
+            "1 for the node's current verdict (unknown, up, down), 0 for the others.",
+            ["node", "site", "verdict"],
+            registry=registry,
+        )
+        self.verdict_changes = Counter(
+            "nodevigil_verdict_changes",
+            "Node verdict changes by site and new verdict.",
+            ["site", "verdict"],
+            registry=registry,
+        )
+        self.nodes_flapping = Gauge(
+            "nodevigil_nodes_flapping",
+            "Nodes held down by flap damping.",
+            registry=registry,
+        )
+
+    def set_verdict(self, node: str, site: str, verdict: Verdict) -> None:
+        """Mark ``verdict`` as the node's current one."""
+        for v in Verdict:
+            self.node_verdict.labels(node, site, v.value).set(1 if v is verdict else 0)
+
+    def forget_node(self, node: str, site: str) -> None:
+        """Drop a removed node's series."""
+        for v in Verdict:
+            with contextlib.suppress(KeyError):
+                self.node_verdict.remove(node, site, v.value)
+
+
+class AgentCollector(Collector):
+    """Agent figures from the latest heartbeats; reads the board at scrape time, never raises."""
+
+    def __init__(self, board: HeartbeatBoard) -> None:
+        self._board = board
+
+    def collect(self) -> Iterator[Metric]:
+        """One gauge per figure, labelled by node."""
+        families = {
+            key: GaugeMetricFamily(
+                f"nodevigil_agent_{key}", f"The node agent's latest {key}.", labels=["node"]
+            )
+            for key in FIGURES
+        }
+        seen = GaugeMetricFamily(
+            "nodevigil_agent_last_heartbeat_timestamp_seconds",
+            "Wall time of the latest heartbeat from each node agent.",
+            labels=["node"],
+        )
+        dropped = CounterMetricFamily(
+            "nodevigil_mqtt_payloads_dropped",
+            "MQTT payloads refused (malformed, too large, unknown topic) since start.",
+            labels=["reason"],
+        )
+        link = GaugeMetricFamily(
+            "nodevigil_mqtt_connected", "1 while the daemon is connected to the MQTT broker."
+        )
+        for agent, state in list(self._board.agents.items()):
+            for key, value in state.figures.items():
+                families[key].add_metric([agent], value)
+            if state.last_wall is not None:
+                seen.add_metric([agent], state.last_wall)
+        for reason, count in list(self._board.dropped.items()):
+            dropped.add_metric([reason], count)
+        link.add_metric([], 1.0 if self._board.connected else 0.0)
+        yield from families.values()
+        yield seen
+        yield dropped
+        yield link

@@ -1,0 +1,251 @@
+"""The monitor: runs every node's probes on a jittered schedule and publishes verdict changes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+
+from monitor.heartbeat import HeartbeatBoard, MqttProber
+from monitor.metrics import MonitorMetrics
+from monitor.probes import build_prober
+from monitor.probes.base import Prober, ProbeResult
+from monitor.verdict import NodeJudge, Transition
+from nodevigil.clock import Clock
+from nodevigil.config import Config, Node
+from nodevigil.events import EventBus, Verdict, VerdictChange
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Watched:
+    node: Node
+    judge: NodeJudge
+    tasks: list[asyncio.Task[None]]
+    probers: dict[str, Prober]
+
+
+class Monitor:
+    """Owns the probes, the judges and the verdicts; implements the controller's VerdictSource."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        bus: EventBus,
+        clock: Clock,
+        metrics: MonitorMetrics,
+        board: HeartbeatBoard,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._bus = bus
+        self._clock = clock
+        self._metrics = metrics
+        self._board = board
+        self._rng = rng or random.Random()
+        self._watched: dict[str, _Watched] = {}
+        self._session: aiohttp.ClientSession | None = None
+        board.on_offline = self._agent_offline
+
+    async def __aenter__(self) -> Self:
+        from monitor.probes.http import make_session
+
+        self._session = make_session()
+        self.apply_config(self._config)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stop_all()
+        if self._session is not None:
+            await self._session.close()
+
+    # --- what the controller and the API read -------------------------------------------
+
+    def verdicts(self) -> Mapping[str, Verdict]:
+        """Every watched node's current verdict."""
+        return {name: w.judge.verdict for name, w in self._watched.items()}
+
+    def node_status(self, name: str) -> dict[str, Any] | None:
+        """The API's view of one node, or None when it is not watched."""
+        watched = self._watched.get(name)
+        if watched is None:
+            return None
+        judge = watched.judge
+        since = None
+        if judge.since is not None:
+            since = self._clock.wall() - (self._clock.monotonic() - judge.since)
+        probes = []
+        for spec in watched.node.probes:
+            track = judge.probes[spec.label]
+            last = track.last
+            probes.append(
+                {
+                    "name": spec.label,
+                    "type": spec.type,
+                    "state": track.state.value,
+                    "consecutive_successes": track.successes,
+                    "consecutive_failures": track.failures,
+                    "last": None
+                    if last is None
+                    else {
+                        "ok": last.ok,
+                        "detail": last.detail,
+                        "duration_ms": round(last.duration * 1000, 3),
+                        "at": last.at,
+                        "vantage": last.vantage,
+                    },
+                }
+            )
+        return {
+            "name": name,
+            "site": watched.node.site,
+            "lb_server": watched.node.server_name,
+            "labels": dict(watched.node.labels),
+            "verdict": judge.verdict.value,
+            "since": since,
+            "flapping": judge.flapping,
+            "vantage": self._config.vantage,
+            "probes": probes,
+        }
+
+    def node_names(self) -> list[str]:
+        """The watched nodes, in configuration order."""
+        return list(self._watched)
+
+    # --- configuration ------------------------------------------------------------------
+
+    def apply_config(self, config: Config) -> None:
+        """Start watching added nodes, stop removed ones, restart changed ones."""
+        assert self._session is not None, "use Monitor as an async context manager"
+        old = self._watched
+        wanted = {n.name: n for n in config.nodes}
+        self._config = config
+        for name in list(old):
+            if name not in wanted or old[name].node != wanted[name]:
+                self._stop(old.pop(name))
+        for node in config.nodes:
+            if node.name not in old:
+                old[node.name] = self._start(node)
+        self._watched = {n.name: old[n.name] for n in config.nodes}
+
+    def _start(self, node: Node) -> _Watched:
+        d = self._config.defaults
+        judge = NodeJudge.create(
+            [p.label for p in node.probes],
+            rise=node.rise or d.rise,
+            fall=node.fall or d.fall,
+            require=node.require,
+            flap=d.flap,
+        )
+        self._metrics.set_verdict(node.name, node.site, Verdict.UNKNOWN)
+        watched = _Watched(node, judge, [], {})
+        assert self._session is not None
+        mqtt = self._config.mqtt
+        grace = mqtt.reconnect_grace if mqtt else None
+        for spec in node.probes:
+            if spec.type == "mqtt":
+                prober: Prober = MqttProber(spec, spec.agent or node.name, self._board, grace)
+            else:
+                prober = build_prober(spec, self._session)
+            watched.probers[spec.label] = prober
+            task = asyncio.create_task(
+                self._loop(watched, spec.label, prober, spec.interval or d.interval, spec.type),
+                name=f"probe:{node.name}/{spec.label}",
+            )
+            watched.tasks.append(task)
+        return watched
+
+    def _stop(self, watched: _Watched) -> None:
+        for task in watched.tasks:
+            task.cancel()
+        self._metrics.forget_node(watched.node.name, watched.node.site)
+
+    async def _stop_all(self) -> None:
+        tasks = [t for w in self._watched.values() for t in w.tasks]
+        for watched in self._watched.values():
+            self._stop(watched)
+        self._watched = {}
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- probing ------------------------------------------------------------------------
+
+    async def _loop(
+        self, watched: _Watched, probe: str, prober: Prober, interval: float, kind: str
+    ) -> None:
+        # A random phase per probe spreads 10,000 probes over the interval; the schedule is
+        # then fixed on the monotonic clock so probes neither drift nor bunch up again.
+        next_at = self._clock.monotonic() + self._rng.uniform(0, interval)
+        while True:
+            delay = next_at - self._clock.monotonic()
+            if delay > 0:
+                await self._clock.sleep(delay)
+            await self.run_probe(watched, probe, prober, kind)
+            next_at += interval
+            now = self._clock.monotonic()
+            if next_at < now:  # we fell behind (a stalled loop): skip, keep the phase
+                next_at += ((now - next_at) // interval + 1) * interval
+
+    async def run_probe(self, watched: _Watched, probe: str, prober: Prober, kind: str) -> None:
+        """Run one probe once and feed its result to the node's judge."""
+        started = time.perf_counter()
+        try:
+            ok, detail, decisive = await prober.check()
+        except Exception as exc:  # a prober bug must never kill the schedule
+            log.exception("probe %s/%s crashed", watched.node.name, probe)
+            ok, detail, decisive = False, f"probe error: {type(exc).__name__}", False
+        duration = time.perf_counter() - started
+        result = ProbeResult(
+            ok, detail, duration, self._clock.wall(), self._config.vantage, decisive
+        )
+        outcome = "inconclusive" if ok is None else ("success" if ok else "failure")
+        self._metrics.probe_results.labels(watched.node.name, probe, outcome).inc()
+        self._metrics.probe_duration.labels(kind).observe(duration)
+        transition = watched.judge.observe(probe, result, self._clock.monotonic())
+        if transition is not None:
+            self._publish(watched.node, transition)
+
+    def _publish(self, node: Node, t: Transition) -> None:
+        change = VerdictChange(
+            node=node.name,
+            site=node.site,
+            old=t.old,
+            new=t.new,
+            reason=t.reason,
+            probe=t.probe,
+            at=self._clock.wall(),
+            vantage=self._config.vantage,
+            flapping=t.flapping,
+        )
+        self._metrics.set_verdict(node.name, node.site, t.new)
+        self._metrics.verdict_changes.labels(node.site, t.new.value).inc()
+        self._metrics.nodes_flapping.set(sum(w.judge.flapping for w in self._watched.values()))
+        # Logged once per change (and once on recovery), never once per failed probe.
+        if t.new is Verdict.DOWN:
+            log.warning("node %s is down: %s", node.name, t.reason)
+        elif t.new is Verdict.UP and t.old is Verdict.DOWN:
+            log.info("node %s recovered: %s", node.name, t.reason)
+        else:
+            log.info("node %s is %s: %s", node.name, t.new.value, t.reason)
+        self._bus.publish(change.to_event())
+
+    def _agent_offline(self, agent: str) -> None:
+        """An agent's last-will arrived: judge its mqtt probes now, not at the next tick."""
+        for watched in self._watched.values():
+            for spec in watched.node.probes:
+                if spec.type == "mqtt" and (spec.agent or watched.node.name) == agent:
+                    prober = watched.probers[spec.label]
+                    asyncio.get_running_loop().create_task(
+                        self.run_probe(watched, spec.label, prober, "mqtt"),
+                        name=f"last-will:{watched.node.name}",
+                    )

@@ -1,0 +1,103 @@
+"""The ``nodevigil`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from nodevigil import __version__
+from nodevigil.config import load_config
+from nodevigil.durations import parse_duration
+from nodevigil.errors import ConfigError, NodevigilError
+
+DEFAULT_CONFIG = "/etc/nodevigil/nodevigil.yaml"
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="nodevigil",
+        description="Cloud node health monitor, failover controller and SLA credit ledger.",
+    )
+    parser.add_argument("--version", action="version", version=f"nodevigil {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, type=Path)
+
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("-c", "--config", default=DEFAULT_CONFIG, type=Path)
+
+    agent = sub.add_parser("agent", help="run the node agent (MQTT heartbeat) on a cloud node")
+    agent.add_argument("--mqtt", required=True, help="broker URL, e.g. mqtt://10.0.0.2:1883")
+    agent.add_argument("--node", required=True, help="this node's name in the configuration")
+    agent.add_argument("--interval", default="2s", type=_duration, help="heartbeat period")
+    agent.add_argument("--topic-prefix", default="nodevigil")
+    agent.add_argument("--disk", default="/", help="the filesystem whose usage is reported")
+    return parser
+
+
+def _check_config(path: Path) -> int:
+    config = load_config(path)
+    print(
+        f"{path}: ok ({len(config.nodes)} nodes, {len(config.sites)} sites, "
+        f"{len(config.services)} services, {len(config.load_balancers)} load balancers)"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "check-config":
+            return _check_config(args.config)
+        if args.command == "run":
+            from nodevigil.daemon import serve
+
+            return asyncio.run(serve(args.config))
+        if args.command == "agent":
+            from monitor.agent import NodeAgent
+
+            agent = NodeAgent(
+                url=args.mqtt,
+                node=args.node,
+                interval=args.interval,
+                topic_prefix=args.topic_prefix,
+                disk_path=args.disk,
+            )
+            asyncio.run(agent.run())
+            return 0
+    except ConfigError as exc:
+        where = f"{exc.source}: " if exc.source else ""
+        for problem in exc.problems:
+            print(f"{where}{problem}", file=sys.stderr)
+        return 1
+    except NodevigilError as exc:
+        print(f"nodevigil: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The durable event log (clause IV.3): every event written to SQLite, kept, then pruned."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nodevigil.errors import StateError
+from nodevigil.events import Event
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    vantage TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_at ON events (at);
+CREATE INDEX IF NOT EXISTS events_subject ON events (subject, at);
+"""
+
+
+class SqliteWorker:
+    """One SQLite connection used from one dedicated thread, so the event loop never blocks."""
+
+    def __init__(self, path: Path) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.stem}")
+        self._path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._conn = conn
+        return self._conn
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on the worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(self._open()))
+
+    def close(self) -> None:
+        """Close the connection and stop the thread."""
+
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        self._pool.submit(_close).result()
+        self._pool.shutdown(wait=True)
+
+
+class EventLog:
+    """Buffers published events and writes them in small batches; lists and prunes them."""
+
+    def __init__(self, path: Path, *, flush_every: float = 0.1) -> None:
+        self._db = SqliteWorker(path)
+        self._buffer: list[Event] = []
+        self._flush_every = flush_every
+        self._wake = asyncio.Event()
+        self.write_errors = 0
+
+    async def open(self) -> None:
+        """Create the schema."""
+        try:
+            await self._db.call(lambda c: c.executescript(_SCHEMA))
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open the event log: {exc}") from exc
+
+    def append(self, event: Event) -> None:
+        """Bus sink: queue the event for the next batch."""
+        self._buffer.append(event)
+        if len(self._buffer) >= 500:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Flush batches until cancelled, then flush what is left."""
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._flush_every):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+                await self.flush()
+        finally:
+            await asyncio.shield(self.flush())
+
+    async def flush(self) -> None:
+        """Write every buffered event; on a write error keep them for the next try."""
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        rows = [
+            (e.id, e.at, e.kind, e.subject, e.vantage, json.dumps(dict(e.data), default=str))
+            for e in batch
+        ]
+        try:
+            await self._db.call(
+                lambda c: c.executemany(
+                    "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", rows
+                )
+            )
+        except sqlite3.Error as exc:
+            self.write_errors += 1
+            self._buffer[:0] = batch  # keep them; nothing is lost while the disk is full
+            if self.write_errors == 1 or self.write_errors % 100 == 0:
+                log.error("cannot write the event log (%d events waiting): %s", len(batch), exc)
+
+    async def query(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        kind: str | None = None,
+        subject: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Events, newest first, filtered by time, kind prefix and subject."""
+        await self.flush()
+        clauses: list[str] = ["1=1"]
+        args: list[object] = []
+        if since is not None:
+            clauses.append("at >= ?")
+            args.append(since)
+        if until is not None:
+            clauses.append("at < ?")
+            args.append(until)
+        if kind:
+            clauses.append("kind LIKE ? ESCAPE '\\'")
+            args.append(kind.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        if subject:
+            clauses.append("subject = ?")
+            args.append(subject)
+        sql = (
+            "SELECT id, at, kind, subject, vantage, data FROM events "
+            f"WHERE {' AND '.join(clauses)} ORDER BY at DESC LIMIT ?"
+        )
+        args.append(limit)
+        rows = await self._db.call(lambda c: c.execute(sql, args).fetchall())
+        return [
+            {
+                "id": r[0],
+                "at": r[1],
+                "kind": r[2],
+                "subject": r[3],
+                "vantage": r[4],
+                "data": json.loads(r[5]),
+            }
+            for r in rows
+        ]
+
+    async def prune(self, before: float) -> int:
+        """Delete events older than ``before`` (wall time); return how many."""
+        cursor = await self._db.call(
+            lambda c: c.execute("DELETE FROM events WHERE at < ?", (before,))
+        )
+        return cursor.rowcount
+
+    async def close(self) -> None:
+        """Flush and close."""
+        await self.flush()
+        await asyncio.to_thread(self._db.close)
