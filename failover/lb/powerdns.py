@@ -1,0 +1,155 @@
+"""The PowerDNS Authoritative HTTP API as a global load balancer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from failover.lb.dnsnames import record_name, split_addresses, zone_name
+from failover.lb.errors import (
+    LoadBalancerNotFound,
+    LoadBalancerRejected,
+    LoadBalancerTimeout,
+    LoadBalancerUnavailable,
+)
+from failover.lb.retry import RetryPolicy, call_with_retries
+from nodevigil.errors import LoadBalancerError
+
+
+class _ServerError(LoadBalancerUnavailable):
+    """A 5xx answer: PowerDNS' backend may recover, so it is retried like a refusal."""
+
+
+class PowerDnsLoadBalancer:
+    """Publishes a service's addresses as A/AAAA rrsets through the PowerDNS HTTP API."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        url: str,
+        zone: str,
+        api_key: str,
+        server_id: str = "localhost",
+        ttl: int = 30,
+        timeout: float = 2.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if not 0 <= ttl <= 86400:
+            raise ValueError("ttl must be within 0..86400")
+        if not api_key:
+            raise ValueError("api_key must not be empty")
+        self._name = name
+        self._zone = zone_name(zone)
+        self._ttl = ttl
+        self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        self._api_key = api_key
+        zone_id = quote(self._zone.to_text(), safe=".")
+        self._zone_url = (
+            f"{url.rstrip('/')}/api/v1/servers/{quote(server_id, safe='')}/zones/{zone_id}"
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def name(self) -> str:
+        """The load balancer's name from the configuration."""
+        return self._name
+
+    async def addresses(self, record: str) -> set[str]:
+        """Read back the A and AAAA records of ``record`` from the zone."""
+        fqdn = record_name(record, self._zone).to_text()
+        params = {"rrset_name": fqdn}  # honoured by newer PowerDNS; older ones return all
+        zone = await call_with_retries(
+            lambda: self._request("GET", self._zone_url, params=params), self._retry
+        )
+        found: set[str] = set()
+        rrsets: list[dict[str, Any]] = zone.get("rrsets", []) if isinstance(zone, dict) else []
+        for rrset in rrsets:
+            if rrset.get("name") != fqdn or rrset.get("type") not in ("A", "AAAA"):
+                continue
+            for item in rrset.get("records", []):
+                if not item.get("disabled", False):
+                    found.add(str(item["content"]))
+        return found
+
+    async def set_addresses(self, record: str, addresses: set[str]) -> None:
+        """Replace the record's A and AAAA rrsets in one PATCH (one transaction in PowerDNS)."""
+        fqdn = record_name(record, self._zone).to_text()
+        v4, v6 = split_addresses(addresses)
+        rrsets = [self._rrset(fqdn, "A", v4), self._rrset(fqdn, "AAAA", v6)]
+        await call_with_retries(
+            lambda: self._request("PATCH", self._zone_url, body={"rrsets": rrsets}), self._retry
+        )
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def _rrset(self, fqdn: str, rdtype: str, contents: list[str]) -> dict[str, Any]:
+        if not contents:
+            return {"name": fqdn, "type": rdtype, "changetype": "DELETE"}
+        return {
+            "name": fqdn,
+            "type": rdtype,
+            "ttl": self._ttl,
+            "changetype": "REPLACE",
+            "records": [{"content": content, "disabled": False} for content in contents],
+        }
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the running loop that will also close it.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                headers={"X-API-Key": self._api_key, "Accept": "application/json"},
+            )
+        return self._session
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Any:
+        try:
+            async with self._http().request(method, url, params=params, json=body) as response:
+                text = await response.text()
+                status = response.status
+        except TimeoutError as exc:
+            raise LoadBalancerTimeout(
+                f"{self._name}: PowerDNS API {method} did not answer in {self._timeout:g}s"
+            ) from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise LoadBalancerUnavailable(f"{self._name}: PowerDNS API {method}: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise LoadBalancerError(f"{self._name}: PowerDNS API {method}: {exc}") from exc
+        if status < 300:
+            return json.loads(text) if text.strip() else None
+        detail = _api_error(text)
+        message = f"{self._name}: PowerDNS API {method} answered {status}: {detail}"
+        if status >= 500:
+            raise _ServerError(message)
+        if status == 404:
+            raise LoadBalancerNotFound(message)
+        raise LoadBalancerRejected(message, code=str(status))
+
+
+def _api_error(text: str) -> str:
+    """The API's JSON ``error`` field, or the start of the body when it is not JSON."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:200] or "(empty body)"
+    if isinstance(data, dict) and "error" in data:
+        return str(data["error"])
+    return text.strip()[:200]
