@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sla.errors import SlaError
-from sla.model import Cause, Charge, CreditRow
+from sla.model import Cause, Charge, CreditRow, from_us
 
 SCHEMA_VERSION = 1
 
@@ -95,6 +95,22 @@ class Adjustment:
     who: str
     at_us: int
     why: str
+
+    def as_dict(self) -> dict[str, str | int]:
+        """The JSON form: money as strings, ``at`` as RFC 3339 UTC."""
+        return {
+            "customer": self.customer,
+            "service": self.service,
+            "date": self.day.isoformat(),
+            "old_minutes": self.old_minutes,
+            "new_minutes": self.new_minutes,
+            "old_credit": str(self.old_credit),
+            "new_credit": str(self.new_credit),
+            "currency": self.currency,
+            "who": self.who,
+            "at": from_us(self.at_us).isoformat(),
+            "why": self.why,
+        }
 
 
 class LedgerStore(Protocol):
