@@ -136,7 +136,9 @@ class PowerDnsLoadBalancer:
         if status < 300:
             return json.loads(text) if text.strip() else None
         detail = _api_error(text)
-        message = f"{self._name}: PowerDNS API {method} answered {status}: {detail}"
+        message = (
+            f"{self._name}: PowerDNS API {method} zone {self._zone} answered {status}: {detail}"
+        )
         if status >= 500:
             raise _ServerError(message)
         if status == 404:
