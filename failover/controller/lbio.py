@@ -1,0 +1,160 @@
+"""The controller's edge towards the load balancers: read back actual state, apply actions.
+
+Every call is bounded by a timeout and every failure is caught here and handed to ``report``,
+so one unreachable load balancer never stops the others or the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from failover.controller.decide import site_backend
+from failover.controller.state import Action, Observed, SetAddresses, SetServerState
+from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer, ServerState
+from nodevigil.config.schema import Config
+from nodevigil.errors import LoadBalancerError
+
+# report(key, lb, what, target, error): error None means the call succeeded.
+Report = Callable[[str, str, str, str, BaseException | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of one action."""
+
+    action: Action
+    error: str | None
+
+
+async def _bounded(call: Awaitable[object], seconds: float) -> object:
+    async with asyncio.timeout(seconds):
+        return await call
+
+
+def _failure(exc: BaseException) -> BaseException:
+    if isinstance(exc, TimeoutError):
+        return LoadBalancerError(f"no answer within the timeout ({exc!r})")
+    return exc
+
+
+async def read_back(
+    config: Config,
+    local_lbs: Mapping[str, LocalLoadBalancer],
+    global_lbs: Mapping[str, GlobalLoadBalancer],
+    seconds: float,
+    report: Report,
+) -> tuple[Observed, bool]:
+    """Read every local backend and global record in use; return what was read and if all was."""
+    servers: dict[str, ServerState] = {}
+    records: dict[tuple[str, str], frozenset[str]] = {}
+    complete = True
+
+    async def read_local(lb_name: str, backend: str, members: dict[str, str]) -> None:
+        nonlocal complete
+        key, target = f"read:{lb_name}:{backend}", f"backend {backend}"
+        lb = local_lbs.get(lb_name)
+        try:
+            if lb is None:
+                raise LoadBalancerError(f"no adapter for local load balancer {lb_name!r}")
+            got = await _bounded(lb.servers(backend), seconds)
+        except Exception as exc:  # any adapter bug is contained to its own LB
+            complete = False
+            report(key, lb_name, "read", target, _failure(exc))
+            return
+        assert isinstance(got, dict)
+        report(key, lb_name, "read", target, None)
+        for server, node in members.items():
+            status = got.get(server)
+            skey = f"server:{lb_name}:{backend}:{server}"
+            if status is None:
+                complete = False
+                error = LoadBalancerError(f"{lb_name}: no server {server!r} in backend {backend}")
+                report(skey, lb_name, "read", f"{backend}/{server}", error)
+            else:
+                report(skey, lb_name, "read", f"{backend}/{server}", None)
+                servers[node] = status.admin
+
+    async def read_global(lb_name: str, record: str) -> None:
+        nonlocal complete
+        key, target = f"read:{lb_name}:{record}", f"record {record}"
+        lb = global_lbs.get(lb_name)
+        try:
+            if lb is None:
+                raise LoadBalancerError(f"no adapter for global load balancer {lb_name!r}")
+            got = await _bounded(lb.addresses(record), seconds)
+        except Exception as exc:
+            complete = False
+            report(key, lb_name, "read", target, _failure(exc))
+            return
+        assert isinstance(got, set | frozenset)
+        report(key, lb_name, "read", target, None)
+        records[(lb_name, record)] = frozenset(str(a) for a in got)
+
+    backends: dict[tuple[str, str], dict[str, str]] = {}
+    for site in config.sites:
+        if site.local_lb is None:
+            continue
+        members = backends.setdefault((site.local_lb, site_backend(config, site)), {})
+        for node in config.nodes:
+            if node.site == site.name:
+                members[node.server_name] = node.name
+    wanted = {
+        (svc.global_lb, svc.record)
+        for svc in config.services
+        if svc.global_lb is not None and svc.record is not None
+    }
+    await asyncio.gather(
+        *(read_local(lb, be, m) for (lb, be), m in backends.items()),
+        *(read_global(lb, rec) for lb, rec in sorted(wanted)),
+    )
+    return Observed(servers, records), complete
+
+
+async def apply(
+    actions: tuple[Action, ...],
+    local_lbs: Mapping[str, LocalLoadBalancer],
+    global_lbs: Mapping[str, GlobalLoadBalancer],
+    seconds: float,
+    report: Report,
+) -> list[Applied]:
+    """Apply actions: one load balancer's in order, different load balancers concurrently."""
+    by_lb: dict[str, list[Action]] = {}
+    for action in actions:
+        by_lb.setdefault(action.lb, []).append(action)
+    results: list[Applied] = []
+
+    async def one(action: Action) -> None:
+        if isinstance(action, SetServerState):
+            key = f"set:{action.lb}:{action.backend}:{action.server}"
+            target = f"{action.backend}/{action.server}"
+            local = local_lbs.get(action.lb)
+            call = (
+                None
+                if local is None
+                else local.set_state(action.backend, action.server, action.new)
+            )
+        else:
+            assert isinstance(action, SetAddresses)
+            key, target = f"set:{action.lb}:{action.record}", f"record {action.record}"
+            glob = global_lbs.get(action.lb)
+            call = None if glob is None else glob.set_addresses(action.record, set(action.new))
+        try:
+            if call is None:
+                raise LoadBalancerError(f"no adapter for load balancer {action.lb!r}")
+            await _bounded(call, seconds)
+        except Exception as exc:
+            failure = _failure(exc)
+            report(key, action.lb, "set", target, failure)
+            results.append(Applied(action, str(failure) or type(failure).__name__))
+            return
+        report(key, action.lb, "set", target, None)
+        results.append(Applied(action, None))
+
+    async def run(group: list[Action]) -> None:
+        for action in group:
+            await one(action)
+
+    await asyncio.gather(*(run(group) for group in by_lb.values()))
+    return results

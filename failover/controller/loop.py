@@ -1,0 +1,454 @@
+"""The failover controller: a level-triggered loop around the pure ``decide``.
+
+Each cycle reads the load balancers back, decides from that actual state (never from what it
+believes it did before, since another process or an operator may have acted), applies the
+difference, publishes events and saves its bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from types import TracebackType
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from failover.controller.decide import decide
+from failover.controller.lbio import Applied, apply, read_back
+from failover.controller.metrics import ControllerMetrics
+from failover.controller.state import (
+    Book,
+    ControllerState,
+    Decision,
+    Observed,
+    Override,
+    OverrideKind,
+    SetServerState,
+    UnknownNameError,
+    VerdictSource,
+    shift_book,
+)
+from failover.controller.status import ControllerStatus, build_status
+from failover.controller.store import ActionRecord, Store
+from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer
+from nodevigil.clock import Clock
+from nodevigil.config.schema import Config
+from nodevigil.errors import ConfigError, NodevigilError
+from nodevigil.events import Event, EventBus, Subscription
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    """Keeps the load balancers matching the verdicts, policy and operator overrides.
+
+    Use ``async with Controller(...) as c:`` to run the loop; ``run_once()`` runs one cycle
+    (tests). The caller owns the load-balancer adapters and the store and closes them.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        verdicts: VerdictSource,
+        bus: EventBus,
+        clock: Clock,
+        local_lbs: Mapping[str, LocalLoadBalancer],
+        global_lbs: Mapping[str, GlobalLoadBalancer],
+        store: Store,
+        vantage: str | None = None,
+        registry: CollectorRegistry | None = None,
+        lb_timeout: float = 10.0,
+    ) -> None:
+        if lb_timeout <= 0:
+            raise ValueError("lb_timeout must be positive")
+        self._local = dict(local_lbs)
+        self._global = dict(global_lbs)
+        _check_adapters(config, self._local, self._global)
+        self._config = config
+        self._source = verdicts
+        self._bus = bus
+        self._clock = clock
+        self._store = store
+        self.vantage = vantage or config.vantage
+        self.metrics = ControllerMetrics(registry)
+        self._lb_timeout = lb_timeout
+        self._overrides: dict[tuple[OverrideKind, str], Override] = {}
+        self._book = Book()
+        self._saved_book: Book | None = None
+        self._reasons: dict[str, str] = {}
+        self._failing: dict[str, str] = {}  # failing call key -> error, to report once per streak
+        self._observed: Observed | None = None
+        self._last: Decision | None = None
+        self._last_cycle_at: float | None = None
+        self._loaded = False
+        self._sub: Subscription | None = None
+        self._poke = asyncio.Event()
+        self._cycle = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load durable state and subscribe to verdict events (idempotent)."""
+        if self._sub is None:
+            self._sub = self._bus.subscribe(("node.",))
+        if not self._loaded:
+            stored = await self._store.load()
+            self._overrides = dict(stored.overrides)
+            # Stored times are wall-clock; bookkeeping runs on the monotonic clock.
+            self._book = shift_book(stored.book, self._clock.monotonic() - self._clock.wall())
+            self._saved_book = self._book
+            self._loaded = True
+
+    async def __aenter__(self) -> Controller:
+        await self.start()
+        self._task = asyncio.create_task(self._loop(), name="nodevigil-failover-controller")
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in one cycle must not end failover; the next cycle retries
+                log.exception("failover cycle failed; retrying on the next cycle")
+            await self._wait()
+
+    async def _wait(self) -> None:
+        """Until a verdict event, an override or config change, or the cycle time passes."""
+        assert self._sub is not None
+        waits: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self._sub.get(), name="verdict-event"),
+            asyncio.create_task(self._poke.wait(), name="poke"),
+            asyncio.create_task(self._clock.sleep(self._config.failover.cycle), name="cycle"),
+        ]
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+        if waits[0] in done and not waits[0].cancelled():
+            self._note(waits[0].result())
+        self._poke.clear()
+
+    def _note(self, event: Event) -> None:
+        reason = event.data.get("reason")
+        if isinstance(reason, str):
+            self._reasons[event.subject] = reason
+
+    def update_config(self, config: Config) -> None:
+        """Use ``config`` from the next cycle on (adapters are fixed; missing ones are refused)."""
+        _check_adapters(config, self._local, self._global)
+        self._config = config
+        self._poke.set()
+
+    # --- one cycle ---------------------------------------------------------------------------
+
+    async def run_once(self) -> Decision:
+        """Run one cycle: read back, decide, apply, publish, save. Return the decision."""
+        async with self._cycle:
+            await self.start()
+            started = time.perf_counter()  # real elapsed time, for the histogram only
+            assert self._sub is not None
+            for event in self._sub.drain():  # a burst of verdicts becomes one decision
+                self._note(event)
+            config = self._config
+            await self._expire_overrides()
+            observed, complete = await read_back(
+                config, self._local, self._global, self._lb_timeout, self._report
+            )
+            now, wall = self._clock.monotonic(), self._clock.wall()
+            state = ControllerState(
+                verdicts=dict(self._source.verdicts()),
+                observed=observed,
+                overrides=dict(self._overrides),
+                book=self._book,
+                reasons=dict(self._reasons),
+            )
+            decision = decide(config, state, now, wall)
+            applied = await apply(
+                decision.actions, self._local, self._global, self._lb_timeout, self._report
+            )
+            self._observed = _after(observed, applied)
+            self._book = decision.book
+            self._last = decision
+            self._last_cycle_at = wall
+            await self._publish(decision, applied, state, wall)
+            await self._save_book()
+            self._update_metrics(decision, applied, complete, wall, started)
+            return decision
+
+    async def _publish(
+        self, decision: Decision, applied: list[Applied], state: ControllerState, wall: float
+    ) -> None:
+        records = []
+        for result in applied:
+            a = result.action
+            data: dict[str, Any] = {"lb": a.lb, "old": None, "new": None, "why": a.why}
+            if isinstance(a, SetServerState):
+                data.update(
+                    what="set_state",
+                    backend=a.backend,
+                    server=a.server,
+                    node=a.node,
+                    site=a.site,
+                    old=a.old.value if a.old else None,
+                    new=a.new.value,
+                )
+                target, subject = f"{a.backend}/{a.server}", a.node
+            else:
+                data.update(
+                    what="set_addresses",
+                    record=a.record,
+                    service=a.service,
+                    old=sorted(a.old),
+                    new=sorted(a.new),
+                )
+                target, subject = a.record, a.service
+            records.append(
+                ActionRecord(
+                    wall,
+                    a.lb,
+                    data["what"],
+                    target,
+                    str(data["old"]),
+                    str(data["new"]),
+                    a.why,
+                    "ok" if result.error is None else "error",
+                    result.error,
+                )
+            )
+            if result.error is None:
+                self._emit("lb.action", subject, data)
+        for notice in decision.notices:
+            self._emit(notice.kind, notice.subject, notice.data)
+        text = decision.text
+        if text:
+            failed = sum(1 for r in applied if r.error is not None)
+            line = text + (f" [{failed} failed, retrying]" if failed else "")
+            log.info("failover: %s", line)
+            evidence = {
+                name: {"verdict": v.value, "reason": state.reasons.get(name, "")}
+                for name, v in sorted(state.verdicts.items())
+            }
+            self._emit(
+                "controller.decision",
+                self.vantage,
+                {"decision": line, "actions": len(applied), "failed": failed, "evidence": evidence},
+            )
+        if records:
+            try:
+                await self._store.record_actions(records)
+            except NodevigilError as exc:
+                log.error("cannot record the action log: %s", exc)
+
+    async def _save_book(self) -> None:
+        if self._book == self._saved_book:
+            return
+        try:
+            await self._store.save_book(
+                shift_book(self._book, self._clock.wall() - self._clock.monotonic())
+            )
+            self._saved_book = self._book
+        except NodevigilError as exc:  # keep acting on traffic; saving is retried next cycle
+            self._report("store", "store", "save", "bookkeeping", exc)
+
+    def _update_metrics(
+        self, d: Decision, applied: list[Applied], complete: bool, wall: float, started: float
+    ) -> None:
+        m = self.metrics
+        for result in applied:
+            action = "set_state" if isinstance(result.action, SetServerState) else "set_addresses"
+            outcome = "ok" if result.error is None else "error"
+            m.lb_actions.labels(result.action.lb, action, outcome).inc()
+        for name, sv in d.sites.items():
+            m.nodes_out.labels(name).set(sv.nodes_out)
+            m.panic.labels(name).set(int(sv.panic))
+            m.site_serving.labels(name).set(int(sv.serving))
+        for name, ok in d.available.items():
+            m.service_available.labels(name).set(int(ok))
+        if complete and all(r.error is None for r in applied):
+            m.last_reconcile.set(wall)
+        m.cycle_seconds.observe(time.perf_counter() - started)
+
+    def _report(
+        self, key: str, lb: str, what: str, target: str, error: BaseException | None
+    ) -> None:
+        """Count every failure; log and publish only when a call starts or stops failing."""
+        if error is None:
+            if self._failing.pop(key, None) is not None:
+                log.info("%s: %s %s works again", lb, what, target)
+                self._emit("lb.recovered", lb, {"lb": lb, "what": what, "target": target})
+            return
+        if lb != "store":
+            self.metrics.lb_errors.labels(lb).inc()
+        if key in self._failing:
+            return
+        self._failing[key] = str(error)
+        log.warning("%s: %s %s failed: %s (retrying every cycle)", lb, what, target, error)
+        self._emit(
+            "failover.failed", lb, {"lb": lb, "what": what, "target": target, "error": str(error)}
+        )
+
+    def _emit(self, kind: str, subject: str, data: Mapping[str, Any]) -> None:
+        self._bus.publish(Event(kind, subject, self._clock.wall(), self.vantage, dict(data)))
+
+    # --- overrides ---------------------------------------------------------------------------
+
+    async def drain_node(
+        self,
+        name: str,
+        *,
+        until: float | None = None,
+        duration: float | None = None,
+        reason: str = "",
+        who: str = "operator",
+    ) -> Override:
+        """Hold node ``name`` out whatever its verdict (until wall time ``until`` if given)."""
+        if self._config.node(name) is None:
+            raise UnknownNameError(f"no node is called {name!r}")
+        return await self._set_override(
+            kind="node", name=name, until=until, duration=duration, reason=reason, who=who
+        )
+
+    async def drain_site(
+        self,
+        name: str,
+        *,
+        until: float | None = None,
+        duration: float | None = None,
+        reason: str = "",
+        who: str = "operator",
+    ) -> Override:
+        """Stop publishing site ``name`` in the global LBs (never the last site of a service)."""
+        if self._config.site(name) is None:
+            raise UnknownNameError(f"no site is called {name!r}")
+        return await self._set_override(
+            kind="site", name=name, until=until, duration=duration, reason=reason, who=who
+        )
+
+    async def undrain_node(self, name: str, *, who: str = "operator") -> bool:
+        """Lift a node drain; return whether there was one."""
+        return await self._clear_override("node", name, who, "override.cleared")
+
+    async def undrain_site(self, name: str, *, who: str = "operator") -> bool:
+        """Lift a site drain; return whether there was one."""
+        return await self._clear_override("site", name, who, "override.cleared")
+
+    def overrides(self) -> list[Override]:
+        """Every override in force, sorted by kind and name."""
+        return [self._overrides[k] for k in sorted(self._overrides)]
+
+    async def _set_override(
+        self,
+        *,
+        kind: OverrideKind,
+        name: str,
+        until: float | None,
+        duration: float | None,
+        reason: str,
+        who: str,
+    ) -> Override:
+        wall = self._clock.wall()
+        if until is not None and duration is not None:
+            raise ValueError("give until or duration, not both")
+        if duration is not None:
+            if duration <= 0:
+                raise ValueError("duration must be positive")
+            until = wall + duration
+        if until is not None and until <= wall:
+            raise ValueError("until is in the past")
+        await self.start()
+        override = Override(kind, name, reason, who, wall, until)
+        await self._store.put_override(override)  # durable before it takes effect
+        self._overrides[(kind, name)] = override
+        self._emit("override.set", name, override.as_dict())
+        self._poke.set()
+        return override
+
+    async def _clear_override(self, kind: OverrideKind, name: str, who: str, event: str) -> bool:
+        await self.start()
+        override = self._overrides.get((kind, name))
+        if override is None:
+            return False
+        await self._store.delete_override(kind, name)
+        del self._overrides[(kind, name)]
+        self._emit(event, name, {**override.as_dict(), "cleared_by": who})
+        self._poke.set()
+        return True
+
+    async def _expire_overrides(self) -> None:
+        wall = self._clock.wall()
+        for o in [o for o in self._overrides.values() if o.expired(wall)]:
+            await self._clear_override(o.kind, o.name, "expiry", "override.expired")
+
+    # --- read-only views ---------------------------------------------------------------------
+
+    def status(self) -> ControllerStatus:
+        """A snapshot for the API: nodes, sites and services as of the last cycle."""
+        return build_status(
+            config=self._config,
+            last=self._last,
+            observed=self._observed,
+            verdicts=dict(self._source.verdicts()),
+            overrides=self._overrides,
+            mono_to_wall=self._clock.wall() - self._clock.monotonic(),
+            last_cycle_at=self._last_cycle_at,
+        )
+
+    async def actions(self, limit: int = 100) -> list[ActionRecord]:
+        """The latest entries of the durable action log."""
+        return await self._store.actions(limit)
+
+
+def _after(observed: Observed, applied: list[Applied]) -> Observed:
+    """Read-back state with the successful actions applied (for status until the next read)."""
+    servers = dict(observed.servers)
+    records = dict(observed.records)
+    for result in applied:
+        if result.error is not None:
+            continue
+        a = result.action
+        if isinstance(a, SetServerState):
+            servers[a.node] = a.new
+        else:
+            records[(a.lb, a.record)] = a.new
+    return replace(observed, servers=servers, records=records)
+
+
+def _check_adapters(
+    config: Config,
+    local: Mapping[str, LocalLoadBalancer],
+    global_: Mapping[str, GlobalLoadBalancer],
+) -> None:
+    problems = [
+        f"sites.{s.name}.local_lb: no adapter given for {s.local_lb!r}"
+        for s in config.sites
+        if s.local_lb is not None and s.local_lb not in local
+    ]
+    problems += [
+        f"services.{s.name}.global_lb: no adapter given for {s.global_lb!r}"
+        for s in config.services
+        if s.global_lb is not None and s.global_lb not in global_
+    ]
+    if problems:
+        raise ConfigError(problems, source="failover controller")

@@ -1,0 +1,61 @@
+"""The controller's Prometheus metrics, registered on a registry passed in (never the global)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ControllerMetrics:
+    """Every ``nodevigil_*`` metric the failover controller exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # A private registry when none is given, so two controllers in one process never clash.
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.lb_actions = Counter(
+            "nodevigil_lb_actions",
+            "Load-balancer actions applied by the controller",
+            ["lb", "action", "result"],
+            registry=r,
+        )
+        self.lb_errors = Counter(
+            "nodevigil_lb_errors",
+            "Load-balancer calls (reads and actions) that failed",
+            ["lb"],
+            registry=r,
+        )
+        self.nodes_out = Gauge(
+            "nodevigil_nodes_out",
+            "Nodes the controller keeps out of their local LB",
+            ["site"],
+            registry=r,
+        )
+        self.panic = Gauge(
+            "nodevigil_site_panic",
+            "1 while more of a site's nodes look down than its floor or cap allow",
+            ["site"],
+            registry=r,
+        )
+        self.site_serving = Gauge(
+            "nodevigil_site_serving",
+            "1 while the global LBs publish the site",
+            ["site"],
+            registry=r,
+        )
+        self.service_available = Gauge(
+            "nodevigil_service_available",
+            "1 while at least one site of the service can serve",
+            ["service"],
+            registry=r,
+        )
+        self.cycle_seconds = Histogram(
+            "nodevigil_decision_cycle_seconds",
+            "Duration of one controller cycle: read back, decide, apply",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+        self.last_reconcile = Gauge(
+            "nodevigil_last_reconcile_timestamp_seconds",
+            "Wall time of the last cycle in which every LB was read and every action succeeded",
+            registry=r,
+        )

@@ -1,0 +1,239 @@
+"""The controller's plain data: inputs of a decision, its bookkeeping, actions and notices.
+
+Everything here is frozen: ``decide`` takes these and returns new ones, it never mutates.
+Times named ``*_since``/``*_at`` inside books are monotonic seconds unless said otherwise;
+wall-clock seconds appear only where a record is made (overrides, outages, events).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from failover.lb.base import ServerState
+from nodevigil.errors import NodevigilError
+from nodevigil.events import Verdict
+
+OverrideKind = Literal["node", "site"]
+
+
+class UnknownNameError(NodevigilError, LookupError):
+    """An override named a node or site that the configuration does not have."""
+
+
+class VerdictSource(Protocol):
+    """Where the controller reads each node's current verdict (the monitor implements it)."""
+
+    def verdicts(self) -> Mapping[str, Verdict]:
+        """Node name -> current verdict; a node missing here counts as unknown."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """An operator's drain of a node or a site; ``since``/``until`` are wall-clock seconds."""
+
+    kind: OverrideKind
+    name: str
+    reason: str
+    who: str
+    since: float
+    until: float | None = None
+
+    def expired(self, wall: float) -> bool:
+        """Whether the time box has run out at wall time ``wall``."""
+        return self.until is not None and wall >= self.until
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "reason": self.reason,
+            "who": self.who,
+            "since": self.since,
+            "until": self.until,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NodeBook:
+    """Hold-down bookkeeping of one node (monotonic times)."""
+
+    down: bool = False  # the last known verdict was down
+    held: bool = False  # the health policy wants it out (down, or up but inside its hold-down)
+    down_since: float | None = None
+    up_since: float | None = None  # start of the current up streak while held
+    back_at: float | None = None  # when the policy last let it back in
+    failures: int = 0  # recent re-failures: the exponent of the hold-down
+    hold: float = 0.0  # the hold-down the current (or last) failure earned
+
+    def hold_until(self) -> float | None:
+        """Monotonic time the hold-down ends, if the node is up and held."""
+        if self.held and not self.down and self.up_since is not None:
+            return self.up_since + self.hold
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteBook:
+    """What the controller remembers about a site between cycles."""
+
+    can_serve: bool = True  # enough nodes up (by verdict); assumed at first so a start is quiet
+    up: bool = True  # can_serve, with the site hold-down applied on recovery
+    recovering_since: float | None = None
+    panic: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """An open whole-service unavailability; ``started_at`` is wall-clock."""
+
+    service: str
+    started_at: float
+    sites: tuple[str, ...] = ()
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Book:
+    """All of the controller's durable bookkeeping."""
+
+    nodes: Mapping[str, NodeBook] = field(default_factory=dict)
+    sites: Mapping[str, SiteBook] = field(default_factory=dict)
+    outages: Mapping[str, Outage] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """Actual load-balancer state read back this cycle; a missing key means unreadable."""
+
+    servers: Mapping[str, ServerState] = field(default_factory=dict)  # node name -> admin state
+    records: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SetServerState:
+    """Put one node's server into ``new`` in its site's local load balancer."""
+
+    lb: str
+    backend: str
+    server: str
+    node: str
+    site: str
+    old: ServerState | None
+    new: ServerState
+    why: str
+
+    def describe(self) -> str:
+        """One phrase for the decision line."""
+        old = self.old.value if self.old else "?"
+        return f"{self.node} {old}->{self.new.value} in {self.lb}/{self.backend} ({self.why})"
+
+
+@dataclass(frozen=True, slots=True)
+class SetAddresses:
+    """Replace the addresses a global load balancer publishes for a service's record."""
+
+    lb: str
+    record: str
+    service: str
+    old: frozenset[str]
+    new: frozenset[str]
+    why: str
+
+    def describe(self) -> str:
+        """One phrase for the decision line."""
+        return (
+            f"{self.service} record {self.record} in {self.lb} "
+            f"{sorted(self.old)}->{sorted(self.new)} ({self.why})"
+        )
+
+
+Action = SetServerState | SetAddresses
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """An event ``decide`` wants published (the loop adds time and vantage)."""
+
+    kind: str
+    subject: str
+    data: Mapping[str, Any]
+    phrase: str = ""  # for the decision line; empty when not worth a mention
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """What the last decision wanted for a node."""
+
+    verdict: Verdict
+    desired: ServerState
+    hold_until: float | None  # monotonic
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class SiteView:
+    """What the last decision concluded about a site."""
+
+    can_serve: bool
+    serving: bool  # published by the global load balancers
+    panic: bool
+    nodes_out: int
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerState:
+    """Everything ``decide`` looks at, gathered by the loop."""
+
+    verdicts: Mapping[str, Verdict]
+    observed: Observed
+    overrides: Mapping[tuple[OverrideKind, str], Override]
+    book: Book
+    reasons: Mapping[str, str] = field(default_factory=dict)  # node -> last verdict reason
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one decision: actions to apply, notices to publish, the new book."""
+
+    actions: tuple[Action, ...]
+    notices: tuple[Notice, ...]
+    book: Book
+    nodes: Mapping[str, NodeView]
+    sites: Mapping[str, SiteView]
+    available: Mapping[str, bool]
+
+    @property
+    def text(self) -> str:
+        """The one-line decision string; empty when the cycle had nothing to do."""
+        phrases = [a.describe() for a in self.actions]
+        phrases += [n.phrase for n in self.notices if n.phrase]
+        return "; ".join(phrases)
+
+
+def shift_book(book: Book, delta: float) -> Book:
+    """The same book with every monotonic time moved by ``delta`` (to or from wall time)."""
+
+    def move(t: float | None) -> float | None:
+        return None if t is None else t + delta
+
+    nodes = {
+        name: NodeBook(
+            b.down,
+            b.held,
+            move(b.down_since),
+            move(b.up_since),
+            move(b.back_at),
+            b.failures,
+            b.hold,
+        )
+        for name, b in book.nodes.items()
+    }
+    sites = {
+        name: SiteBook(b.can_serve, b.up, move(b.recovering_since), b.panic)
+        for name, b in book.sites.items()
+    }
+    return Book(nodes, sites, book.outages)

@@ -1,0 +1,113 @@
+"""A read-only snapshot of the controller for the API: plain dataclasses, JSON-ready."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from failover.controller.state import Decision, Observed, Override, OverrideKind
+from nodevigil.config.schema import Config
+from nodevigil.events import Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One node: its verdict, what the controller wants, what the load balancer has."""
+
+    name: str
+    site: str
+    verdict: str
+    desired: str | None  # "in" / "out"; None before the first decision
+    desired_state: str | None  # the admin state wanted (ready, maint, drain)
+    actual: str | None  # the admin state read back; None when unreadable
+    why: str
+    hold_down_until: float | None  # wall-clock
+    override: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteStatus:
+    """One site: whether it can serve and whether the global LBs publish it."""
+
+    name: str
+    can_serve: bool
+    serving: bool
+    panic: bool
+    nodes_out: int
+    override: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceStatus:
+    """One service: available or not, and since when it is unavailable (wall-clock)."""
+
+    name: str
+    available: bool
+    unavailable_since: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerStatus:
+    """The whole snapshot."""
+
+    nodes: list[NodeStatus]
+    sites: list[SiteStatus]
+    services: list[ServiceStatus]
+    last_cycle_at: float | None  # wall-clock
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return asdict(self)
+
+
+def build_status(
+    *,
+    config: Config,
+    last: Decision | None,
+    observed: Observed | None,
+    verdicts: Mapping[str, Verdict],
+    overrides: Mapping[tuple[OverrideKind, str], Override],
+    mono_to_wall: float,
+    last_cycle_at: float | None,
+) -> ControllerStatus:
+    """Assemble the snapshot from the last decision and read-back (``mono_to_wall`` = offset)."""
+    nodes = []
+    for node in config.nodes:
+        view = last.nodes.get(node.name) if last else None
+        actual = observed.servers.get(node.name) if observed else None
+        override = overrides.get(("node", node.name))
+        hold = view.hold_until if view else None
+        nodes.append(
+            NodeStatus(
+                name=node.name,
+                site=node.site,
+                verdict=verdicts.get(node.name, Verdict.UNKNOWN).value,
+                desired=None if view is None else ("in" if view.desired == "ready" else "out"),
+                desired_state=view.desired.value if view else None,
+                actual=actual.value if actual else None,
+                why=view.why if view else "",
+                hold_down_until=None if hold is None else hold + mono_to_wall,
+                override=override.as_dict() if override else None,
+            )
+        )
+    sites = []
+    for site in config.sites:
+        sv = last.sites.get(site.name) if last else None
+        override = overrides.get(("site", site.name))
+        sites.append(
+            SiteStatus(
+                name=site.name,
+                can_serve=sv.can_serve if sv else True,
+                serving=sv.serving if sv else True,
+                panic=sv.panic if sv else False,
+                nodes_out=sv.nodes_out if sv else 0,
+                override=override.as_dict() if override else None,
+            )
+        )
+    services = []
+    for svc in config.services:
+        outage = last.book.outages.get(svc.name) if last else None
+        available = last.available.get(svc.name, True) if last else True
+        services.append(ServiceStatus(svc.name, available, outage.started_at if outage else None))
+    return ControllerStatus(nodes, sites, services, last_cycle_at)

@@ -1,0 +1,278 @@
+"""Durable controller state behind a small Protocol, with SQLite as the first backend.
+
+The store holds overrides, hold-down bookkeeping, open whole-service outages and the action
+log. Times in the store are wall-clock: monotonic time does not survive a reboot, so the
+controller shifts its monotonic bookkeeping to wall time when saving and back when loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from failover.controller.state import Book, NodeBook, Outage, Override, OverrideKind, SiteBook
+from nodevigil.errors import StateError
+
+SCHEMA_VERSION = 1
+LOCK_NAME = "nodevigil.lock"
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS overrides (
+    kind TEXT NOT NULL, name TEXT NOT NULL, reason TEXT NOT NULL, who TEXT NOT NULL,
+    since REAL NOT NULL, until REAL, PRIMARY KEY (kind, name));
+CREATE TABLE IF NOT EXISTS books (
+    kind TEXT NOT NULL, name TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, name));
+CREATE TABLE IF NOT EXISTS outages (
+    service TEXT PRIMARY KEY, started_at REAL NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS actions_at ON actions (at);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionRecord:
+    """One applied (or failed) load-balancer action, as kept in the action log."""
+
+    at: float  # wall-clock
+    lb: str
+    what: str  # "set_state" or "set_addresses"
+    target: str  # backend/server or record
+    old: str
+    new: str
+    why: str
+    result: str  # "ok" or "error"
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What a store hands back at start (bookkeeping times are wall-clock here)."""
+
+    overrides: Mapping[tuple[OverrideKind, str], Override] = field(default_factory=dict)
+    book: Book = field(default_factory=Book)
+
+
+class Store(Protocol):
+    """Where the controller keeps what must survive a restart (SQLite now; etcd or SQL later)."""
+
+    async def load(self) -> StoredState:
+        """Everything saved so far."""
+        ...
+
+    async def put_override(self, override: Override) -> None:
+        """Save or replace an override."""
+        ...
+
+    async def delete_override(self, kind: OverrideKind, name: str) -> None:
+        """Forget an override (no error when absent)."""
+        ...
+
+    async def save_book(self, book: Book) -> None:
+        """Replace the saved bookkeeping with ``book`` (wall-clock times)."""
+        ...
+
+    async def record_actions(self, records: list[ActionRecord]) -> None:
+        """Append to the action log."""
+        ...
+
+    async def actions(self, limit: int = 100) -> list[ActionRecord]:
+        """The latest ``limit`` action records, newest last."""
+        ...
+
+    async def close(self) -> None:
+        """Release the backend."""
+        ...
+
+
+class SqliteStore:
+    """The store in one SQLite file (WAL), every call on one worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        # One thread owns the connection: sqlite3 objects must not hop threads.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nodevigil-store")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._db is None:
+            self._db = self._open()
+        try:
+            with self._db:
+                return fn(self._db)
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.path}: {exc}") from exc
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                db.close()
+                raise StateError(
+                    f"{self.path}: schema version {version} is newer than this nodevigil "
+                    f"understands ({SCHEMA_VERSION}); upgrade nodevigil"
+                )
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.isolation_level = "DEFERRED"  # from here on, `with db:` is one transaction
+            return db
+        except (sqlite3.Error, OSError) as exc:
+            raise StateError(f"{self.path}: cannot open the state database: {exc}") from exc
+
+    async def load(self) -> StoredState:
+        """Everything saved so far."""
+        return await self._run(_load)
+
+    async def put_override(self, override: Override) -> None:
+        """Save or replace an override."""
+        o = override
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO overrides VALUES (?, ?, ?, ?, ?, ?)",
+                (o.kind, o.name, o.reason, o.who, o.since, o.until),
+            )
+        )
+
+    async def delete_override(self, kind: OverrideKind, name: str) -> None:
+        """Forget an override."""
+        await self._run(
+            lambda db: db.execute("DELETE FROM overrides WHERE kind=? AND name=?", (kind, name))
+        )
+
+    async def save_book(self, book: Book) -> None:
+        """Replace the saved bookkeeping."""
+        await self._run(lambda db: _save_book(db, book))
+
+    async def record_actions(self, records: list[ActionRecord]) -> None:
+        """Append to the action log."""
+        rows = [(r.at, json.dumps(asdict(r))) for r in records]
+        await self._run(
+            lambda db: db.executemany("INSERT INTO actions (at, body) VALUES (?, ?)", rows)
+        )
+
+    async def actions(self, limit: int = 100) -> list[ActionRecord]:
+        """The latest ``limit`` action records, newest last."""
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT body FROM actions ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        )
+        return [ActionRecord(**json.loads(body)) for (body,) in reversed(rows)]
+
+    async def prune_actions(self, before: float) -> int:
+        """Delete action records older than wall time ``before`` (retention); return the count."""
+        cur = await self._run(lambda db: db.execute("DELETE FROM actions WHERE at < ?", (before,)))
+        return int(cur.rowcount)
+
+    async def close(self) -> None:
+        """Close the database and stop the worker thread."""
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        self._executor.shutdown(wait=True)
+
+
+def _load(db: sqlite3.Connection) -> StoredState:
+    overrides: dict[tuple[OverrideKind, str], Override] = {}
+    for kind, name, reason, who, since, until in db.execute("SELECT * FROM overrides"):
+        overrides[(kind, name)] = Override(kind, name, reason, who, since, until)
+    nodes: dict[str, NodeBook] = {}
+    sites: dict[str, SiteBook] = {}
+    for kind, name, body in db.execute("SELECT kind, name, body FROM books"):
+        if kind == "node":
+            nodes[name] = NodeBook(**json.loads(body))
+        elif kind == "site":
+            sites[name] = SiteBook(**json.loads(body))
+    outages: dict[str, Outage] = {}
+    for service, started_at, body in db.execute("SELECT service, started_at, body FROM outages"):
+        extra: dict[str, Any] = json.loads(body)
+        outages[service] = Outage(
+            service, started_at, tuple(extra.get("sites", ())), extra.get("evidence", {})
+        )
+    return StoredState(overrides, Book(nodes, sites, outages))
+
+
+def _save_book(db: sqlite3.Connection, book: Book) -> None:
+    db.execute("DELETE FROM books")
+    db.executemany(
+        "INSERT INTO books VALUES ('node', ?, ?)",
+        [(name, json.dumps(asdict(b))) for name, b in book.nodes.items()],
+    )
+    db.executemany(
+        "INSERT INTO books VALUES ('site', ?, ?)",
+        [(name, json.dumps(asdict(b))) for name, b in book.sites.items()],
+    )
+    db.execute("DELETE FROM outages")
+    db.executemany(
+        "INSERT INTO outages VALUES (?, ?, ?)",
+        [
+            (o.service, o.started_at, json.dumps({"sites": o.sites, "evidence": dict(o.evidence)}))
+            for o in book.outages.values()
+        ],
+    )
+
+
+class StateLock:
+    """An exclusive lock on ``state_dir``: a second nodevigil on the same state refuses to start.
+
+    ``flock`` is released by the kernel when the process dies, so a crash never leaves a stale
+    lock behind.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise StateError naming the pid that holds it."""
+        if self._fd is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot create the state lock: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateError(
+                f"{self.path.parent} is in use by another nodevigil (pid {holder}); "
+                "stop it or give this one its own state_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the lock up (idempotent)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # closing the descriptor drops the flock
+
+    def __enter__(self) -> StateLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
