@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -45,6 +46,8 @@ def describe(exc: BaseException) -> str:
         return "connection refused"
     if isinstance(exc, ConnectionResetError):
         return "connection reset"
+    if isinstance(exc, OSError) and exc.errno:  # aiohttp's connector errors carry errno too
+        return os.strerror(exc.errno).lower()
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     text = str(exc).strip()
@@ -94,3 +97,10 @@ async def hedged(
     finally:
         for task in pending:
             task.cancel()
+            task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Task[str]) -> None:
+    """Read an abandoned try's outcome, so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()

@@ -58,8 +58,8 @@ def split_host_port(text: str, default_port: int | None = None) -> tuple[str, in
             raise ValueError(f"{text!r} has no port")
         return host, default_port
     port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} is out of range 1-65535")
+    if not 0 <= port < 65536:  # 0 lets the API listen on an ephemeral port (tests, demo)
+        raise ValueError(f"port {port} is out of range 0-65535")
     return host, port
 
 
