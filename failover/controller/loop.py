@@ -142,11 +142,11 @@ class Controller:
             asyncio.create_task(self._clock.sleep(self._config.failover.cycle), name="cycle"),
         ]
         try:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in waits:
                 task.cancel()
-        if waits[0] in done and not waits[0].cancelled():
+        if waits[0].done() and not waits[0].cancelled():
             self._note(waits[0].result())
         self._poke.clear()
 

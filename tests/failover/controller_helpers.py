@@ -111,12 +111,12 @@ class Rig:
             glob = RecordingGlobalLoadBalancer("gslb", clock=self.clock.monotonic)
             glob.records["www"] = {SH, BJ}
         self.glob = glob
-        self.registry = CollectorRegistry()
         self.store = SqliteStore(tmp_path / "state" / "nodevigil.db")
         self.controller = self.new_controller()
 
     def new_controller(self) -> Controller:
         """A controller on this rig's store, LBs and bus (as a restarted daemon would build)."""
+        self.registry = CollectorRegistry()  # a new process starts with fresh metrics
         return Controller(
             config=self.config,
             verdicts=self.source,
@@ -128,14 +128,14 @@ class Rig:
             registry=self.registry,
         )
 
-    def set(self, **verdicts: str) -> None:
-        """Set verdicts, e.g. ``rig.set(sh_1="down")`` (underscores stand for dashes)."""
+    def given(self, **verdicts: str) -> None:
+        """Set verdicts, e.g. ``rig.given(sh_1="down")`` (underscores stand for dashes)."""
         for name, value in verdicts.items():
             self.source.current[name.replace("_", "-")] = Verdict(value)
 
     def state(self, node: str) -> ServerState:
         """The admin state the recording local LB has for ``node``."""
-        lb = self.local[f"{node.split('-')[0]}-lb"]
+        lb = self.local[f"{node.split('-', maxsplit=1)[0]}-lb"]
         return lb.backends["web"][node].admin
 
     def out(self) -> set[str]:
@@ -165,8 +165,9 @@ class Rig:
         return await self.controller.run_once()
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+async def wait_for(predicate: Any, within: float = 10.0) -> None:
     """Poll ``predicate`` until it is true or the deadline passes (never a fixed sleep)."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
+    async with asyncio.timeout(within):
+        # Polling with a deadline: the state watched belongs to other objects, no event to await.
+        while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.005)

@@ -32,7 +32,7 @@ async def test_quiet_start_does_nothing(rig: Rig) -> None:
 
 async def test_node_down_is_taken_out_with_events_and_metrics(rig: Rig) -> None:
     await rig.cycle()
-    rig.set(sh_2="down")
+    rig.given(sh_2="down")
     decision = await rig.cycle()
     assert rig.out() == {"sh-2"}
     assert rig.state("sh-2") is ServerState.MAINT
@@ -57,16 +57,16 @@ async def test_node_down_is_taken_out_with_events_and_metrics(rig: Rig) -> None:
 
 async def test_drain_mode_from_the_lb_config(tmp_path: Path) -> None:
     rig = Rig(tmp_path, make_config(mode="drain"))
-    rig.set(sh_1="down")
+    rig.given(sh_1="down")
     await rig.cycle()
     assert rig.state("sh-1") is ServerState.DRAIN
     await rig.store.close()
 
 
 async def test_back_in_only_after_hold_down(rig: Rig) -> None:
-    rig.set(sh_1="down")
+    rig.given(sh_1="down")
     await rig.cycle()
-    rig.set(sh_1="up")
+    rig.given(sh_1="up")
     await rig.cycle(1)
     assert rig.state("sh-1") is ServerState.MAINT
     await rig.cycle(29)
@@ -79,7 +79,7 @@ async def test_back_in_only_after_hold_down(rig: Rig) -> None:
 
 
 def test_flapping_hold_down_grows_and_is_capped_then_decays() -> None:
-    s = FailoverSettings(hold_down="30s", hold_down_max="240s")  # type: ignore[arg-type]
+    s = FailoverSettings(hold_down="30s", hold_down_max="240s")
     book, now, holds = NodeBook(), 0.0, []
     for _ in range(6):
         book = advance_node(book, Verdict.DOWN, now, s)
@@ -99,7 +99,7 @@ def test_flapping_hold_down_grows_and_is_capped_then_decays() -> None:
 
 
 def test_failure_during_hold_down_counts_as_a_flap() -> None:
-    s = FailoverSettings(hold_down="30s", hold_down_max="240s")  # type: ignore[arg-type]
+    s = FailoverSettings(hold_down="30s", hold_down_max="240s")
     book = advance_node(NodeBook(), Verdict.DOWN, 0, s)
     book = advance_node(book, Verdict.UP, 5, s)
     book = advance_node(book, Verdict.DOWN, 10, s)
@@ -107,15 +107,15 @@ def test_failure_during_hold_down_counts_as_a_flap() -> None:
 
 
 async def test_flapping_node_is_held_longer(rig: Rig) -> None:
-    rig.set(sh_1="down")
+    rig.given(sh_1="down")
     await rig.cycle()
-    rig.set(sh_1="up")
+    rig.given(sh_1="up")
     await rig.cycle(1)
     await rig.cycle(30)
     assert rig.state("sh-1") is ServerState.READY
-    rig.set(sh_1="down")
+    rig.given(sh_1="down")
     await rig.cycle(5)
-    rig.set(sh_1="up")
+    rig.given(sh_1="up")
     await rig.cycle(1)
     await rig.cycle(30)
     assert rig.state("sh-1") is ServerState.MAINT  # now 60 s
@@ -125,7 +125,7 @@ async def test_flapping_node_is_held_longer(rig: Rig) -> None:
 
 async def test_min_healthy_floor_and_panic(tmp_path: Path) -> None:
     rig = Rig(tmp_path, make_config(bj={"min_healthy": 1, "max_unavailable": 2}))
-    rig.set(bj_1="down", bj_2="down")
+    rig.given(bj_1="down", bj_2="down")
     await rig.cycle()
     # One may go out; the last one stays in whatever its verdict says.
     assert rig.out() == {"bj-1"}
@@ -136,7 +136,7 @@ async def test_min_healthy_floor_and_panic(tmp_path: Path) -> None:
     assert rig.metric("nodevigil_site_panic", site="bj") == 1
     await rig.cycle(1)
     assert len(rig.kinds("failover.panic")) == 1  # reported once, not every cycle
-    rig.set(bj_2="up")
+    rig.given(bj_2="up")
     await rig.cycle(1)
     assert rig.metric("nodevigil_site_panic", site="bj") == 0
     assert len(rig.kinds("failover.panic_over")) == 1
@@ -146,7 +146,7 @@ async def test_min_healthy_floor_and_panic(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("cap", "allowed"), [("50%", 2), ("25%", 1), (1, 1), (3, 3)])
 async def test_max_unavailable_cap(tmp_path: Path, cap: int | str, allowed: int) -> None:
     rig = Rig(tmp_path, make_config(sh={"max_unavailable": cap}))
-    rig.set(sh_1="down", sh_2="down", sh_3="down")
+    rig.given(sh_1="down", sh_2="down", sh_3="down")
     await rig.cycle()
     assert len(rig.out()) == allowed
     assert rig.out() <= {"sh-1", "sh-2", "sh-3"}
@@ -158,9 +158,9 @@ async def test_max_unavailable_cap(tmp_path: Path, cap: int | str, allowed: int)
 
 async def test_nodes_already_out_stay_out_under_the_cap(tmp_path: Path) -> None:
     rig = Rig(tmp_path, make_config(sh={"max_unavailable": 1}))
-    rig.set(sh_3="down")
+    rig.given(sh_3="down")
     await rig.cycle()
-    rig.set(sh_1="down")
+    rig.given(sh_1="down")
     await rig.cycle(1)
     assert rig.out() == {"sh-3"}  # no churn: the first one out keeps the slot
     await rig.store.close()
@@ -168,11 +168,11 @@ async def test_nodes_already_out_stay_out_under_the_cap(tmp_path: Path) -> None:
 
 async def test_held_up_node_released_early_to_make_room(tmp_path: Path) -> None:
     rig = Rig(tmp_path, make_config(sh={"max_unavailable": 1}))
-    rig.set(sh_1="down")
+    rig.given(sh_1="down")
     await rig.cycle()
-    rig.set(sh_1="up")
+    rig.given(sh_1="up")
     await rig.cycle(1)
-    rig.set(sh_2="down")
+    rig.given(sh_2="down")
     await rig.cycle(1)
     # sh-1 is healthy but in its hold-down; sh-2 is really down and needs the only slot.
     assert rig.out() == {"sh-2"}
@@ -181,7 +181,7 @@ async def test_held_up_node_released_early_to_make_room(tmp_path: Path) -> None:
 
 
 async def test_unknown_verdicts_never_drain(rig: Rig) -> None:
-    rig.set(sh_1="unknown", bj_1="unknown", bj_2="unknown")
+    rig.given(sh_1="unknown", bj_1="unknown", bj_2="unknown")
     await rig.cycle()
     assert rig.out() == set()
     assert rig.record() == {"203.0.113.10", "203.0.113.20"}
