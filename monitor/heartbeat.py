@@ -33,16 +33,33 @@ class AgentState:
     offline: bool = False  # the agent's last-will (or clean goodbye) was announced
     figures: dict[str, float] = field(default_factory=dict)
     seq: int = 0
+    alive_marks: int = 0  # bumped by every heartbeat and "online": newer than a pending will
+
+
+WILL_CONFIRM = 0.25  # seconds our own link must survive a last-will before we believe it
+
+
+def _call_later(delay: float, callback: Callable[[], None]) -> None:
+    asyncio.get_running_loop().call_later(delay, callback)
 
 
 class HeartbeatBoard:
     """Latest heartbeat per agent, the broker link's state, and counters for dropped payloads."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        schedule: Callable[[float, Callable[[], None]], None] = _call_later,
+        will_confirm: float = WILL_CONFIRM,
+    ) -> None:
         self._clock = clock
+        self._schedule = schedule
+        self._will_confirm = will_confirm
         self.agents: dict[str, AgentState] = {}
         self.connected = False
         self.connected_since: float | None = None  # monotonic time of the last (re)connect
+        self.link_epoch = 0  # bumped on every link change, to tell stale wills apart
         self.dropped: dict[str, int] = {}
         self.on_offline: Callable[[str], None] | None = None
 
@@ -50,16 +67,18 @@ class HeartbeatBoard:
         """The daemon (re)connected to the broker: silence is measured from now on."""
         self.connected = True
         self.connected_since = self._clock.monotonic()
+        self.link_epoch += 1
 
     def link_down(self) -> None:
         """The daemon lost the broker: heartbeat probes are inconclusive until it is back."""
         self.connected = False
+        self.link_epoch += 1
 
     def drop(self, reason: str) -> None:
         """Count a payload that was refused."""
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
-    def handle(self, topic: str, payload: bytes, prefix: str) -> None:
+    def handle(self, topic: str, payload: bytes, prefix: str, *, retained: bool = False) -> None:
         """Take one MQTT message; malformed ones are counted and dropped, never raised."""
         parts = topic.split("/")
         base = prefix.strip("/").split("/")
@@ -71,23 +90,35 @@ class HeartbeatBoard:
             self.drop("too_large")
             return
         if kind == "status":
-            self._status(agent, payload)
+            self._status(agent, payload, retained)
         elif kind == "heartbeat":
             self._heartbeat(agent, payload)
         else:
             self.drop("topic")
 
-    def _status(self, agent: str, payload: bytes) -> None:
+    def _status(self, agent: str, payload: bytes, retained: bool) -> None:
         text = payload.decode("utf-8", "replace").strip()
         state = self.agents.setdefault(agent, AgentState())
         if text == "offline":
-            state.offline = True
-            if self.on_offline is not None:
-                self.on_offline(agent)
+            if retained:
+                return  # a will from before our (re)connect: silence will judge the agent
+            # A broker that shuts down publishes every client's will, ours included; believe
+            # the will only if our own link is still up a moment later.
+            epoch, mark = self.link_epoch, state.alive_marks
+            self._schedule(self._will_confirm, lambda: self._confirm_offline(agent, epoch, mark))
         elif text == "online":
             state.offline = False
+            state.alive_marks += 1
         elif text:  # an empty retained payload just clears the topic
             self.drop("malformed")
+
+    def _confirm_offline(self, agent: str, epoch: int, mark: int) -> None:
+        state = self.agents.setdefault(agent, AgentState())
+        if not self.connected or epoch != self.link_epoch or state.alive_marks != mark:
+            return  # our link changed, or the agent spoke again since its will
+        state.offline = True
+        if self.on_offline is not None:
+            self.on_offline(agent)
 
     def _heartbeat(self, agent: str, payload: bytes) -> None:
         try:
@@ -103,6 +134,7 @@ class HeartbeatBoard:
         state.last_seen = self._clock.monotonic()
         state.last_wall = self._clock.wall()
         state.offline = False
+        state.alive_marks += 1
         state.figures = figures
         seq = data.get("seq")
         state.seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else state.seq + 1
@@ -208,7 +240,9 @@ class HeartbeatListener:
                         payload = message.payload
                         if not isinstance(payload, bytes | bytearray):
                             payload = str(payload).encode()
-                        self._board.handle(str(message.topic), bytes(payload), prefix)
+                        self._board.handle(
+                            str(message.topic), bytes(payload), prefix, retained=message.retain
+                        )
             except aiomqtt.MqttError as exc:
                 if self._board.connected:
                     log.warning("lost the MQTT broker: %s; reconnecting", exc)

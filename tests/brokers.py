@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,11 @@ class Broker:
         log_path = self.workdir / "mosquitto.log"
         with log_path.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
-                str(MOSQUITTO), "-c", str(conf), stdout=log, stderr=log,
+                str(MOSQUITTO),
+                "-c",
+                str(conf),
+                stdout=log,
+                stderr=log,
                 stdin=asyncio.subprocess.DEVNULL,
             )
         self.daemon = Daemon("mosquitto", process, log_path)
@@ -68,7 +73,7 @@ class Broker:
 
 
 @contextlib.asynccontextmanager
-async def run_mosquitto(workdir: Path):  # type: ignore[no-untyped-def]
+async def run_mosquitto(workdir: Path) -> AsyncIterator[Broker]:
     """Start a broker for the duration of the block."""
     workdir.mkdir(parents=True, exist_ok=True)
     broker = Broker(workdir, free_port())

@@ -166,22 +166,37 @@ async def test_dns_probe_against_bind(tmp_path: Path, session: aiohttp.ClientSes
         pytest.skip("named is missing: install the Debian package bind9")
     async with run_bind(tmp_path / "bind") as bind:
         good = spec(
-            {"type": "dns", "server": bind.server, "query": "ns1.example.test", "expect": ["127.0.0.1"]}
+            {
+                "type": "dns",
+                "server": bind.server,
+                "query": "ns1.example.test",
+                "expect": ["127.0.0.1"],
+            }
         )
         assert (await build_prober(good, session).check())[0] is True
         wrong = spec(
-            {"type": "dns", "server": bind.server, "query": "ns1.example.test", "expect": ["10.9.9.9"]}
+            {
+                "type": "dns",
+                "server": bind.server,
+                "query": "ns1.example.test",
+                "expect": ["10.9.9.9"],
+            }
         )
         ok, detail, _ = await build_prober(wrong, session).check()
         assert ok is False and "lacks" in detail
         missing = spec({"type": "dns", "server": bind.server, "query": "nope.example.test"})
-        assert (await build_prober(missing, session).check())[:2] == (False, "DNS answered NXDOMAIN")
+        assert (await build_prober(missing, session).check())[:2] == (
+            False,
+            "DNS answered NXDOMAIN",
+        )
 
 
 async def test_icmp_probe_loopback(session: aiohttp.ClientSession) -> None:
     if os.geteuid() != 0:
         pytest.skip("raw ICMP sockets need root here")
-    ok, detail, _ = await build_prober(spec({"type": "icmp", "address": "127.0.0.1"}), session).check()
+    ok, detail, _ = await build_prober(
+        spec({"type": "icmp", "address": "127.0.0.1"}), session
+    ).check()
     assert ok is True, detail
 
 

@@ -1,0 +1,236 @@
+"""The node agent and the daemon's heartbeat listener against a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiomqtt
+import pytest
+from prometheus_client import CollectorRegistry
+
+from monitor.agent import NodeAgent
+from monitor.heartbeat import HeartbeatBoard, HeartbeatListener
+from monitor.metrics import AgentCollector, MonitorMetrics
+from monitor.monitor import Monitor
+from nodevigil.clock import SystemClock
+from nodevigil.config import Config, parse_config
+from nodevigil.events import Event, EventBus, Verdict
+from tests.brokers import Broker
+from tests.failover.daemons import poll_until
+
+
+def mqtt_config(broker: Broker, **probe: Any) -> Config:
+    return parse_config(
+        {
+            "mqtt": {"url": broker.url},
+            "defaults": {"interval": "200ms", "timeout": "100ms", "rise": 2, "fall": 3},
+            "sites": [{"name": "s", "address": "192.0.2.1"}],
+            "nodes": [
+                {"name": "n1", "site": "s", "probes": [{"type": "mqtt", **probe}]},
+            ],
+        }
+    )
+
+
+@contextlib.asynccontextmanager
+async def background(*coros: Any) -> AsyncIterator[list[asyncio.Task[Any]]]:
+    tasks = [asyncio.create_task(c) for c in coros]
+    try:
+        yield tasks
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def watching(
+    config: Config, board: HeartbeatBoard
+) -> AsyncIterator[tuple[Monitor, EventBus]]:
+    bus = EventBus()
+    metrics = MonitorMetrics(CollectorRegistry())
+    assert config.mqtt is not None
+    async with (
+        Monitor(config, bus=bus, clock=SystemClock(), metrics=metrics, board=board) as monitor,
+        background(HeartbeatListener(config.mqtt, board).run()),
+    ):
+        yield monitor, bus
+
+
+async def test_agent_heartbeats_reach_the_daemon(mosquitto: Broker) -> None:
+    board = HeartbeatBoard(SystemClock())
+    config = mqtt_config(mosquitto)
+    assert config.mqtt is not None
+    agent = NodeAgent(url=mosquitto.url, node="n1", interval=0.2)
+    async with background(HeartbeatListener(config.mqtt, board).run(), agent.run()):
+
+        async def heard() -> bool:
+            state = board.agents.get("n1")
+            return state is not None and state.seq >= 2 and "memory_percent" in state.figures
+
+        await poll_until(heard, within=10, what="two heartbeats from n1")
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(board))
+    assert registry.get_sample_value("nodevigil_agent_memory_percent", {"node": "n1"}) is not None
+
+
+async def test_killed_agent_is_judged_down_by_its_last_will(mosquitto: Broker) -> None:
+    board = HeartbeatBoard(SystemClock())
+    # max_silence is long: only the broker's last-will can explain a quick verdict.
+    config = mqtt_config(mosquitto, max_silence="60s")
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nodevigil.cli",
+        "agent",
+        "--mqtt",
+        mosquitto.url,
+        "--node",
+        "n1",
+        "--interval",
+        "200ms",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with watching(config, board) as (monitor, bus):
+            downs = bus.subscribe(["node.down"])
+
+            async def up() -> bool:
+                return monitor.verdicts()["n1"] is Verdict.UP
+
+            await poll_until(up, within=15, what="n1 up")
+            agent.send_signal(signal.SIGKILL)
+            event: Event = await asyncio.wait_for(downs.get(), timeout=10)
+            assert event.subject == "n1"
+            assert "last-will" in event.data["reason"]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            agent.kill()
+        await agent.wait()
+
+
+async def test_silent_agent_and_resource_limits(mosquitto: Broker) -> None:
+    board = HeartbeatBoard(SystemClock())
+    config = mqtt_config(mosquitto, max_silence="1s", limits={"disk_percent": 95})
+    async with (
+        watching(config, board) as (monitor, _),
+        aiomqtt.Client("127.0.0.1", mosquitto.port) as client,
+    ):
+        topic = "nodevigil/nodes/n1/heartbeat"
+
+        async def beat(disk: float) -> None:
+            await client.publish(topic, json.dumps({"seq": 1, "disk_percent": disk}).encode())
+
+        async def verdict_is(v: Verdict) -> bool:
+            return monitor.verdicts()["n1"] is v
+
+        async def keep_beating(disk: float, until: Verdict) -> None:
+            async def check() -> bool:
+                await beat(disk)
+                return await verdict_is(until)
+
+            await poll_until(check, within=15, interval=0.2, what=f"n1 {until}")
+
+        await keep_beating(50.0, Verdict.UP)
+        await keep_beating(97.0, Verdict.DOWN)
+        status = monitor.node_status("n1")
+        assert status is not None
+        assert "disk_percent 97 is over the limit 95" in status["probes"][0]["last"]["detail"]
+        await keep_beating(50.0, Verdict.UP)
+        # Silence: no heartbeat for more than max_silence takes it down.
+        await poll_until(lambda: verdict_is(Verdict.DOWN), within=10, what="silence judged")
+
+
+async def test_broker_restart_does_not_mark_nodes_down(mosquitto: Broker) -> None:
+    board = HeartbeatBoard(SystemClock())
+    config = mqtt_config(mosquitto, max_silence="2s")
+    agent = NodeAgent(url=mosquitto.url, node="n1", interval=0.2)
+    async with watching(config, board) as (monitor, bus), background(agent.run()):
+        downs = bus.subscribe(["node.down"])
+
+        async def up() -> bool:
+            return monitor.verdicts()["n1"] is Verdict.UP
+
+        await poll_until(up, within=15, what="n1 up")
+        await mosquitto.stop()
+        await poll_until(
+            lambda: asyncio.sleep(0, not board.connected), within=15, what="link down seen"
+        )
+        await asyncio.sleep(2.5)  # longer than max_silence: the outage must not judge n1
+        await mosquitto.start()
+        seq = board.agents["n1"].seq
+
+        async def resumed() -> bool:
+            return board.connected and board.agents["n1"].seq > seq + 3
+
+        await poll_until(resumed, within=20, what="heartbeats resumed after the restart")
+        assert downs.drain() == []
+        assert monitor.verdicts()["n1"] is Verdict.UP
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        ("nodevigil/nodes/n1/heartbeat", b"not json", "malformed"),
+        ("nodevigil/nodes/n1/heartbeat", b"[1, 2]", "malformed"),
+        ("nodevigil/nodes/n1/heartbeat", b'{"disk_percent": "full"}', "malformed"),
+        ("nodevigil/nodes/n1/heartbeat", b'{"load1": -1}', "malformed"),
+        ("nodevigil/nodes/n1/heartbeat", b"{" + b" " * 70_000 + b"}", "too_large"),
+        ("nodevigil/nodes/n1/status", b"exploded", "malformed"),
+        ("nodevigil/nodes/n1/x/heartbeat", b"{}", "topic"),
+    ],
+)
+def test_malformed_payloads_are_counted_and_dropped(
+    topic: str, payload: bytes, reason: str
+) -> None:
+    board = HeartbeatBoard(SystemClock())
+    board.handle(topic, payload, "nodevigil")
+    assert board.dropped == {reason: 1}
+    assert all(s.last_seen is None for s in board.agents.values())
+
+
+async def test_malformed_payloads_over_a_real_broker(mosquitto: Broker) -> None:
+    board = HeartbeatBoard(SystemClock())
+    config = mqtt_config(mosquitto)
+    assert config.mqtt is not None
+    async with background(HeartbeatListener(config.mqtt, board).run()):
+        await poll_until(lambda: asyncio.sleep(0, board.connected), within=10, what="connected")
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as client:
+            for _ in range(3):
+                await client.publish("nodevigil/nodes/n1/heartbeat", b"\xff\xfe garbage")
+            await client.publish("nodevigil/nodes/n1/heartbeat", b'{"seq": 7, "load1": 0.5}')
+
+        async def handled() -> bool:
+            state = board.agents.get("n1")
+            return board.dropped.get("malformed") == 3 and state is not None and state.seq == 7
+
+        await poll_until(handled, within=10, what="3 drops and one good heartbeat")
+
+
+def test_a_will_is_believed_only_if_our_link_survives_it() -> None:
+    later: list[Any] = []
+    board = HeartbeatBoard(SystemClock(), schedule=lambda _delay, fn: later.append(fn))
+    seen: list[str] = []
+    board.on_offline = seen.append
+    board.link_up()
+    board.handle("nodevigil/nodes/a/status", b"offline", "nodevigil")
+    board.handle("nodevigil/nodes/b/status", b"offline", "nodevigil")
+    board.handle("nodevigil/nodes/b/heartbeat", b"{}", "nodevigil")  # b came back at once
+    board.handle("nodevigil/nodes/c/status", b"offline", "nodevigil", retained=True)
+    for fn in later:
+        fn()
+    assert seen == ["a"]
+    assert board.agents["a"].offline and not board.agents["b"].offline
+    later.clear()
+    board.handle("nodevigil/nodes/d/status", b"offline", "nodevigil")
+    board.link_down()  # the broker is shutting down and sent everyone's will
+    for fn in later:
+        fn()
+    assert seen == ["a"]
