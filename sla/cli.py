@@ -16,7 +16,7 @@ from sla.explain import explain_row
 from sla.inputs import read_charges, read_exclusions, read_outages
 from sla.ledger import Ledger
 from sla.model import ROUNDINGS, Cause, CreditRow, Interval, Rounding, to_us
-from sla.render import render_csv, render_json, render_table
+from sla.render import render_csv, render_json, render_review, render_table
 from sla.rule import BillingCalendar, calculate, load_zone
 
 FORMATS = ("table", "csv", "json")
@@ -175,7 +175,7 @@ def _write(
     elif fmt == "csv":
         out.write(render_csv(rows))
         if review:
-            err.write(render_table([], calendar.zone, review).split("\n", 2)[-1])
+            print("\n".join(render_review(review, calendar.zone)), file=err)
     else:
         out.write(render_table(rows, calendar.zone, review))
 

@@ -101,9 +101,13 @@ def render_table(rows: Sequence[CreditRow], zone: ZoneInfo, review: Sequence[Int
         ).rstrip()
         for r in cells
     ]
-    for item in review_dicts(review, zone):
-        lines.append(
-            f"review: {item['service']} {item['start']} to {item['end']} is unknown time"
-            " (nodevigil not running); no credit until an operator sets its cause"
-        )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + render_review(review, zone)) + "\n"
+
+
+def render_review(review: Sequence[Interval], zone: ZoneInfo) -> list[str]:
+    """One line per stretch of unknown time awaiting an operator's decision."""
+    return [
+        f"review: {item['service']} {item['start']} to {item['end']} is unknown time"
+        " (nodevigil not running); no credit until an operator sets its cause"
+        for item in review_dicts(review, zone)
+    ]
