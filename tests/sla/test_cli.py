@@ -194,3 +194,27 @@ def test_bad_explain_filter_and_missing_argument(
     assert "--explain: 'colour=red'" in capsys.readouterr().err
     assert main(["credits", "--timezone", "UTC"]) == 2
     assert "required" in capsys.readouterr().err
+
+
+def test_charges_import_then_report_a_month(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    db = str(tmp_path / "ledger.db")
+    ledger_args = ["--db", db, "--timezone", "Europe/Berlin"]
+    assert main(["charges", "import", str(files["charges"]), *ledger_args]) == 0
+    assert "imported 4 charges" in capsys.readouterr().out
+    assert main(["report", "--month", "2026-03", "--customer", "beta", *ledger_args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == ["beta,db,2026-03-01,0,1440,10.00,0.00,EUR",
+                         "beta,mail,2026-03-01,0,1440,10.00,0.00,EUR"]  # fmt: skip
+    assert main(["report", "--month", "2026-04", "--format", "json", *ledger_args]) == 0
+    assert '"credits": []' in capsys.readouterr().out
+
+
+def test_report_problems_exit_two(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = ["--db", str(tmp_path / "none.db"), "--timezone", "UTC"]
+    assert main(["report", "--month", "2026-03", *missing]) == 2
+    assert "none.db: no ledger database here" in capsys.readouterr().err
+    assert not (tmp_path / "none.db").exists()
+    assert main(["report", "--month", "March", *missing]) == 2
+    assert "--month: 'March' is not a month" in capsys.readouterr().err
