@@ -24,6 +24,9 @@ from failover.lb.errors import (
 from failover.lb.retry import RetryPolicy, call_with_retries
 from nodevigil.errors import LoadBalancerError
 
+# The config writes BIND's short names; dnspython knows hmac-md5 only by its long name.
+_ALGORITHM_NAMES = {"hmac-md5": "hmac-md5.sig-alg.reg.int"}
+
 # dnspython raises these when the server's answer carries a TSIG error.
 _TSIG_ERRORS: dict[type[Exception], str] = {
     dns.tsig.PeerBadKey: "BADKEY",
@@ -65,6 +68,7 @@ class Rfc2136LoadBalancer:
         self._retry = retry or RetryPolicy()
         self._keyring: dict[dns.name.Name, dns.tsig.Key] | None = None
         self._keyname: dns.name.Name | None = None
+        tsig_algorithm = _ALGORITHM_NAMES.get(tsig_algorithm.lower(), tsig_algorithm)
         self._algorithm = dns.name.from_text(tsig_algorithm)
         if tsig_name is not None and tsig_secret is not None:
             try:

@@ -173,3 +173,15 @@ def test_missing_secret_file_is_a_config_error(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"absent\.key"):
         build_global("gslb", cfg, tmp_path)
+
+
+@pytest.mark.parametrize("algorithm", ["hmac-md5", "hmac-sha512"])
+async def test_other_tsig_algorithms_from_the_config(tmp_path: Path, algorithm: str) -> None:
+    from tests.failover.conftest import require_program
+    from tests.failover.daemons import NAMED, run_bind
+
+    require_program(NAMED, "bind9")
+    async with run_bind(tmp_path / "bind", algorithm=algorithm) as bind:
+        lb = adapter(bind)
+        await lb.set_addresses("www", {"192.0.2.77"})
+        assert await published(bind, "A") == {"192.0.2.77"}
