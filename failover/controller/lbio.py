@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from failover.controller.decide import site_backend
 from failover.controller.state import Action, Observed, SetAddresses, SetServerState
+from failover.controller.store import ActionRecord
 from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer, ServerState
 from nodevigil.config.schema import Config
-from nodevigil.errors import LoadBalancerError
+from nodevigil.errors import ConfigError, LoadBalancerError
 
 # report(key, lb, what, target, error): error None means the call succeeded.
 Report = Callable[[str, str, str, str, BaseException | None], None]
@@ -158,3 +160,78 @@ async def apply(
 
     await asyncio.gather(*(run(group) for group in by_lb.values()))
     return results
+
+
+def describe_applied(result: Applied, wall: float) -> tuple[str, dict[str, Any], ActionRecord]:
+    """The ``lb.action`` event's subject and data, and the action-log record, for one result."""
+    a = result.action
+    data: dict[str, Any] = {"lb": a.lb, "why": a.why}
+    if isinstance(a, SetServerState):
+        old = a.old.value if a.old else None
+        data.update(
+            what="set_state",
+            backend=a.backend,
+            server=a.server,
+            node=a.node,
+            site=a.site,
+            old=old,
+            new=a.new.value,
+        )
+        target, subject = f"{a.backend}/{a.server}", a.node
+    else:
+        data.update(
+            what="set_addresses",
+            record=a.record,
+            service=a.service,
+            old=sorted(a.old),
+            new=sorted(a.new),
+        )
+        target, subject = a.record, a.service
+    outcome = "ok" if result.error is None else "error"
+    record = ActionRecord(
+        wall,
+        a.lb,
+        data["what"],
+        target,
+        str(data["old"]),
+        str(data["new"]),
+        a.why,
+        outcome,
+        result.error,
+    )
+    return subject, data, record
+
+
+def after_applied(observed: Observed, applied: list[Applied]) -> Observed:
+    """Read-back state with the successful actions applied (for status until the next read)."""
+    servers = dict(observed.servers)
+    records = dict(observed.records)
+    for result in applied:
+        if result.error is not None:
+            continue
+        a = result.action
+        if isinstance(a, SetServerState):
+            servers[a.node] = a.new
+        else:
+            records[(a.lb, a.record)] = a.new
+    return replace(observed, servers=servers, records=records)
+
+
+def check_adapters(
+    config: Config,
+    local: Mapping[str, LocalLoadBalancer],
+    global_: Mapping[str, GlobalLoadBalancer],
+) -> None:
+    """Raise ConfigError listing every load balancer the config names but no adapter serves."""
+    problems = [
+        f"sites.{s.name}.local_lb: no adapter given for {s.local_lb!r}"
+        for s in config.sites
+        if s.local_lb is not None and s.local_lb not in local
+    ]
+    problems += [
+        f"services.{s.name}.global_lb: no adapter given for {s.global_lb!r}"
+        for s in config.services
+        if s.global_lb is not None and s.global_lb not in global_
+    ]
+    if problems:
+        raise ConfigError(problems, source="failover controller")

@@ -12,14 +12,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from failover.controller.decide import decide
-from failover.controller.lbio import Applied, apply, read_back
+from failover.controller.lbio import (
+    Applied,
+    after_applied,
+    apply,
+    check_adapters,
+    describe_applied,
+    read_back,
+)
 from failover.controller.metrics import ControllerMetrics
 from failover.controller.state import (
     Book,
@@ -38,8 +44,8 @@ from failover.controller.store import ActionRecord, Store
 from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer
 from nodevigil.clock import Clock
 from nodevigil.config.schema import Config
-from nodevigil.errors import ConfigError, NodevigilError
-from nodevigil.events import Event, EventBus, Subscription
+from nodevigil.errors import NodevigilError
+from nodevigil.events import Event, EventBus, Subscription, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,7 @@ class Controller:
             raise ValueError("lb_timeout must be positive")
         self._local = dict(local_lbs)
         self._global = dict(global_lbs)
-        _check_adapters(config, self._local, self._global)
+        check_adapters(config, self._local, self._global)
         self._config = config
         self._source = verdicts
         self._bus = bus
@@ -82,7 +88,10 @@ class Controller:
         self._book = Book()
         self._saved_book: Book | None = None
         self._reasons: dict[str, str] = {}
-        self._failing: dict[str, str] = {}  # failing call key -> error, to report once per streak
+        self._failing: dict[str, str] = {}
+        self._logged_errors: set[tuple[str, str, str]] = (
+            set()
+        )  # failing call key -> error, to report once per streak
         self._observed: Observed | None = None
         self._last: Decision | None = None
         self._last_cycle_at: float | None = None
@@ -157,7 +166,7 @@ class Controller:
 
     def update_config(self, config: Config) -> None:
         """Use ``config`` from the next cycle on (adapters are fixed; missing ones are refused)."""
-        _check_adapters(config, self._local, self._global)
+        check_adapters(config, self._local, self._global)
         self._config = config
         self._poke.set()
 
@@ -188,7 +197,7 @@ class Controller:
             applied = await apply(
                 decision.actions, self._local, self._global, self._lb_timeout, self._report
             )
-            self._observed = _after(observed, applied)
+            self._observed = after_applied(observed, applied)
             self._book = decision.book
             self._last = decision
             self._last_cycle_at = wall
@@ -202,43 +211,16 @@ class Controller:
     ) -> None:
         records = []
         for result in applied:
-            a = result.action
-            data: dict[str, Any] = {"lb": a.lb, "old": None, "new": None, "why": a.why}
-            if isinstance(a, SetServerState):
-                data.update(
-                    what="set_state",
-                    backend=a.backend,
-                    server=a.server,
-                    node=a.node,
-                    site=a.site,
-                    old=a.old.value if a.old else None,
-                    new=a.new.value,
-                )
-                target, subject = f"{a.backend}/{a.server}", a.node
-            else:
-                data.update(
-                    what="set_addresses",
-                    record=a.record,
-                    service=a.service,
-                    old=sorted(a.old),
-                    new=sorted(a.new),
-                )
-                target, subject = a.record, a.service
-            records.append(
-                ActionRecord(
-                    wall,
-                    a.lb,
-                    data["what"],
-                    target,
-                    str(data["old"]),
-                    str(data["new"]),
-                    a.why,
-                    "ok" if result.error is None else "error",
-                    result.error,
-                )
-            )
+            subject, data, record = describe_applied(result, wall)
+            key = (record.lb, record.target, record.new)
             if result.error is None:
+                self._logged_errors.discard(key)
                 self._emit("lb.action", subject, data)
+            elif key in self._logged_errors:
+                continue  # a failure retried every cycle is logged once, not once a second
+            else:
+                self._logged_errors.add(key)
+            records.append(record)
         for notice in decision.notices:
             self._emit(notice.kind, notice.subject, notice.data)
         text = decision.text
@@ -246,9 +228,12 @@ class Controller:
             failed = sum(1 for r in applied if r.error is not None)
             line = text + (f" [{failed} failed, retrying]" if failed else "")
             log.info("failover: %s", line)
+            # Evidence: the nodes acted on and every node not up (not the whole fleet).
+            acted = {r.action.node for r in applied if isinstance(r.action, SetServerState)}
             evidence = {
                 name: {"verdict": v.value, "reason": state.reasons.get(name, "")}
                 for name, v in sorted(state.verdicts.items())
+                if name in acted or v is not Verdict.UP
             }
             self._emit(
                 "controller.decision",
@@ -418,37 +403,3 @@ class Controller:
     async def actions(self, limit: int = 100) -> list[ActionRecord]:
         """The latest entries of the durable action log."""
         return await self._store.actions(limit)
-
-
-def _after(observed: Observed, applied: list[Applied]) -> Observed:
-    """Read-back state with the successful actions applied (for status until the next read)."""
-    servers = dict(observed.servers)
-    records = dict(observed.records)
-    for result in applied:
-        if result.error is not None:
-            continue
-        a = result.action
-        if isinstance(a, SetServerState):
-            servers[a.node] = a.new
-        else:
-            records[(a.lb, a.record)] = a.new
-    return replace(observed, servers=servers, records=records)
-
-
-def _check_adapters(
-    config: Config,
-    local: Mapping[str, LocalLoadBalancer],
-    global_: Mapping[str, GlobalLoadBalancer],
-) -> None:
-    problems = [
-        f"sites.{s.name}.local_lb: no adapter given for {s.local_lb!r}"
-        for s in config.sites
-        if s.local_lb is not None and s.local_lb not in local
-    ]
-    problems += [
-        f"services.{s.name}.global_lb: no adapter given for {s.global_lb!r}"
-        for s in config.services
-        if s.global_lb is not None and s.global_lb not in global_
-    ]
-    if problems:
-        raise ConfigError(problems, source="failover controller")
