@@ -21,7 +21,8 @@ from sla.errors import SlaError, SlaInputError
 from sla.ledger_core import LedgerCore, LedgerEntry
 from sla.model import Cause, Charge, CreditRow, Rounding
 from sla.rule import load_zone
-from sla.store import Adjustment, LedgerStore, SqliteStore
+from sla.sqlite_store import SqliteStore
+from sla.store import Adjustment, LedgerStore
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -14,7 +14,7 @@ import pytest
 from sla.errors import SlaError
 from sla.ledger import Ledger
 from sla.model import Cause
-from sla.store import SqliteStore
+from sla.sqlite_store import SqliteStore
 from tests.sla.helpers import charge
 
 BERLIN_DAY = date(2026, 3, 1)
