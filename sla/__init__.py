@@ -1,0 +1,4 @@
+"""SLA credits (clauses VIII.7-VIII.9): the credit rule, the offline calculator and the ledger.
+
+Imports nothing from ``monitor`` or ``failover``; from ``nodevigil`` only errors and durations.
+"""

@@ -157,7 +157,7 @@ class Ledger:
         return await self._run(self._core.store.adjustments, customer)
 
     async def settle(self) -> list[CreditRow]:
-        """Freeze the credit of days that became final; returns the newly settled rows."""
+        """Freeze days that became final; returns every row settled since the last call."""
         return await self._run(self._core.settle_now)
 
     async def unavailable_minutes_total(self, service: str | None = None) -> dict[str, int]:

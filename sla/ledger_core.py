@@ -66,6 +66,7 @@ class LedgerCore:
         self.rounding: Rounding = rounding
         self._delay_us = settlement_delay // timedelta(microseconds=1)
         self._now = now
+        self._fresh: list[CreditRow] = []  # settled since the daemon last asked, for metrics
 
     def now_us(self) -> int:
         """The injected clock, in microseconds."""
@@ -99,12 +100,15 @@ class LedgerCore:
     def _settle(self, at: int) -> list[CreditRow]:
         rows = self._compute(self.store.charges(date.min, self.last_final_day(at), None, True), at)
         self.store.put_settled(rows, at)
+        self._fresh.extend(rows)
         return rows
 
     def settle_now(self) -> list[CreditRow]:
-        """Freeze the credits of days that became final; return the newly frozen rows."""
+        """Freeze days that became final; return every row frozen since the last call."""
         with self.store.transaction():
-            return self._settle(self.now_us())
+            self._settle(self.now_us())
+        fresh, self._fresh = self._fresh, []
+        return fresh
 
     def _readjust_keys(
         self, keys: Iterable[tuple[str, str, date]], who: str, why: str, at: int

@@ -105,6 +105,12 @@ async def test_settlement_is_at_local_midnight_plus_delay(db: Path, clock: Clock
         [settled] = await ledger.settle()
         assert settled.day == BERLIN_DAY
         assert await ledger.settle() == []  # settled once only
+        # a day settled as a side effect of another call is still reported once
+        await ledger.import_charges([charge("2026-03-02")])
+        clock.now += timedelta(days=1)
+        await ledger.credits(BERLIN_DAY, date(2026, 3, 2))
+        assert [r.day for r in await ledger.settle()] == [date(2026, 3, 2)]
+        assert await ledger.settle() == []
 
 
 async def test_settlement_delay_is_configurable(db: Path, clock: Clock) -> None:
