@@ -148,9 +148,10 @@ class Ledger:
         service: str | None = None,
         from_: datetime | None = None,
         to: datetime | None = None,
+        customer: str | None = None,
     ) -> list[LedgerEntry]:
-        """Intervals overlapping ``[from_, to)``, optionally of one service."""
-        return await self._run(self._core.entries, service, from_, to, False)
+        """Intervals overlapping ``[from_, to)``; ``customer`` limits them to its services."""
+        return await self._run(self._core.entries, service, from_, to, False, customer)
 
     async def adjustments(self, customer: str | None = None) -> list[Adjustment]:
         """Changes to final days' credits, oldest first."""

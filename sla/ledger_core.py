@@ -275,13 +275,17 @@ class LedgerCore:
         from_: datetime | None,
         to: datetime | None,
         open_only: bool,
+        customer: str | None = None,
     ) -> list[LedgerEntry]:
-        """Intervals overlapping ``[from_, to)``, as the API lists them."""
+        """Intervals overlapping ``[from_, to)``; a customer sees only the services it pays for."""
         zone = self.calendar.zone
         lo = None if from_ is None else to_us(from_)
         hi = None if to is None else to_us(to)
         with self.store.transaction():
             stored = self.store.intervals(service, lo, hi, open_only)
+            if customer is not None:
+                allowed = self.store.services_of(customer)
+                stored = [iv for iv in stored if iv.service in allowed]
         return [
             LedgerEntry(iv.id, iv.service, from_us(iv.start_us, zone),
                         None if iv.end_us is None else from_us(iv.end_us, zone), iv.cause,

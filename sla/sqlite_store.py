@@ -225,6 +225,11 @@ class SqliteStore:
             for r in self._db.execute(sql, args)
         ]
 
+    def services_of(self, customer: str) -> set[str]:
+        """Services the customer has ever been charged for."""
+        sql = "SELECT DISTINCT service FROM charges WHERE customer = ?"
+        return {str(r[0]) for r in self._db.execute(sql, (customer,))}
+
     def settled(self, from_day: date, to_day: date) -> dict[tuple[str, str, date], CreditRow]:
         """The frozen credit rows of final days in the range, by (customer, service, day)."""
         sql = (

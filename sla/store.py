@@ -147,6 +147,10 @@ class LedgerStore(Protocol):
         """Charges with ``from_day <= day <= to_day``."""
         ...
 
+    def services_of(self, customer: str) -> set[str]:
+        """Services the customer has ever been charged for."""
+        ...
+
     def settled(self, from_day: date, to_day: date) -> dict[tuple[str, str, date], CreditRow]:
         """The frozen credit rows of final days in the range, by (customer, service, day)."""
         ...

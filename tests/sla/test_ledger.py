@@ -186,6 +186,12 @@ async def test_credits_filter_by_customer(db: Path, clock: Clock) -> None:
         )
         rows = await ledger.credits(BERLIN_DAY, BERLIN_DAY, customer="beta")
         assert [r.customer for r in rows] == ["beta"]
+        await ledger.import_charges([charge("2026-03-01", customer="acme", service="mail")])
+        await ledger.open_interval("mail", at(8))
+        await ledger.open_interval("web", at(8))
+        assert [e.service for e in await ledger.ledger(customer="beta")] == ["web"]
+        assert len(await ledger.ledger(customer="acme")) == 2
+        assert await ledger.ledger(customer="nobody") == []
         assert await ledger.credits(date(2026, 3, 2), date(2026, 3, 31)) == []
 
 
