@@ -25,6 +25,7 @@ from sla.rule import BillingCalendar, credit_rows, unavailable_minutes
 from sla.store import Adjustment, LedgerStore
 
 SYSTEM = "nodevigil"  # the "who" of changes nodevigil makes by itself
+SETTLED_THROUGH = "settled_through"  # meta key: every charge up to this day is frozen
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +98,19 @@ class LedgerCore:
         minutes = unavailable_minutes(intervals, exclusions, self.calendar, self.rounding)
         return credit_rows(charges, minutes, self.calendar)
 
-    def _settle(self, at: int) -> list[CreditRow]:
-        rows = self._compute(self.store.charges(date.min, self.last_final_day(at), None, True), at)
+    def _settle(self, at: int) -> None:
+        """Freeze days that became final since the last time (a watermark keeps this cheap)."""
+        last = self.last_final_day(at)
+        mark = self.store.meta(SETTLED_THROUGH)
+        first = date.min if mark is None else date.fromisoformat(mark) + timedelta(days=1)
+        if first <= last:
+            self._settle_range(first, last, at)
+            self.store.set_meta(SETTLED_THROUGH, last.isoformat())
+
+    def _settle_range(self, first: date, last: date, at: int) -> None:
+        rows = self._compute(self.store.charges(first, last, None, True), at)
         self.store.put_settled(rows, at)
         self._fresh.extend(rows)
-        return rows
 
     def settle_now(self) -> list[CreditRow]:
         """Freeze days that became final; return every row frozen since the last call."""
@@ -257,7 +266,9 @@ class LedgerCore:
             keys = [(c.customer, c.service, c.day) for c in charges]
             self._readjust_keys(keys, who, "charges imported", at)
             self.store.insert_change(at, who, f"{len(charges)} charges imported", "")
-            self._settle(at)  # new charges for days already final are frozen at once
+            if charges:  # new charges for days already final are frozen at once
+                last = min(max(c.day for c in charges), self.last_final_day(at))
+                self._settle_range(min(c.day for c in charges), last, at)
         return len(charges)
 
     def credits(self, from_date: date, to_date: date, customer: str | None) -> list[CreditRow]:

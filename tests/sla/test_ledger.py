@@ -236,3 +236,19 @@ async def test_newer_schema_is_refused(db: Path, clock: Clock) -> None:
     con.close()
     with pytest.raises(SlaError, match="newer"):
         await open_ledger(db, clock)
+
+
+async def test_charge_imported_late_for_a_final_day_is_frozen_at_once(
+    db: Path, clock: Clock
+) -> None:
+    async with await open_ledger(db, clock) as ledger:
+        await ledger.open_interval("web", at(9))
+        await ledger.close_interval("web", at(9, 30))
+        clock.now = FINAL_AT + timedelta(days=10)
+        assert await ledger.settle() == []  # days are final, but nothing was charged yet
+        await ledger.import_charges([charge("2026-03-01", "14.40")])
+        [row] = await ledger.settle()
+        assert (row.day, row.credit) == (BERLIN_DAY, Decimal("0.30"))
+        await ledger.add_exclusion(at(9), at(9, 10), "customer_action", who="ops")
+        [adj] = await ledger.adjustments()
+        assert (adj.old_credit, adj.new_credit) == (Decimal("0.30"), Decimal("0.20"))
