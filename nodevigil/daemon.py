@@ -1,4 +1,5 @@
-"""The daemon: loads the configuration, runs the monitor, the API and the background loops."""
+"""The daemon: loads the configuration, runs the monitor, the controller, the API and the
+background loops, and stops cleanly."""
 
 from __future__ import annotations
 
@@ -6,18 +7,28 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from failover.controller import Controller, SqliteStore, StateLock
+from failover.lb import (
+    GlobalLoadBalancer,
+    LocalLoadBalancer,
+    RetryPolicy,
+    build_global,
+    build_local,
+)
 from monitor.heartbeat import HeartbeatBoard, HeartbeatListener
 from monitor.metrics import AgentCollector, MonitorMetrics
 from monitor.monitor import Monitor
+from nodevigil.api import failover_routes
 from nodevigil.api.app import ApiContext, build_app
 from nodevigil.api.auth import TokenBook
 from nodevigil.clock import Clock, SystemClock
-from nodevigil.config import load_config, read_secret
+from nodevigil.config import Config, load_config, read_secret
 from nodevigil.config.schema import split_host_port
 from nodevigil.errors import ConfigError, StateError
 from nodevigil.eventlog import EventLog
@@ -27,13 +38,16 @@ from nodevigil.metrics import DaemonMetrics
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 3600.0
+# Inside one controller cycle a load balancer gets a short retry; the next cycle retries again.
+LB_RETRY = RetryPolicy(attempts=2, total=1.5, initial=0.05, maximum=0.5)
 
 
 class Daemon:
-    """One nodevigil process: ``await Daemon(path).run()`` until SIGTERM."""
+    """One nodevigil process: ``await Daemon(path).run()`` until ``request_stop()``."""
 
     def __init__(self, config_path: Path, *, clock: Clock | None = None) -> None:
         self.config_path = config_path
+        self.base_dir = config_path.resolve().parent
         self.clock = clock or SystemClock()
         self.config = load_config(config_path)  # the same validation as check-config
         self.registry = CollectorRegistry()
@@ -51,6 +65,7 @@ class Daemon:
         """Re-read the configuration; keep the old one when the new one is invalid."""
         try:
             config = load_config(self.config_path)
+            self.controller.update_config(config)  # refuses load balancers it has no adapter for
         except ConfigError as exc:
             log.error("reload rejected, keeping the running configuration: %s", exc)
             return False
@@ -69,60 +84,117 @@ class Daemon:
             config.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StateError(f"cannot create state_dir {config.state_dir}: {exc}") from exc
-        events = EventLog(config.state_dir / "events.db")
-        await events.open()
-        self.bus.add_sink(events.append)
-        monitor_metrics = MonitorMetrics(self.registry)
-        self.registry.register(AgentCollector(self.board))
-        self.metrics.config_reloads.set(self.clock.wall())
-        async with Monitor(
-            config, bus=self.bus, clock=self.clock, metrics=monitor_metrics, board=self.board
-        ) as monitor:
-            self.monitor = monitor
-            self.context = ApiContext(
-                config=config,
-                registry=self.registry,
-                monitor=monitor,
-                events=events,
-                tokens=TokenBook(config.api.tokens),
-            )
-            runner = web.AppRunner(build_app(self.context), access_log=None)
-            await runner.setup()
-            host, port = split_host_port(config.api.listen)
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-            server = site._server
-            sockets = getattr(server, "sockets", None) or []
-            self.api_port = sockets[0].getsockname()[1] if sockets else port
-            log.info("API listening on http://%s:%d", host, self.api_port)
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(events.run(), name="event-log")
-                    tg.create_task(self.metrics.watch_loop_lag(), name="loop-lag")
-                    tg.create_task(self._prune(events), name="prune")
-                    if config.mqtt is not None:
-                        password = (
-                            read_secret(config.mqtt.password) if config.mqtt.password else None
-                        )
-                        listener = HeartbeatListener(config.mqtt, self.board, password)
-                        tg.create_task(listener.run(), name="mqtt-heartbeats")
-                    self.context.ready = True
-                    await self._stop.wait()
-                    raise _Stop
-            except* _Stop:
-                pass
-            finally:
-                self.context.ready = False
-                await runner.cleanup()
-                await events.close()
+        with StateLock(config.state_dir):
+            async with contextlib.AsyncExitStack() as stack:
+                await self._run(config, stack)
         log.info("stopped")
 
-    async def _prune(self, events: EventLog) -> None:
+    async def _run(self, config: Config, stack: contextlib.AsyncExitStack) -> None:
+        events = EventLog(config.state_dir / "events.db")
+        await events.open()
+        stack.push_async_callback(events.close)
+        self.bus.add_sink(events.append)
+        self.registry.register(AgentCollector(self.board))
+        self.metrics.config_reloads.set(self.clock.wall())
+        local_lbs, global_lbs = await stack.enter_async_context(self._adapters(config))
+        store = SqliteStore(config.state_dir / "failover.db")
+        stack.push_async_callback(store.close)
+        self.monitor = await stack.enter_async_context(
+            Monitor(
+                config,
+                bus=self.bus,
+                clock=self.clock,
+                metrics=MonitorMetrics(self.registry),
+                board=self.board,
+            )
+        )
+        self.controller = await stack.enter_async_context(
+            Controller(
+                config=config,
+                verdicts=self.monitor,
+                bus=self.bus,
+                clock=self.clock,
+                local_lbs=local_lbs,
+                global_lbs=global_lbs,
+                store=store,
+                registry=self.registry,
+            )
+        )
+        self.context = ApiContext(
+            config=config,
+            registry=self.registry,
+            monitor=self.monitor,
+            events=events,
+            tokens=TokenBook(config.api.tokens),
+            # Ready once the controller has read the load balancers back and reconciled once.
+            readiness=[lambda: self.controller.status().last_cycle_at is not None],
+        )
+        app = build_app(self.context, failover_routes.routes())
+        app[failover_routes.CONTROLLER] = self.controller
+        await self._serve(app, config, stack)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(events.run(), name="event-log")
+                tg.create_task(self.metrics.watch_loop_lag(), name="loop-lag")
+                tg.create_task(self._prune(events, store), name="prune")
+                if config.mqtt is not None:
+                    password = (
+                        read_secret(config.mqtt.password, self.base_dir)
+                        if (config.mqtt.password)
+                        else None
+                    )
+                    listener = HeartbeatListener(config.mqtt, self.board, password)
+                    tg.create_task(listener.run(), name="mqtt-heartbeats")
+                self.context.ready = True
+                await self._stop.wait()
+                raise _Stop
+        except* _Stop:
+            pass
+        finally:
+            self.context.ready = False
+
+    async def _serve(
+        self, app: web.Application, config: Config, stack: contextlib.AsyncExitStack
+    ) -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        host, port = split_host_port(config.api.listen)
+        await web.TCPSite(runner, host, port).start()
+        self.api_port = int(runner.addresses[0][1]) if runner.addresses else port
+        log.info("API listening on http://%s:%d", host, self.api_port)
+
+    @contextlib.asynccontextmanager
+    async def _adapters(
+        self, config: Config
+    ) -> AsyncIterator[tuple[dict[str, LocalLoadBalancer], dict[str, GlobalLoadBalancer]]]:
+        local_names = {s.local_lb for s in config.sites if s.local_lb}
+        global_names = {s.global_lb for s in config.services if s.global_lb}
+        local = {
+            n: build_local(n, config.load_balancers[n], self.base_dir, retry=LB_RETRY)
+            for n in sorted(local_names)
+        }
+        global_ = {
+            n: build_global(n, config.load_balancers[n], self.base_dir, retry=LB_RETRY)
+            for n in sorted(global_names)
+        }
+        try:
+            yield local, global_
+        finally:
+            adapters: list[LocalLoadBalancer | GlobalLoadBalancer] = [
+                *local.values(),
+                *global_.values(),
+            ]
+            for adapter in adapters:
+                with contextlib.suppress(Exception):
+                    await adapter.close()
+
+    async def _prune(self, events: EventLog, store: SqliteStore) -> None:
         while True:
             cutoff = self.clock.wall() - self.config.records.retention
-            removed = await events.prune(cutoff)
+            removed = await events.prune(cutoff) + await store.prune_actions(cutoff)
             if removed:
-                log.info("pruned %d events older than the retention period", removed)
+                log.info("pruned %d records older than the retention period", removed)
             self.metrics.event_log_errors.set(events.write_errors)
             self.metrics.event_queue_depth.set(self.bus.depth())
             await asyncio.sleep(PRUNE_EVERY)

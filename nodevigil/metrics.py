@@ -16,7 +16,7 @@ class DaemonMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         # *_created series double the series count of a 10,000-node fleet for no use.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         Info("nodevigil_build", "Version of nodevigil and Python.", registry=registry).info(
             {"version": __version__, "python": platform.python_version()}
         )

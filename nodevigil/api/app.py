@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,11 +33,11 @@ class ApiContext:
     events: EventLog
     tokens: TokenBook
     ready: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
+    readiness: list[Callable[[], bool]] = field(default_factory=list)
 
 
 CONTEXT = web.AppKey("context", ApiContext)
-PRINCIPAL = "nodevigil.principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def json_error(status: int, message: str, **extra: Any) -> web.Response:
@@ -46,12 +45,13 @@ def json_error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
 
 
-class ApiError(web.HTTPException):
-    """An HTTP error whose body is JSON."""
+class ApiError(Exception):
+    """Raised by a route: answered as ``{"error": message}`` with ``status``."""
 
     def __init__(self, status: int, message: str) -> None:
-        self.status_code = status
-        super().__init__(text=json.dumps({"error": message}), content_type="application/json")
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 @web.middleware
@@ -59,8 +59,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     """Every error leaves as JSON; an unexpected one is logged and answered 500."""
     try:
         return await handler(request)
-    except ApiError:
-        raise
+    except ApiError as exc:
+        return json_error(exc.status, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -90,8 +90,7 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def principal(request: web.Request) -> Principal:
     """The authenticated caller of an /api/ route."""
-    found: Principal = request[PRINCIPAL]
-    return found
+    return request[PRINCIPAL]
 
 
 def require_operator(request: web.Request) -> Principal:
@@ -118,7 +117,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: configuration loaded, probes running, first reconcile done."""
     ctx = request.app[CONTEXT]
-    if not ctx.ready:
+    if not ctx.ready or not all(check() for check in ctx.readiness):
         return web.json_response({"status": "starting"}, status=503)
     return web.json_response({"status": "ready"})
 
