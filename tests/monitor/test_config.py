@@ -177,3 +177,10 @@ def test_check_config_accepts_the_example() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "ok (1 nodes" in run.stdout
+
+
+def test_configuration_reference_is_generated_from_the_schema() -> None:
+    from nodevigil.config.reference import render
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert doc == render(), "run: python -m nodevigil.config.reference > docs/configuration.md"
