@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from failover.controller import Controller, SqliteStore, StateLock
+from failover.controller.decide import site_backend
 from failover.lb import (
     GlobalLoadBalancer,
     LocalLoadBalancer,
@@ -21,10 +22,11 @@ from failover.lb import (
     build_global,
     build_local,
 )
+from failover.lb.recording import RecordingLocalLoadBalancer
 from monitor.heartbeat import HeartbeatBoard, HeartbeatListener
 from monitor.metrics import AgentCollector, MonitorMetrics
 from monitor.monitor import Monitor
-from nodevigil.api import failover_routes
+from nodevigil.api import failover_routes, sla_routes
 from nodevigil.api.app import ApiContext, build_app
 from nodevigil.api.auth import TokenBook
 from nodevigil.clock import Clock, SystemClock
@@ -34,6 +36,8 @@ from nodevigil.errors import ConfigError, StateError
 from nodevigil.eventlog import EventLog
 from nodevigil.events import EventBus
 from nodevigil.metrics import DaemonMetrics
+from nodevigil.sla_bridge import SlaBridge, utc
+from sla.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +133,34 @@ class Daemon:
             # Ready once the controller has read the load balancers back and reconciled once.
             readiness=[lambda: self.controller.status().last_cycle_at is not None],
         )
-        app = build_app(self.context, failover_routes.routes())
+        ledger = await Ledger.open(
+            config.state_dir / "ledger.db",
+            timezone=config.timezone,
+            rounding=config.sla.rounding,
+            settlement_delay=config.sla.settlement_delay,
+            now=lambda: utc(self.clock.wall()),
+        )
+        stack.push_async_callback(ledger.close)
+        bridge = SlaBridge(
+            ledger,
+            bus=self.bus,
+            clock=self.clock,
+            services=lambda: [s.name for s in self.config.services],
+            unavailable=self._unavailable_services,
+            state_dir=config.state_dir,
+            registry=self.registry,
+        )
+        await bridge.record_downtime()
+        app = build_app(self.context, [*failover_routes.routes(), *sla_routes.routes()])
         app[failover_routes.CONTROLLER] = self.controller
+        app[sla_routes.LEDGER] = ledger
         await self._serve(app, config, stack)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(events.run(), name="event-log")
                 tg.create_task(self.metrics.watch_loop_lag(), name="loop-lag")
-                tg.create_task(self._prune(events, store), name="prune")
+                tg.create_task(self._prune(events, store, ledger), name="prune")
+                tg.create_task(bridge.run(), name="sla-ledger")
                 if config.mqtt is not None:
                     password = (
                         read_secret(config.mqtt.password, self.base_dir)
@@ -178,6 +202,13 @@ class Daemon:
             n: build_global(n, config.load_balancers[n], self.base_dir, retry=LB_RETRY)
             for n in sorted(global_names)
         }
+        for site in config.sites:
+            recording = local.get(site.local_lb or "")
+            if isinstance(recording, RecordingLocalLoadBalancer):
+                # The in-process stand-in starts with the configured servers, all in.
+                for node in config.nodes:
+                    if node.site == site.name:
+                        recording.add_server(site_backend(config, site), node.server_name)
         try:
             yield local, global_
         finally:
@@ -189,10 +220,23 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await adapter.close()
 
-    async def _prune(self, events: EventLog, store: SqliteStore) -> None:
+    def _unavailable_services(self) -> dict[str, float] | None:
+        status = self.controller.status()
+        if status.last_cycle_at is None:
+            return None
+        return {
+            s.name: s.unavailable_since or status.last_cycle_at
+            for s in status.services
+            if not s.available
+        }
+
+    async def _prune(self, events: EventLog, store: SqliteStore, ledger: Ledger) -> None:
         while True:
-            cutoff = self.clock.wall() - self.config.records.retention
+            now = self.clock.wall()
+            cutoff = now - self.config.records.retention
             removed = await events.prune(cutoff) + await store.prune_actions(cutoff)
+            pruned = await ledger.prune(utc(now), self.config.records.retention)
+            removed += sum(pruned.values())
             if removed:
                 log.info("pruned %d records older than the retention period", removed)
             self.metrics.event_log_errors.set(events.write_errors)

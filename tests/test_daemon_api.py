@@ -94,6 +94,7 @@ async def running(tmp_path: Path, target: str) -> AsyncIterator[Running]:
     write_config(path, target, ["a", "zz"])
     daemon = Daemon(path)
     task = asyncio.create_task(daemon.run())
+
     async def ready() -> bool:
         if task.done():
             task.result()  # raise the daemon's own error

@@ -1,0 +1,155 @@
+"""Feeds the SLA ledger from the controller: whole-service unavailability in, credits out.
+
+Event-driven for exact times, and level-triggered as a safety net: every few seconds the ledger's
+open intervals are compared with the controller's view, so a missed event heals by itself.
+Time when nodevigil itself was not running is recorded as ``unknown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from nodevigil.clock import Clock
+from nodevigil.events import Event, EventBus
+from sla.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+ALIVE_EVERY = 10.0  # how often the "still running" mark is written
+UNKNOWN_AFTER = 3 * ALIVE_EVERY  # a silence longer than this was nodevigil not running
+
+
+def utc(seconds: float) -> datetime:
+    """Wall-clock seconds as an aware UTC datetime."""
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+class LedgerMinutes(Collector):
+    """``nodevigil_sla_unavailable_minutes{service}`` from the ledger's last computed totals."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        """A gauge: exclusions and pruning can lower the figure."""
+        family = GaugeMetricFamily(
+            "nodevigil_sla_unavailable_minutes",
+            "Unavailable minutes counted for credit per service, over the retained ledger.",
+            labels=["service"],
+        )
+        for service, minutes in sorted(self.totals.items()):
+            family.add_metric([service], minutes)
+        yield family
+
+
+class SlaBridge:
+    """Keeps the ledger in step with the controller and settles days as they become final."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        bus: EventBus,
+        clock: Clock,
+        services: Callable[[], list[str]],
+        unavailable: Callable[[], dict[str, float] | None],
+        state_dir: Path,
+        registry: CollectorRegistry,
+    ) -> None:
+        self._ledger = ledger
+        self._bus = bus
+        self._clock = clock
+        self._services = services
+        # service -> unavailable since (wall) per the controller; None before its first cycle
+        self._unavailable = unavailable
+        self._alive_path = state_dir / "alive"
+        self._sub = bus.subscribe(["service."])
+        self.minutes = LedgerMinutes()
+        registry.register(self.minutes)
+        self._settled = Counter(
+            "nodevigil_sla_credits_settled",
+            "Credit settled for final billing days, by currency.",
+            ["currency"],
+            registry=registry,
+        )
+
+    async def record_downtime(self) -> None:
+        """If nodevigil was not running for a while, record that time as ``unknown``."""
+        try:
+            last = float(await asyncio.to_thread(self._alive_path.read_text))
+        except (OSError, ValueError):
+            return  # first start: nothing to account for
+        now = self._clock.wall()
+        if now - last > UNKNOWN_AFTER and self._services():
+            await self._ledger.record_unknown(utc(last), utc(now), self._services())
+            log.warning(
+                "nodevigil was not running for %.0fs; recorded as unknown for review", now - last
+            )
+            self._bus.publish(Event("sla.unknown", "nodevigil", now, "", {"from": last, "to": now}))
+
+    async def run(self) -> None:
+        """Consume service events, reconcile, mark liveness and settle, until cancelled."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._events(), name="sla-events")
+                tg.create_task(self._periodic(), name="sla-periodic")
+        finally:
+            self._sub.close()
+
+    async def _events(self) -> None:
+        async for event in self._sub:
+            try:
+                await self._apply(event)
+            except Exception:  # the reconcile pass will repair what this missed
+                log.exception("ledger could not record %s for %s", event.kind, event.subject)
+
+    async def _apply(self, event: Event) -> None:
+        data: dict[str, Any] = dict(event.data)
+        if event.kind == "service.unavailable":
+            start = float(data.get("started_at") or event.at)
+            await self._ledger.open_interval(
+                event.subject, utc(start), evidence={"sites": data.get("sites")}
+            )
+        elif event.kind == "service.available":
+            end = float(data.get("ended_at") or event.at)
+            await self._ledger.close_interval(event.subject, utc(end))
+
+    async def _periodic(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+                await asyncio.to_thread(_write_atomic, self._alive_path, repr(self._clock.wall()))
+                for row in await self._ledger.settle():
+                    self._settled.labels(row.currency).inc(float(row.credit))
+                self.minutes.totals = await self._ledger.unavailable_minutes_total()
+            except Exception:
+                log.exception("ledger upkeep failed; retrying")
+            await asyncio.sleep(ALIVE_EVERY / 2)
+
+    async def reconcile(self) -> None:
+        """Open what the controller says is down, close what it says is back."""
+        wanted = self._unavailable()
+        if wanted is None:
+            return  # the controller has not judged yet: closing now would end real outages
+        open_now = {entry.service for entry in await self._ledger.open_intervals()}
+        for service, since in wanted.items():
+            if service not in open_now:
+                await self._ledger.open_interval(service, utc(since), evidence={"repaired": True})
+        for service in open_now - set(wanted):
+            await self._ledger.close_interval(service, utc(self._clock.wall()))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
