@@ -47,6 +47,29 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--interval", default="2s", type=_duration, help="heartbeat period")
     agent.add_argument("--topic-prefix", default="nodevigil")
     agent.add_argument("--disk", default="/", help="the filesystem whose usage is reported")
+
+    from sla import cli as sla_cli
+
+    sla = sub.add_parser(
+        "sla",
+        help="SLA credits: offline from CSV files, or from the ledger (--db STATE_DIR/ledger.db)",
+    )
+    sla_cli.add_arguments(sla)
+
+    for verb, doc in (("drain", "hold a node or site out"), ("undrain", "clear a drain")):
+        cmd = sub.add_parser(verb, help=f"{doc} through the running daemon's API")
+        cmd.add_argument("name", help="the node (or, with --site, the site)")
+        cmd.add_argument("--site", action="store_true", help="NAME is a site, not a node")
+        if verb == "drain":
+            cmd.add_argument("--for", dest="duration", help="time box, e.g. 30m")
+            cmd.add_argument("--reason", default="", help="recorded with the override")
+        cmd.add_argument("-c", "--config", default=DEFAULT_CONFIG, type=Path)
+        cmd.add_argument("--url", help="the API's base URL (default: from api.listen)")
+        cmd.add_argument(
+            "--token-file",
+            type=Path,
+            help="a file holding an admin token (default: $NODEVIGIL_TOKEN)",
+        )
     return parser
 
 
@@ -74,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             from nodevigil.daemon import serve
 
             return asyncio.run(serve(args.config))
+        if args.command == "sla":
+            from sla import cli as sla_cli
+
+            return sla_cli.run(args)
+        if args.command in ("drain", "undrain"):
+            from nodevigil.remote import override
+
+            return asyncio.run(override(args))
         if args.command == "agent":
             from monitor.agent import NodeAgent
 

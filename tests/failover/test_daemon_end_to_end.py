@@ -1,0 +1,130 @@
+"""The whole daemon against a real HAProxy: a dead node drained, the CLI drains and undrains."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from failover.lb import ServerState
+from failover.lb.haproxy import HAProxyLoadBalancer
+from nodevigil.api.auth import token_digest
+from nodevigil.daemon import Daemon
+from tests.failover.daemons import HAProxyInstance, poll_until
+
+TOKEN = "e2e-admin-token"
+
+
+def write_config(path: Path, haproxy: HAProxyInstance) -> None:
+    data: dict[str, Any] = {
+        "state_dir": str(path.parent / "state"),
+        "api": {
+            "listen": "127.0.0.1:0",
+            "tokens": [{"name": "ops", "role": "admin", "sha256": token_digest(TOKEN)}],
+        },
+        "defaults": {"interval": "200ms", "timeout": "150ms"},
+        "failover": {"cycle": "200ms", "hold_down": "1s"},
+        "load_balancers": {
+            "sh-haproxy": {
+                "type": "haproxy",
+                "socket": str(haproxy.socket_path),
+                "backend": haproxy.backend,
+            }
+        },
+        "sites": [{"name": "sh", "address": "192.0.2.10", "local_lb": "sh-haproxy"}],
+        "nodes": [
+            {
+                "name": f"sh-{name}",
+                "site": "sh",
+                "lb_server": name,
+                "probes": [{"type": "http", "url": f"http://127.0.0.1:{node.port}/"}],
+            }
+            for name, node in haproxy.nodes.items()
+        ],
+        "services": [{"name": "web", "sites": ["sh"]}],
+    }
+    path.write_text(yaml.safe_dump(data))
+
+
+async def admin_states(haproxy: HAProxyInstance) -> dict[str, ServerState]:
+    lb = HAProxyLoadBalancer(name="check", socket_path=haproxy.socket_path)
+    try:
+        return {n: s.admin for n, s in (await lb.servers(haproxy.backend)).items()}
+    finally:
+        await lb.close()
+
+
+async def cli(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nodevigil.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "NODEVIGIL_TOKEN": TOKEN},
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+async def test_killed_node_is_drained_and_requests_keep_succeeding(
+    tmp_path: Path, haproxy: HAProxyInstance
+) -> None:
+    path = tmp_path / "nodevigil.yaml"
+    write_config(path, haproxy)
+    daemon = Daemon(path)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await poll_until(
+            lambda: asyncio.sleep(0, daemon.api_port is not None and daemon.context.ready),
+            within=15,
+            what="daemon ready",
+        )
+        await haproxy.nodes["n2"].stop()
+
+        async def n2_out() -> bool:
+            return (await admin_states(haproxy))["n2"] is ServerState.MAINT
+
+        await poll_until(n2_out, within=10, what="n2 in maint")
+        seen: Counter[str] = Counter()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            for _ in range(30):
+                async with http.get(haproxy.url) as response:
+                    seen[str(response.status)] += 1
+        assert seen == Counter({"200": 30})
+
+        url = f"http://127.0.0.1:{daemon.api_port}"
+        code, out = await cli("drain", "sh-n1", "--for", "10m", "--reason", "kernel", "--url", url)
+        assert code == 0, out
+        assert '"reason": "kernel"' in out
+
+        async def n1_out() -> bool:
+            return (await admin_states(haproxy))["n1"] is ServerState.MAINT
+
+        await poll_until(n1_out, within=10, what="n1 drained by the operator")
+        code, out = await cli("undrain", "sh-n1", "--url", url)
+        assert code == 0 and '"cleared": true' in out
+
+        async def n1_back() -> bool:
+            return (await admin_states(haproxy))["n1"] is ServerState.READY
+
+        await poll_until(n1_back, within=10, what="n1 back in")
+        code, out = await cli("drain", "ghost", "--url", url)
+        assert code == 1 and "no node is called 'ghost'" in out
+
+        await haproxy.nodes["n2"].start()
+
+        async def n2_back() -> bool:
+            return (await admin_states(haproxy))["n2"] is ServerState.READY
+
+        await poll_until(n2_back, within=15, what="n2 back after its hold-down")
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 15)
