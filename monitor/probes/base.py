@@ -6,7 +6,9 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
+
+from nodevigil.config.schema import ProbeBase as ProbeSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,26 @@ class Prober(Protocol):
     async def check(self) -> tuple[bool | None, str, bool]:
         """Return (ok, detail, decisive)."""
         ...
+
+
+S = TypeVar("S", bound=ProbeSpec)
+
+
+class HedgedProber(Generic[S]):
+    """Base of the network probers: ``check()`` runs ``_attempt`` with hedged tries."""
+
+    spec: S
+
+    async def check(self) -> tuple[bool | None, str, bool]:
+        """Run the probe's tries within its timeout."""
+        assert self.spec.timeout is not None and self.spec.attempts is not None
+        ok, detail = await hedged(
+            self._attempt, budget=self.spec.timeout, attempts=self.spec.attempts
+        )
+        return ok, detail, False
+
+    async def _attempt(self) -> str:
+        raise NotImplementedError
 
 
 def describe(exc: BaseException) -> str:

@@ -7,13 +7,13 @@ import time
 
 import aiohttp
 
-from monitor.probes.base import ProbeFailure, hedged
+from monitor.probes.base import HedgedProber, ProbeFailure
 from nodevigil.config import HttpProbe
 
 _BODY_LIMIT = 1 << 20  # never read more than 1 MiB of a health page
 
 
-class HttpProber:
+class HttpProber(HedgedProber[HttpProbe]):
     """Checks one URL with a session shared by all HTTP probes."""
 
     def __init__(self, spec: HttpProbe, session: aiohttp.ClientSession) -> None:
@@ -22,14 +22,6 @@ class HttpProber:
         self._body = re.compile(spec.body_match) if spec.body_match else None
         self._ssl = spec.tls_verify  # True: verify with the default context
         self._timeout = aiohttp.ClientTimeout(total=spec.timeout)
-
-    async def check(self) -> tuple[bool | None, str, bool]:
-        """Run the probe with hedged attempts."""
-        assert self.spec.timeout is not None and self.spec.attempts is not None
-        ok, detail = await hedged(
-            self._attempt, budget=self.spec.timeout, attempts=self.spec.attempts
-        )
-        return ok, detail, False
 
     async def _attempt(self) -> str:
         spec = self.spec

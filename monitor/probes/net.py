@@ -15,7 +15,7 @@ import dns.rcode
 import dns.rdatatype
 import icmplib
 
-from monitor.probes.base import ProbeFailure, describe, hedged
+from monitor.probes.base import HedgedProber, ProbeFailure, describe
 from nodevigil.config import DnsProbe, IcmpProbe, TcpProbe, TlsProbe
 from nodevigil.config.schema import split_host_port
 
@@ -26,20 +26,12 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
-class TcpProber:
+class TcpProber(HedgedProber[TcpProbe]):
     """Opens (and closes) a TCP connection."""
 
     def __init__(self, spec: TcpProbe) -> None:
         self.spec = spec
         self._host, self._port = split_host_port(spec.address)
-
-    async def check(self) -> tuple[bool | None, str, bool]:
-        """Connect with hedged attempts."""
-        assert self.spec.timeout is not None and self.spec.attempts is not None
-        ok, detail = await hedged(
-            self._attempt, budget=self.spec.timeout, attempts=self.spec.attempts
-        )
-        return ok, detail, False
 
     async def _attempt(self) -> str:
         started = time.monotonic()
@@ -48,7 +40,7 @@ class TcpProber:
         return f"connected in {(time.monotonic() - started) * 1000:.0f}ms"
 
 
-class TlsProber:
+class TlsProber(HedgedProber[TlsProbe]):
     """Completes a TLS handshake and checks the certificate's remaining days."""
 
     def __init__(self, spec: TlsProbe) -> None:
@@ -59,14 +51,6 @@ class TlsProber:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         self._context = context
-
-    async def check(self) -> tuple[bool | None, str, bool]:
-        """Handshake with hedged attempts."""
-        assert self.spec.timeout is not None and self.spec.attempts is not None
-        ok, detail = await hedged(
-            self._attempt, budget=self.spec.timeout, attempts=self.spec.attempts
-        )
-        return ok, detail, False
 
     async def _attempt(self) -> str:
         server_name = self.spec.server_name or self._host
@@ -94,7 +78,7 @@ class TlsProber:
         return f"handshake ok, certificate valid {days_left:.0f} more days"
 
 
-class DnsProber:
+class DnsProber(HedgedProber[DnsProbe]):
     """Asks a DNS server one question; optionally requires given answers."""
 
     def __init__(self, spec: DnsProbe) -> None:
@@ -102,14 +86,6 @@ class DnsProber:
         self._host, self._port = split_host_port(spec.server, default_port=53)
         self._rdtype = dns.rdatatype.from_text(spec.record_type)
         self._expect = {e.rstrip(".").lower() for e in spec.expect}
-
-    async def check(self) -> tuple[bool | None, str, bool]:
-        """Query with hedged attempts."""
-        assert self.spec.timeout is not None and self.spec.attempts is not None
-        ok, detail = await hedged(
-            self._attempt, budget=self.spec.timeout, attempts=self.spec.attempts
-        )
-        return ok, detail, False
 
     async def _attempt(self) -> str:
         query = dns.message.make_query(self.spec.query, self._rdtype)

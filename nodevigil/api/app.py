@@ -109,6 +109,19 @@ def require_admin(request: web.Request) -> Principal:
     return who
 
 
+async def json_body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object body (``{}`` when optional and empty), else a 400."""
+    if optional and not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the event loop answers."""
     return web.json_response({"status": "ok"})

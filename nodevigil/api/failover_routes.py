@@ -8,7 +8,14 @@ from typing import Any
 from aiohttp import web
 
 from failover.controller import Controller, UnknownNameError
-from nodevigil.api.app import CONTEXT, ApiError, principal, require_admin, require_operator
+from nodevigil.api.app import (
+    CONTEXT,
+    ApiError,
+    json_body,
+    principal,
+    require_admin,
+    require_operator,
+)
 from nodevigil.durations import parse_duration
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -16,18 +23,6 @@ CONTROLLER = web.AppKey("controller", Controller)
 
 def _controller(request: web.Request) -> Controller:
     return request.app[CONTROLLER]
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
 
 
 def _parse_override(body: dict[str, Any]) -> tuple[float | None, str]:
@@ -93,7 +88,7 @@ def _drain(kind: str) -> Any:
     async def handler(request: web.Request) -> web.Response:
         who = require_admin(request)
         name = request.match_info["name"]
-        duration, reason = _parse_override(await _json_body(request))
+        duration, reason = _parse_override(await json_body(request, optional=True))
         controller = _controller(request)
         drain = controller.drain_node if kind == "node" else controller.drain_site
         try:

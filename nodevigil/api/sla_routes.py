@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from nodevigil.api.app import ApiError, principal, require_admin
+from nodevigil.api.app import ApiError, json_body, principal, require_admin
 from sla.errors import SlaError
 from sla.inputs import parse_charges
 from sla.ledger import Ledger
@@ -53,16 +53,6 @@ def _customer_scope(request: web.Request) -> str | None:
     return who.customer
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
-
-
 async def credits(request: web.Request) -> web.Response:
     """Credit rows ``?from=&to=&customer=`` (dates inclusive, billing time zone)."""
     customer = _customer_scope(request)
@@ -100,7 +90,7 @@ async def set_cause(request: web.Request) -> web.Response:
     raw_id = request.match_info["id"]
     if not raw_id.isdigit():
         raise ApiError(400, "id: must be a whole number")
-    body = await _body(request)
+    body = await json_body(request)
     try:
         cause = Cause(str(body.get("cause")))
     except ValueError:
@@ -119,7 +109,7 @@ async def set_cause(request: web.Request) -> web.Response:
 async def add_exclusion(request: web.Request) -> web.Response:
     """Declare an exclusion window (admin): start, end, cause, services, note."""
     who = require_admin(request)
-    body = await _body(request)
+    body = await json_body(request)
     start, end = _instant(body, "start"), _instant(body, "end")
     if end <= start:
         raise ApiError(400, "end: must be after start")
