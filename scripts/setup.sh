@@ -22,7 +22,16 @@ if ((${#missing[@]})); then
     echo "setup: installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # The packages' own services are not wanted: tests start their own on ephemeral ports.
+    # The packages' own services are not wanted (tests start their own on ephemeral ports, and
+    # named and pdns_server would fight over port 53): Debian's policy-rc.d hook stops
+    # maintainer scripts from starting them, for the length of this install only.
+    added_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    trap 'if [[ $added_policy == 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi' EXIT
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
