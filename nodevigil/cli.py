@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sla_cli.add_arguments(sla)
 
+    remote = []
     for verb, doc in (("drain", "hold a node or site out"), ("undrain", "clear a drain")):
         cmd = sub.add_parser(verb, help=f"{doc} through the running daemon's API")
         cmd.add_argument("name", help="the node (or, with --site, the site)")
@@ -63,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "drain":
             cmd.add_argument("--for", dest="duration", help="time box, e.g. 30m")
             cmd.add_argument("--reason", default="", help="recorded with the override")
+        remote.append(cmd)
+    cause = sub.add_parser("cause", help="tag a ledger interval's cause (credits are recomputed)")
+    cause.add_argument("interval", type=int, help="the interval id from /api/v1/sla/ledger")
+    cause.add_argument("cause", help="provider, force_majeure, telecom_failure, third_party, ...")
+    cause.add_argument("--note", default="", help="why; recorded with the change")
+    remote.append(cause)
+    exclude = sub.add_parser("exclude", help="declare an exclusion window after the fact")
+    exclude.add_argument("--start", required=True, help="RFC 3339 time with offset")
+    exclude.add_argument("--end", required=True, help="RFC 3339 time with offset")
+    exclude.add_argument("--cause", required=True, help="e.g. scheduled_maintenance")
+    exclude.add_argument("--service", action="append", default=[], help="repeat; none = all")
+    exclude.add_argument("--note", default="")
+    remote.append(exclude)
+    for cmd in remote:
         cmd.add_argument("-c", "--config", default=DEFAULT_CONFIG, type=Path)
         cmd.add_argument("--url", help="the API's base URL (default: from api.listen)")
         cmd.add_argument(
@@ -101,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             from sla import cli as sla_cli
 
             return sla_cli.run(args)
-        if args.command in ("drain", "undrain"):
-            from nodevigil.remote import override
+        if args.command in ("drain", "undrain", "cause", "exclude"):
+            from nodevigil.remote import call_api
 
-            return asyncio.run(override(args))
+            return asyncio.run(call_api(args))
         if args.command == "agent":
             from monitor.agent import NodeAgent
 

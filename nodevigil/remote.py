@@ -1,4 +1,4 @@
-"""CLI commands that act through the running daemon's API (drain, undrain)."""
+"""CLI commands that act through the running daemon's API (drain, undrain, cause, exclude)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 import aiohttp
 
@@ -34,16 +35,30 @@ def _base_url(args: argparse.Namespace) -> str:
     return f"http://{host}:{port}"
 
 
-async def override(args: argparse.Namespace) -> int:
-    """POST /api/v1/{nodes|sites}/NAME/{drain|undrain}; print the daemon's answer."""
+def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The API path and JSON body for the subcommand."""
+    if args.command == "cause":
+        return f"/api/v1/sla/intervals/{args.interval}/cause", {
+            "cause": args.cause,
+            "note": args.note,
+        }
+    if args.command == "exclude":
+        body = {"start": args.start, "end": args.end, "cause": args.cause, "note": args.note}
+        return "/api/v1/sla/exclusions", {**body, "services": args.service}
     kind = "sites" if args.site else "nodes"
-    url = f"{_base_url(args)}/api/v1/{kind}/{args.name}/{args.command}"
-    body: dict[str, str] = {}
+    body = {}
     if args.command == "drain":
         if args.duration:
             body["for"] = args.duration
         if args.reason:
             body["reason"] = args.reason
+    return f"/api/v1/{kind}/{args.name}/{args.command}", body
+
+
+async def call_api(args: argparse.Namespace) -> int:
+    """POST the subcommand to the daemon's API; print its answer."""
+    path, body = _request(args)
+    url = _base_url(args) + path
     headers = {"Authorization": f"Bearer {_token(args)}"}
     timeout = aiohttp.ClientTimeout(total=10)
     try:

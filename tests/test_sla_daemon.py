@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -98,6 +100,21 @@ async def target() -> AsyncIterator[Target]:
     await t.stop()
 
 
+async def cli(*args: str) -> tuple[int, str]:
+    """Run ``nodevigil ARGS`` with the admin token in the environment."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "nodevigil.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "NODEVIGIL_TOKEN": ADMIN},
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
 async def start_daemon(path: Path) -> tuple[Daemon, asyncio.Task[None], Client]:
     daemon = Daemon(path)
     task = asyncio.create_task(daemon.run())
@@ -158,13 +175,17 @@ async def test_outage_is_recorded_and_credited(tmp_path: Path, target: Target) -
         status, body = await api.call("GET", "/api/v1/sla/ledger", token=GLOBEX)
         assert body == {"intervals": []}
 
-        # The operator tags the cause after the fact: the credit goes.
-        status, body = await api.call(
-            "POST",
-            f"/api/v1/sla/intervals/{entry['id']}/cause",
-            json={"cause": "telecom_failure", "note": "carrier outage"},
+        # The operator tags the cause after the fact, from the CLI: the credit goes.
+        code, out = await cli(
+            "cause",
+            str(entry["id"]),
+            "telecom_failure",
+            "--note",
+            "carrier outage",
+            "--url",
+            api.base,
         )
-        assert status == 200
+        assert code == 0, out
         _, body = await api.call("GET", "/api/v1/sla/credits", token=ACME)
         assert body["credits"][0]["credit"] == "0.00"
     finally:
@@ -190,6 +211,32 @@ async def test_bad_sla_requests_get_json_4xx(tmp_path: Path, target: Target) -> 
             assert status == expected and "error" in body, (route, status, body)
         status, _ = await api.call("POST", "/api/v1/sla/charges", token=ACME, data="")
         assert status == 403
+        code, out = await cli(
+            "exclude",
+            "--start",
+            "2026-03-01T10:00:00+08:00",
+            "--end",
+            "2026-03-01T09:00:00+08:00",
+            "--cause",
+            "scheduled_maintenance",
+            "--url",
+            api.base,
+        )
+        assert code == 1 and "end: must be after start (HTTP 400)" in out
+        code, out = await cli(
+            "exclude",
+            "--start",
+            "2026-03-01T09:00:00+08:00",
+            "--end",
+            "2026-03-01T10:00:00+08:00",
+            "--cause",
+            "scheduled_maintenance",
+            "--service",
+            "web",
+            "--url",
+            api.base,
+        )
+        assert code == 0 and '"id"' in out
     finally:
         await stop_daemon(daemon, task)
 
