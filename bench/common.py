@@ -1,0 +1,230 @@
+"""Small helpers shared by the benchmarks: a light HTTP target, child processes, CPU and medians.
+
+The target server is deliberately not aiohttp: a minimal asyncio HTTP/1.1 responder costs a
+fraction of a framework per request, so on a 2-core machine it leaves the CPU to the probers
+being measured. It answers every request with ``200 ok``, keeps connections alive unless the
+client asks to close, and runs as ``python bench/common.py target --ports N`` in its own
+process (printing its ports as one JSON line) until its stdin closes or ``--max-seconds`` pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+LOOPBACK = "127.0.0.1"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
+    b"Connection: keep-alive\r\n\r\nok"
+)
+_MAX_BUFFER = 64 * 1024  # a request head is tiny; never buffer a misbehaving client's stream
+TARGET_LIFETIME = 1800.0  # the target always stops by itself, even if the parent is killed -9
+
+
+# --- the target server -----------------------------------------------------------------------
+
+
+class _Responder(asyncio.Protocol):
+    """Answers every request head on the connection with RESPONSE (pipelining included)."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        buffer = self._buffer + data
+        heads = buffer.count(b"\r\n\r\n")
+        if not heads:
+            self._buffer = buffer[-_MAX_BUFFER:]
+            return
+        end = buffer.rfind(b"\r\n\r\n") + 4
+        self._transport.write(RESPONSE * heads)
+        self._buffer = buffer[end:]
+        if b"connection: close" in buffer[:end].lower():
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+
+async def _serve_targets(ports: int, max_seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    servers = [
+        await loop.create_server(_Responder, LOOPBACK, 0, backlog=4096, reuse_address=True)
+        for _ in range(ports)
+    ]
+    bound = [server.sockets[0].getsockname()[1] for server in servers]
+    print(json.dumps({"ports": bound}), flush=True)
+    # The parent holds our stdin; EOF means it is gone (or done with us): stop then.
+    stdin_closed = loop.create_future()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def watch_stdin() -> None:
+        await reader.read()
+        stdin_closed.set_result(None)
+
+    watcher = asyncio.create_task(watch_stdin())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stdin_closed, max_seconds)
+    watcher.cancel()
+    for server in servers:
+        server.close()
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft open-files limit to the hard one: probers keep many sockets open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# --- child processes -------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A child process that announced itself with one JSON line on stdout."""
+
+    process: subprocess.Popen[str]
+    hello: dict[str, Any]
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self.process.pid
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close its stdin (its signal to stop), then terminate it if it lingers."""
+        if self.process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def spawn_json(args: Sequence[str], *, timeout: float = 60.0) -> Child:
+    """Start ``args`` and wait for the first stdout line, a JSON object."""
+    process = subprocess.Popen(
+        list(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+    )
+    assert process.stdout is not None
+    line = _readline(process, timeout)
+    return Child(process, json.loads(line))
+
+
+def run_json(args: Sequence[str], *, timeout: float) -> dict[str, Any]:
+    """Run ``args`` to completion and return the JSON object on the last line of its stdout."""
+    done = subprocess.run(
+        list(args),
+        check=False,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{args[1:3]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    lines = done.stdout.strip().splitlines()
+    return dict(json.loads(lines[-1]))
+
+
+def _readline(process: subprocess.Popen[str], timeout: float) -> str:
+    # A blocking readline in a helper thread, so a child that never speaks cannot hang us.
+    import concurrent.futures
+
+    assert process.stdout is not None
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(process.stdout.readline)
+        try:
+            line = future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            process.kill()
+            raise
+    if not line:
+        process.wait()
+        raise RuntimeError(f"{process.args!r} exited ({process.returncode}) before saying hello")
+    return line
+
+
+def start_targets(ports: int) -> Child:
+    """The light HTTP target server in its own process, listening on ``ports`` ephemeral ports."""
+    return spawn_json(
+        [sys.executable, str(Path(__file__).resolve()), "target", "--ports", str(ports)]
+    )
+
+
+def free_port() -> int:
+    """An ephemeral loopback port that was free a moment ago (for programs that need a number)."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+# --- measurement -----------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User plus system CPU seconds of process ``pid`` (this process when None), all threads."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def rss_mb(pid: int | None = None) -> float:
+    """Resident memory of process ``pid`` in MiB."""
+    return psutil.Process(pid).memory_info().rss / (1 << 20)
+
+
+def median(values: Sequence[float]) -> float:
+    """The median, or NaN for no values (a failed round must not hide the others)."""
+    return statistics.median(values) if values else float("nan")
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank, NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    """Entry point of the helper processes (only ``target`` for now)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="role", required=True)
+    target = sub.add_parser("target", help="serve 200 ok on loopback ports until stdin closes")
+    target.add_argument("--ports", type=int, default=1)
+    target.add_argument("--max-seconds", type=float, default=TARGET_LIFETIME)
+    args = parser.parse_args()
+    raise_fd_limit()
+    if args.role == "target":
+        asyncio.run(_serve_targets(args.ports, args.max_seconds))
+
+
+if __name__ == "__main__":
+    main()
