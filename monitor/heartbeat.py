@@ -36,6 +36,9 @@ class AgentState:
     alive_marks: int = 0  # bumped by every heartbeat and "online": newer than a pending will
 
 
+# Agents reconnect with jittered backoff capped at 10 s (x1.5 jitter); after our own reconnect
+# they get that long, on top of max_silence, to be heard again before silence counts.
+AGENT_MAX_BACKOFF = 15.0
 WILL_CONFIRM = 0.25  # seconds our own link must survive a last-will before we believe it
 
 
@@ -152,7 +155,7 @@ class HeartbeatBoard:
         since_link = now - self.connected_since
         if heard is None or heard < self.connected_since:
             # After our own (re)connect, agents get a grace period to be heard again.
-            if since_link <= (grace if grace is not None else silence_limit):
+            if since_link <= (grace if grace is not None else silence_limit + AGENT_MAX_BACKOFF):
                 return None, "waiting for the first heartbeat since the broker link came up"
             return False, f"no heartbeat for {since_link:.1f}s"
         silence = now - heard

@@ -48,6 +48,16 @@ class MonitorMetrics:
             ["site", "verdict"],
             registry=registry,
         )
+        self.probes_skipped = Counter(
+            "nodevigil_probes_skipped",
+            "Probe rounds skipped because the monitor was running late (load shedding).",
+            registry=registry,
+        )
+        self.overloaded = Gauge(
+            "nodevigil_monitor_overloaded",
+            "1 while the monitor's event loop is too late for failures to be trusted.",
+            registry=registry,
+        )
         self.nodes_flapping = Gauge(
             "nodevigil_nodes_flapping",
             "Nodes held down by flap damping.",

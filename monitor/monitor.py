@@ -25,12 +25,20 @@ from nodevigil.events import EventBus, Verdict, VerdictChange
 log = logging.getLogger(__name__)
 
 
+# A stalled event loop makes every probe look timed out. Failures seen while the loop is this
+# late are not trusted (they judge nothing), and probe rounds that start this late are skipped
+# so the monitor sheds load instead of collapsing: its own trouble must never drain a fleet.
+OVERLOAD_LAG = 0.1
+OVERLOAD_HOLD = 2.0
+
+
 @dataclass(slots=True)
 class _Watched:
     node: Node
     judge: NodeJudge
     tasks: list[asyncio.Task[None]]
     probers: dict[str, Prober]
+    counters: dict[tuple[str, str], Any]
 
 
 class Monitor:
@@ -54,12 +62,16 @@ class Monitor:
         self._rng = rng or random.Random()
         self._watched: dict[str, _Watched] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._flapping: set[str] = set()
+        self._overloaded_until = 0.0
+        self._lag_task: asyncio.Task[None] | None = None
         board.on_offline = self._agent_offline
 
     async def __aenter__(self) -> Self:
         from monitor.probes.http import make_session
 
         self._session = make_session()
+        self._lag_task = asyncio.create_task(self._watch_lag(), name="monitor-lag")
         self.apply_config(self._config)
         return self
 
@@ -67,6 +79,9 @@ class Monitor:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._stop_all()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            await asyncio.gather(self._lag_task, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
@@ -149,7 +164,7 @@ class Monitor:
             flap=d.flap,
         )
         self._metrics.set_verdict(node.name, node.site, Verdict.UNKNOWN)
-        watched = _Watched(node, judge, [], {})
+        watched = _Watched(node, judge, [], {}, {})
         assert self._session is not None
         mqtt = self._config.mqtt
         grace = mqtt.reconnect_grace if mqtt else None
@@ -169,6 +184,7 @@ class Monitor:
     def _stop(self, watched: _Watched) -> None:
         for task in watched.tasks:
             task.cancel()
+        self._flapping.discard(watched.node.name)
         self._metrics.forget_node(watched.node.name, watched.node.site)
 
     async def _stop_all(self) -> None:
@@ -190,7 +206,10 @@ class Monitor:
             delay = next_at - self._clock.monotonic()
             if delay > 0:
                 await self._clock.sleep(delay)
-            await self.run_probe(watched, probe, prober, kind)
+            if self._clock.monotonic() - next_at > interval / 2:
+                self._metrics.probes_skipped.inc()  # shed load rather than pile it up
+            else:
+                await self.run_probe(watched, probe, prober, kind)
             next_at += interval
             now = self._clock.monotonic()
             if next_at < now:  # we fell behind (a stalled loop): skip, keep the phase
@@ -205,11 +224,17 @@ class Monitor:
             log.exception("probe %s/%s crashed", watched.node.name, probe)
             ok, detail, decisive = False, f"probe error: {type(exc).__name__}", False
         duration = time.perf_counter() - started
+        if ok is False and not decisive and self.overloaded():
+            ok, detail = None, f"not trusted, the monitor is overloaded: {detail}"
         result = ProbeResult(
             ok, detail, duration, self._clock.wall(), self._config.vantage, decisive
         )
         outcome = "inconclusive" if ok is None else ("success" if ok else "failure")
-        self._metrics.probe_results.labels(watched.node.name, probe, outcome).inc()
+        counter = watched.counters.get((probe, outcome))
+        if counter is None:  # label lookups cost more than the increment: keep the child
+            counter = self._metrics.probe_results.labels(watched.node.name, probe, outcome)
+            watched.counters[(probe, outcome)] = counter
+        counter.inc()
         self._metrics.probe_duration.labels(kind).observe(duration)
         transition = watched.judge.observe(probe, result, self._clock.monotonic())
         if transition is not None:
@@ -229,7 +254,11 @@ class Monitor:
         )
         self._metrics.set_verdict(node.name, node.site, t.new)
         self._metrics.verdict_changes.labels(node.site, t.new.value).inc()
-        self._metrics.nodes_flapping.set(sum(w.judge.flapping for w in self._watched.values()))
+        if t.flapping:
+            self._flapping.add(node.name)
+        else:
+            self._flapping.discard(node.name)
+        self._metrics.nodes_flapping.set(len(self._flapping))
         # Logged once per change (and once on recovery), never once per failed probe.
         if t.new is Verdict.DOWN:
             log.warning("node %s is down: %s", node.name, t.reason)
@@ -238,6 +267,29 @@ class Monitor:
         else:
             log.info("node %s is %s: %s", node.name, t.new.value, t.reason)
         self._bus.publish(change.to_event())
+
+    def overloaded(self) -> bool:
+        """Whether the event loop has been too late recently for failures to be trusted."""
+        return self._clock.monotonic() < self._overloaded_until
+
+    async def _watch_lag(self, period: float = 0.05) -> None:
+        was = False
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(period)
+            lag = time.monotonic() - started - period
+            if lag > OVERLOAD_LAG:
+                self._overloaded_until = self._clock.monotonic() + OVERLOAD_HOLD
+            now = self.overloaded()
+            if now != was:  # logged once when it starts and once when it ends
+                self._metrics.overloaded.set(1 if now else 0)
+                if now:
+                    log.warning(
+                        "monitor overloaded (loop %.0fms late): failures not trusted", lag * 1e3
+                    )
+                else:
+                    log.info("monitor no longer overloaded")
+                was = now
 
     def _agent_offline(self, agent: str) -> None:
         """An agent's last-will arrived: judge its mqtt probes now, not at the next tick."""

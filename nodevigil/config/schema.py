@@ -365,7 +365,7 @@ class Mqtt(Frozen):
     topic_prefix: str = "nodevigil"
     username: str | None = None
     password: SecretRef | None = None
-    reconnect_grace: Duration | None = None  # default: each probe's max_silence
+    reconnect_grace: Duration | None = None  # default: each probe's max_silence + 15s
 
 
 class Customer(Frozen):
