@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +15,7 @@ from aiohttp import web
 
 from nodevigil.api.auth import token_digest
 from nodevigil.daemon import Daemon
+from tests.cli import run_cli
 from tests.failover.daemons import poll_until
 
 ADMIN = "admin-secret-token"
@@ -101,18 +100,8 @@ async def target() -> AsyncIterator[Target]:
 
 
 async def cli(*args: str) -> tuple[int, str]:
-    """Run ``nodevigil ARGS`` with the admin token in the environment."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nodevigil.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "NODEVIGIL_TOKEN": ADMIN},
-    )
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode()
+    """``nodevigil ARGS`` with the admin token."""
+    return await run_cli(*args, token=ADMIN)
 
 
 async def start_daemon(path: Path) -> tuple[Daemon, asyncio.Task[None], Client]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from failover.lb import ServerState
 from failover.lb.haproxy import HAProxyLoadBalancer
 from nodevigil.api.auth import token_digest
 from nodevigil.daemon import Daemon
+from tests.cli import run_cli
 from tests.failover.daemons import HAProxyInstance, poll_until
 
 TOKEN = "e2e-admin-token"
@@ -61,17 +60,8 @@ async def admin_states(haproxy: HAProxyInstance) -> dict[str, ServerState]:
 
 
 async def cli(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "nodevigil.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "NODEVIGIL_TOKEN": TOKEN},
-    )
-    out, _ = await proc.communicate()
-    return proc.returncode or 0, out.decode()
+    """``nodevigil ARGS`` with the admin token."""
+    return await run_cli(*args, token=TOKEN)
 
 
 async def test_killed_node_is_drained_and_requests_keep_succeeding(
