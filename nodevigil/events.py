@@ -14,6 +14,50 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+# Every kind of event nodevigil publishes (alert routes are checked against these).
+EVENT_KINDS = frozenset(
+    {
+        "node.up",
+        "node.down",
+        "node.unknown",
+        "site.up",
+        "site.down",
+        "service.available",
+        "service.unavailable",
+        "lb.action",
+        "lb.recovered",
+        "failover.failed",
+        "failover.panic",
+        "failover.panic_over",
+        "controller.decision",
+        "override.set",
+        "override.cleared",
+        "override.expired",
+        "override.below_floor",
+        "incident.opened",
+        "incident.reopened",
+        "incident.updated",
+        "incident.cause",
+        "incident.resolved",
+        "maintenance.declared",
+        "maintenance.cancelled",
+        "notification.dead",
+        "notification.disabled",
+        "sla.unknown",
+        "state.error",
+    }
+)
+
+
+def kind_matches(pattern: str, kind: str) -> bool:
+    """``node.down`` matches itself; ``node.*`` every node event; ``*`` everything."""
+    if pattern == "*":
+        return True
+    if pattern.endswith(".*"):
+        return kind.startswith(pattern[:-1])
+    return kind == pattern
+
+
 class Verdict(StrEnum):
     """A node's health as judged from its probes."""
 

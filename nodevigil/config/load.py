@@ -21,6 +21,7 @@ from nodevigil.config.schema import (
 )
 from nodevigil.durations import format_duration
 from nodevigil.errors import ConfigError
+from nodevigil.events import EVENT_KINDS, kind_matches
 
 MIN_RETENTION = 90 * 86400.0  # clause IV.3
 
@@ -110,6 +111,7 @@ def _semantic_problems(config: Config) -> Iterator[str]:
     yield from _fleet_problems(config)
     yield from _lb_problems(config)
     yield from _people_problems(config)
+    yield from _notification_problems(config)
 
 
 def _fleet_problems(config: Config) -> Iterator[str]:
@@ -206,6 +208,57 @@ def _people_problems(config: Config) -> Iterator[str]:
             yield f"api.tokens[{i}].customer: only a customer token names a customer"
     if config.mqtt is not None and config.mqtt.password is not None:
         yield from _secret_problems("mqtt.password", config.mqtt.password)
+
+
+def _notification_problems(config: Config) -> Iterator[str]:
+    notifiers = config.notifiers
+    plans = config.contingency_plans
+    services = {s.name for s in config.services}
+
+    def unknown(where: str, names: list[str]) -> Iterator[str]:
+        for k, name in enumerate(names):
+            if name not in notifiers:
+                yield f"{where}[{k}]: no notifier is called {name!r}"
+
+    for i, customer in enumerate(config.customers):
+        if customer.plan is not None and customer.plan not in plans:
+            yield f"customers[{i}].plan: no contingency plan is called {customer.plan!r}"
+    for name, plan in plans.items():
+        where = f"contingency_plans.{name}"
+        previous = 0.0
+        for j, step in enumerate(plan.steps):
+            if step.after < previous:
+                yield f"{where}.steps[{j}].after: steps must be in order of their delay"
+            previous = step.after
+            yield from unknown(f"{where}.steps[{j}].notify", step.notify)
+        yield from unknown(f"{where}.on_resolve", plan.on_resolve)
+        if plan.repeat_every is not None and plan.repeat_every < 60:
+            yield f"{where}.repeat_every: repeating more often than every 1m would spam customers"
+    for i, route in enumerate(config.alerts):
+        for j, pattern in enumerate(route.events):
+            if not any(kind_matches(pattern, kind) for kind in EVENT_KINDS):
+                yield f"alerts[{i}].events[{j}]: {pattern!r} matches no event nodevigil publishes"
+        yield from unknown(f"alerts[{i}].notify", route.notify)
+    for name, notifier in notifiers.items():
+        where = f"notifiers.{name}"
+        if notifier.type == "webhook":
+            yield from _secret_problems(where, notifier)
+        elif notifier.type == "mqtt" and notifier.url is None and config.mqtt is None:
+            yield f"{where}.url: give the broker's url, or configure the top-level mqtt section"
+        elif notifier.type == "email":
+            smtp = notifier.smtp
+            if smtp.starttls and smtp.tls:
+                yield f"{where}.smtp: starttls and tls exclude each other (tls is implicit TLS)"
+            if smtp.password is not None:
+                yield from _secret_problems(f"{where}.smtp.password", smtp.password)
+                if smtp.username is None:
+                    yield f"{where}.smtp.username: a password needs a username"
+    for i, window in enumerate(config.maintenance):
+        if window.end <= window.start:
+            yield f"maintenance[{i}].end: must be after start"
+        for j, service in enumerate(window.services):
+            if service not in services:
+                yield f"maintenance[{i}].services[{j}]: no service is called {service!r}"
 
 
 def _secret_problems(where: str, ref: SecretRef) -> Iterator[str]:

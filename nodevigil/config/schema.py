@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -376,6 +377,126 @@ class Customer(Frozen):
     plan: Name | None = None
 
 
+# --- incidents and notifications ------------------------------------------------------------
+
+
+class WebhookNotifier(SecretRef):
+    """An HTTP POST signed per the Standard Webhooks specification (secret in ``whsec_`` form)."""
+
+    type: Literal["webhook"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    timeout: Duration = 5.0
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class SmtpServer(Frozen):
+    """Where mail is handed over: plain, STARTTLS or implicit TLS, optionally with a login."""
+
+    host: str
+    port: int = Field(default=25, ge=1, le=65535)
+    starttls: bool = False
+    tls: bool = False  # implicit TLS (port 465); exclusive with starttls
+    username: str | None = None
+    password: SecretRef | None = None
+    timeout: Duration = 10.0
+    verify: bool = True
+    ca_file: Path | None = None
+
+
+class EmailNotifier(Frozen):
+    """Plain-text mail with the incident's facts."""
+
+    type: Literal["email"]
+    to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(min_length=1)
+    sender: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")] = "nodevigil@localhost"
+    smtp: SmtpServer
+    subject_prefix: str = "[nodevigil]"
+
+
+class AlertmanagerNotifier(Frozen):
+    """Alerts posted to Prometheus Alertmanager's v2 API; recoveries resolve them."""
+
+    type: Literal["alertmanager"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    timeout: Duration = 5.0
+    labels: dict[str, str] = Field(default_factory=dict)
+    resolve_after: Duration = 3600.0  # how long a one-shot event (lb.action, ...) stays firing
+
+
+class MqttNotifier(Frozen):
+    """Events published as JSON; ``url`` defaults to the top-level mqtt broker."""
+
+    type: Literal["mqtt"]
+    topic: Annotated[str, Field(min_length=1, pattern=r"^[^#+]+$")]
+    url: Annotated[str, Field(pattern=r"^mqtts?://")] | None = None
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+
+
+Notifier = Annotated[
+    WebhookNotifier | EmailNotifier | AlertmanagerNotifier | MqttNotifier,
+    Field(discriminator="type"),
+]
+
+
+class PlanStep(Frozen):
+    """Who is told, ``after`` the incident's start (``0s`` is at once)."""
+
+    after: Duration = 0.0
+    notify: list[Name] = Field(min_length=1)
+
+
+class ContingencyPlan(Frozen):
+    """Clause VIII.6: the ordered steps that tell a customer about a whole-service failure."""
+
+    steps: list[PlanStep] = Field(min_length=1)
+    on_resolve: list[Name] = Field(default_factory=list)
+    repeat_every: Duration | None = None  # repeat the last step this often while still open
+
+
+class AlertRoute(Frozen):
+    """Operator alerts: events (a kind such as ``node.down``, or ``node.*``) and where they go."""
+
+    events: list[Annotated[str, Field(pattern=r"^[a-z_]+(\.([a-z_]+|\*))?$|^\*$")]] = Field(
+        min_length=1
+    )
+    notify: list[Name] = Field(min_length=1)
+    subjects: list[str] = Field(default_factory=list)  # only these nodes/sites/services
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("give a UTC offset, e.g. 2026-12-01T02:00:00+08:00")
+    return value
+
+
+AwareTime = Annotated[datetime, AfterValidator(_aware)]
+
+
+class MaintenanceWindow(Frozen):
+    """Announced maintenance: customers are told it is maintenance and the time is excluded."""
+
+    start: AwareTime
+    end: AwareTime
+    services: list[Name] = Field(min_length=1)
+    note: str = ""
+
+
+class Incidents(Frozen):
+    """How incidents open, reopen and resolve."""
+
+    reopen_window: Duration = 600.0  # a service failing again this soon reopens the incident
+
+
+class Notifications(Frozen):
+    """The durable outbox: retries with jittered exponential backoff until ``max_age``."""
+
+    max_age: Duration = 86400.0
+    backoff_initial: Duration = 1.0
+    backoff_max: Duration = 300.0
+    concurrency: int = Field(default=4, ge=1, le=64)  # deliveries in flight per notifier
+
+
 class Sla(Frozen):
     """The ledger's billing rules."""
 
@@ -404,6 +525,12 @@ class Config(Frozen):
     nodes: list[Node] = Field(default_factory=list)
     services: list[Service] = Field(default_factory=list)
     customers: list[Customer] = Field(default_factory=list)
+    notifiers: dict[Name, Notifier] = Field(default_factory=dict)
+    contingency_plans: dict[Name, ContingencyPlan] = Field(default_factory=dict)
+    alerts: list[AlertRoute] = Field(default_factory=list)
+    maintenance: list[MaintenanceWindow] = Field(default_factory=list)
+    incidents: Incidents = Incidents()
+    notifications: Notifications = Notifications()
     sla: Sla = Sla()
     records: Records = Records()
 

@@ -1,0 +1,1 @@
+"""Notifications: the durable outbox, its dispatcher, and the transports that deliver."""
