@@ -34,7 +34,8 @@ CREATE INDEX IF NOT EXISTS events_subject ON events (subject, at);
 class SqliteWorker:
     """One SQLite connection used from one dedicated thread, so the event loop never blocks."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
+        self._synchronous = synchronous  # FULL where a commit must survive a power cut
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.stem}")
         self._path = path
         self._conn: sqlite3.Connection | None = None
@@ -43,7 +44,7 @@ class SqliteWorker:
         if self._conn is None:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=5000")
             self._conn = conn
         return self._conn

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -22,6 +22,9 @@ from prometheus_client.registry import Collector
 from nodevigil.clock import Clock
 from nodevigil.events import Event, EventBus
 from sla.ledger import Ledger
+
+if TYPE_CHECKING:
+    from failover.incidents.manager import IncidentManager
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +68,18 @@ class SlaBridge:
         unavailable: Callable[[], dict[str, float] | None],
         state_dir: Path,
         registry: CollectorRegistry,
+        incidents: IncidentManager | None = None,
     ) -> None:
         self._ledger = ledger
+        # Causes tagged on incidents and announced maintenance windows reach the ledger here.
+        self._incidents = incidents
         self._bus = bus
         self._clock = clock
         self._services = services
         # service -> unavailable since (wall) per the controller; None before its first cycle
         self._unavailable = unavailable
         self._alive_path = state_dir / "alive"
-        self._sub = bus.subscribe(["service."])
+        self._sub = bus.subscribe(["service.", "incident.cause"])
         self.minutes = LedgerMinutes()
         registry.register(self.minutes)
         self._settled = Counter(
@@ -118,15 +124,52 @@ class SlaBridge:
         if event.kind == "service.unavailable":
             start = float(data.get("started_at") or event.at)
             await self._ledger.open_interval(
-                event.subject, utc(start), evidence={"sites": data.get("sites")}
+                event.subject,
+                utc(start),
+                cause=self._cause(event.subject, start),
+                evidence={"sites": data.get("sites")},
             )
+        elif event.kind == "incident.cause":
+            await self._apply_cause(event.subject, data)
         elif event.kind == "service.available":
             end = float(data.get("ended_at") or event.at)
             await self._ledger.close_interval(event.subject, utc(end))
 
+    def _cause(self, service: str, start: float) -> str:
+        if self._incidents is None:
+            return "provider"
+        return self._incidents.cause_for(service, start) or "provider"
+
+    async def _apply_cause(self, service: str, data: dict[str, Any]) -> None:
+        """An incident's cause applies to every ledger interval within the incident."""
+        start = float(data["started"])
+        end = float(data["ended"]) if data.get("ended") is not None else self._clock.wall()
+        who = str(data.get("author") or "operator")
+        note = f"incident {data.get('id')}: {data.get('note') or ''}".strip()
+        entries = await self._ledger.ledger(service=service, from_=utc(start), to=utc(end + 60))
+        for entry in entries:
+            if entry.cause.value != data["cause"]:
+                await self._ledger.set_cause(entry.id, str(data["cause"]), who, note)
+
+    async def exclude_maintenance(self) -> None:
+        """Each maintenance window, once it has begun, becomes a ledger exclusion (once)."""
+        if self._incidents is None:
+            return
+        for window in await self._incidents.windows_to_exclude():
+            exclusion = await self._ledger.add_exclusion(
+                utc(window.start),
+                utc(window.end),
+                "scheduled_maintenance",
+                services=list(window.services),
+                note=f"maintenance window {window.id}: {window.note}".strip(),
+                who=window.who,
+            )
+            await self._incidents.window_excluded(window, exclusion)
+
     async def _periodic(self) -> None:
         while True:
             try:
+                await self.exclude_maintenance()
                 await self.reconcile()
                 await asyncio.to_thread(_write_atomic, self._alive_path, repr(self._clock.wall()))
                 for row in await self._ledger.settle():
@@ -144,7 +187,12 @@ class SlaBridge:
         open_now = {entry.service for entry in await self._ledger.open_intervals()}
         for service, since in wanted.items():
             if service not in open_now:
-                await self._ledger.open_interval(service, utc(since), evidence={"repaired": True})
+                await self._ledger.open_interval(
+                    service,
+                    utc(since),
+                    cause=self._cause(service, since),
+                    evidence={"repaired": True},
+                )
         for service in open_now - set(wanted):
             await self._ledger.close_interval(service, utc(self._clock.wall()))
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from nodevigil.api.auth import Principal, TokenBook
+from nodevigil.clock import Clock, SystemClock
 from nodevigil.config import Config
 from nodevigil.eventlog import EventLog
 
@@ -34,6 +35,7 @@ class ApiContext:
     tokens: TokenBook
     ready: bool = False
     readiness: list[Callable[[], bool]] = field(default_factory=list)
+    clock: Clock = field(default_factory=SystemClock)
 
 
 CONTEXT = web.AppKey("context", ApiContext)

@@ -1,0 +1,392 @@
+"""Opens, reopens and resolves incidents from the controller's whole-service verdicts.
+
+Event-driven for exact times (``service.unavailable`` carries the outage's start), and
+level-triggered as a safety net: every second the open incidents are compared with the
+controller's view, so an event missed across a crash or restart heals by itself. Each change
+and the notifications it causes are committed together before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from failover.incidents.messages import Composer, human_duration
+from failover.incidents.model import Incident, IncidentState, Outgoing, Window
+from failover.incidents.store import IncidentStore
+from failover.notify.metrics import NotifyMetrics
+from nodevigil.clock import Clock
+from nodevigil.config import Config
+from nodevigil.errors import NodevigilError
+from nodevigil.events import Event, EventBus
+from nodevigil.failpoints import failpoint
+
+log = logging.getLogger(__name__)
+
+TICK = 1.0
+
+
+class IncidentError(NodevigilError):
+    """An operator's request about an incident cannot be done (the message says why)."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class IncidentManager:
+    """The incidents of every service, their updates, causes and maintenance windows."""
+
+    def __init__(
+        self,
+        store: IncidentStore,
+        *,
+        config: Callable[[], Config],
+        bus: EventBus,
+        clock: Clock,
+        unavailable: Callable[[], dict[str, float] | None],
+        metrics: NotifyMetrics,
+        outbox_changed: Callable[[], None],
+        status_url: str | None = None,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._bus = bus
+        self._clock = clock
+        # service -> unavailable since (wall), per the controller; None before its first cycle
+        self._unavailable = unavailable
+        self._metrics = metrics
+        self._outbox_changed = outbox_changed
+        self._status_url = status_url
+        self._lock = asyncio.Lock()
+        self._open: dict[str, Incident] = {}
+        self._windows: list[Window] = []
+        self._sub = bus.subscribe(["service."])
+        self._alerts = bus.subscribe([])
+
+    @property
+    def vantage(self) -> str:
+        return self._config().vantage
+
+    def _composer(self) -> Composer:
+        return Composer(self._config(), self._status_url)
+
+    async def start(self) -> None:
+        """Load the open incidents and write the configured maintenance windows."""
+        self._open = {i.service: i for i in await self._store.incidents(open_only=True)}
+        await self.sync_config_windows()
+        self._metrics.incidents_open.set(len(self._open))
+
+    async def run(self) -> None:
+        """Follow service events, alerts and the safety-net reconcile until cancelled."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._service_events(), name="incident-events")
+                tg.create_task(self._alert_events(), name="incident-alerts")
+                tg.create_task(self._periodic(), name="incident-periodic")
+        finally:
+            self._sub.close()
+            self._alerts.close()
+
+    # --- what the controller says ------------------------------------------------------------
+
+    async def _service_events(self) -> None:
+        async for event in self._sub:
+            try:
+                if event.kind == "service.unavailable":
+                    started = float(event.data.get("started_at") or event.at)
+                    await self.service_down(event.subject, started)
+                elif event.kind == "service.available":
+                    ended = float(event.data.get("ended_at") or event.at)
+                    await self.service_up(event.subject, ended)
+            except NodevigilError as exc:  # the reconcile pass retries
+                log.error("incident for %s not recorded yet: %s", event.subject, exc)
+
+    async def _alert_events(self) -> None:
+        async for event in self._alerts:
+            try:
+                outgoing = self._composer().alerts(event)
+                if outgoing and await self._store.enqueue(outgoing):
+                    self._outbox_changed()
+            except NodevigilError as exc:
+                log.error("alert for %s %s not queued: %s", event.kind, event.subject, exc)
+
+    async def _periodic(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+                await self.repeat_due()
+            except NodevigilError as exc:
+                log.error("incident upkeep failed (retrying): %s", exc)
+            await asyncio.sleep(TICK)
+
+    async def reconcile(self) -> None:
+        """Open what the controller says is down, resolve what it says is back."""
+        wanted = self._unavailable()
+        if wanted is None:
+            return  # the controller has not judged yet: resolving now would end real outages
+        configured = {s.name for s in self._config().services}
+        for service, since in wanted.items():
+            if service not in self._open:
+                await self.service_down(service, since)
+        for service in list(self._open):
+            if service not in wanted:
+                note = None if service in configured else "the service is no longer configured"
+                await self.service_up(service, self._clock.wall(), note=note)
+
+    async def service_down(self, service: str, started_at: float) -> Incident:
+        """The whole service is unavailable: open (or reopen) its incident and tell customers."""
+        async with self._lock:
+            current = self._open.get(service)
+            if current is not None:
+                return current
+            now = self._clock.wall()
+            window = self.maintenance_at(service, started_at) or self.maintenance_at(service, now)
+            composer = self._composer()
+            previous = await self._store.last_resolved(service)
+            reopen = self._config().incidents.reopen_window
+            if (
+                previous is not None
+                and previous.resolved_at is not None
+                and started_at - previous.resolved_at <= reopen
+            ):
+                gap = human_duration(max(0.0, round(started_at - previous.resolved_at)))
+                incident = await self._store.reopen_incident(
+                    previous.id,
+                    at=now,
+                    message=f"{service} failed again {gap} after recovering; reopened",
+                    outgoing=lambda i: composer.opening(i, now, window),
+                )
+                kind = "incident.reopened"
+            else:
+                cause = "scheduled_maintenance" if window else "provider"
+                text = f"{service} is wholly unavailable: no site can serve it"
+                if window is not None:
+                    text += " (during announced maintenance)"
+                incident = await self._store.open_incident(
+                    service,
+                    started_at=started_at,
+                    at=now,
+                    maintenance=window is not None,
+                    cause=cause,
+                    message=text,
+                    outgoing=lambda i: composer.opening(i, now, window),
+                )
+                kind = "incident.opened"
+            self._open[service] = incident
+            self._metrics.incidents_open.set(len(self._open))
+            self._metrics.incidents_opened.inc()
+        failpoint("incident.opened")
+        self._outbox_changed()
+        log.warning("incident %d %s: %s is wholly unavailable", incident.id, kind[9:], service)
+        self._publish(kind, incident)
+        return incident
+
+    async def service_up(self, service: str, ended_at: float, *, note: str | None = None) -> None:
+        """The service is available again: resolve its incident and send the notices."""
+        async with self._lock:
+            current = self._open.get(service)
+            if current is None:
+                return
+            incident = await self._resolve(current, ended_at, note or "", "nodevigil")
+        log.info("incident %d resolved: %s is available again", incident.id, service)
+
+    async def _resolve(self, current: Incident, ended_at: float, note: str, who: str) -> Incident:
+        now = self._clock.wall()
+        took = human_duration(max(0.0, round(ended_at - current.started_at)))
+        text = f"{current.service} is available again after {took}" + (f" ({note})" if note else "")
+        composer = self._composer()
+        incident, cancelled = await self._store.resolve_incident(
+            current.id,
+            resolved_at=max(ended_at, current.started_at),
+            at=now,
+            message=text,
+            author=who,
+            outgoing=lambda i: composer.resolution(i, now),
+        )
+        if cancelled:
+            log.info("incident %d: %d escalation steps no longer needed", incident.id, cancelled)
+        del self._open[current.service]
+        self._metrics.incidents_open.set(len(self._open))
+        self._outbox_changed()
+        self._publish("incident.resolved", incident)
+        return incident
+
+    async def repeat_due(self) -> None:
+        """Queue the repeats that plans ask for, for incidents still open."""
+        now = self._clock.wall()
+        composer = self._composer()
+        outgoing: list[Outgoing] = []
+        for incident in list(self._open.values()):
+            outgoing += composer.repeat(incident, now)
+        if outgoing and await self._store.enqueue(outgoing):
+            self._outbox_changed()
+
+    # --- what operators do ------------------------------------------------------------------
+
+    async def get(self, incident_id: int) -> Incident:
+        """One incident, or IncidentError 404."""
+        incident = await self._store.get(incident_id)
+        if incident is None:
+            raise IncidentError(f"no incident {incident_id}", status=404)
+        return incident
+
+    async def post_update(
+        self,
+        incident_id: int,
+        *,
+        message: str,
+        state: IncidentState | None,
+        author: str,
+        notify: bool = True,
+    ) -> Incident:
+        """An operator's update; ``resolved`` only when the service is available again."""
+        async with self._lock:
+            current = await self.get(incident_id)
+            if state is IncidentState.RESOLVED:
+                if current.resolved_at is not None:
+                    raise IncidentError(f"incident {incident_id} is already resolved", status=409)
+                wanted = self._unavailable() or {}
+                if current.service in wanted:
+                    raise IncidentError(
+                        f"{current.service} is still unavailable; the incident resolves "
+                        "by itself when it recovers",
+                        status=409,
+                    )
+                return await self._resolve(current, self._clock.wall(), message, author)
+            if current.resolved_at is not None and state is not None:
+                raise IncidentError(f"incident {incident_id} is resolved", status=409)
+            now = self._clock.wall()
+            composer = self._composer()
+            incident = await self._store.add_update(
+                incident_id,
+                at=now,
+                state=state,
+                message=message,
+                author=author,
+                outgoing=lambda i: composer.update(i, message, now) if notify else [],
+            )
+            if incident.is_open:
+                self._open[incident.service] = incident
+        self._outbox_changed()
+        self._publish("incident.updated", incident, {"message": message, "author": author})
+        return incident
+
+    async def set_cause(self, incident_id: int, *, cause: str, note: str, author: str) -> Incident:
+        """Tag the cause; the SLA ledger follows through the ``incident.cause`` event."""
+        async with self._lock:
+            await self.get(incident_id)
+            incident = await self._store.set_cause(
+                incident_id, cause=cause, note=note, at=self._clock.wall(), author=author
+            )
+            if incident.is_open:
+                self._open[incident.service] = incident
+        self._publish("incident.cause", incident, {"note": note, "author": author})
+        return incident
+
+    def cause_for(self, service: str, at: float) -> str | None:
+        """The cause the ledger should record for an outage of ``service`` starting at ``at``."""
+        incident = self._open.get(service)
+        if incident is not None and incident.cause != "provider":
+            return incident.cause
+        if self.maintenance_at(service, at) is not None:
+            return "scheduled_maintenance"
+        return None
+
+    # --- maintenance windows ----------------------------------------------------------------
+
+    def maintenance_at(self, service: str, at: float) -> Window | None:
+        """The maintenance window covering ``service`` at wall time ``at``, if any."""
+        return next((w for w in self._windows if w.covers(service, at)), None)
+
+    async def windows(self) -> list[Window]:
+        """Every window not cancelled."""
+        return list(self._windows)
+
+    async def sync_config_windows(self) -> None:
+        """Write the configuration's windows once each (keyed by their content)."""
+        for window in self._config().maintenance:
+            services = sorted(window.services)
+            key = hashlib.sha256(
+                f"{window.start.timestamp()}|{window.end.timestamp()}|{services}|{window.note}".encode()
+            ).hexdigest()
+            await self._store.add_window(
+                start=window.start.timestamp(),
+                end=window.end.timestamp(),
+                services=services,
+                note=window.note,
+                source="config",
+                who="config",
+                config_key=key,
+            )
+        self._windows = await self._store.windows()
+
+    async def declare_window(
+        self, *, start: float, end: float, services: Sequence[str], note: str, who: str
+    ) -> Window:
+        """Announce maintenance ahead (API or CLI)."""
+        configured = {s.name for s in self._config().services}
+        unknown = [s for s in services if s not in configured]
+        if unknown:
+            raise IncidentError(f"services: no service is called {unknown[0]!r}")
+        if end <= start:
+            raise IncidentError("end: must be after start")
+        if end <= self._clock.wall():
+            raise IncidentError("end: the window is already over; use an SLA exclusion instead")
+        window = await self._store.add_window(
+            start=start, end=end, services=list(services), note=note, source="api", who=who
+        )
+        self._windows = await self._store.windows()
+        self._bus.publish(
+            Event(
+                "maintenance.declared",
+                ",".join(services),
+                self._clock.wall(),
+                self.vantage,
+                window.as_dict(),
+            )
+        )
+        return window
+
+    async def cancel_window(self, window_id: int, who: str) -> Window:
+        """Cancel a window before it starts."""
+        window = await self._store.cancel_window(window_id, self._clock.wall())
+        if window is None:
+            raise IncidentError(
+                f"no maintenance window {window_id} that has yet to start", status=409
+            )
+        self._windows = await self._store.windows()
+        data = {**window.as_dict(), "who": who}
+        self._bus.publish(
+            Event(
+                "maintenance.cancelled",
+                ",".join(window.services),
+                self._clock.wall(),
+                self.vantage,
+                data,
+            )
+        )
+        return window
+
+    async def windows_to_exclude(self) -> list[Window]:
+        """Started windows the ledger does not hold yet."""
+        now = self._clock.wall()
+        return [w for w in self._windows if w.exclusion_id is None and w.start <= now]
+
+    async def window_excluded(self, window: Window, exclusion_id: int) -> None:
+        """The ledger now holds the window's exclusion."""
+        await self._store.mark_window_excluded(window.id, exclusion_id)
+        self._windows = await self._store.windows()
+
+    # ------------------------------------------------------------------------------------------
+
+    def _publish(self, kind: str, incident: Incident, extra: dict[str, Any] | None = None) -> None:
+        data = {**incident.as_dict(), "started": incident.started_at, "ended": incident.resolved_at}
+        self._bus.publish(
+            Event(
+                kind, incident.service, self._clock.wall(), self.vantage, {**data, **(extra or {})}
+            )
+        )

@@ -1,0 +1,242 @@
+"""The dispatcher: delivers what the outbox holds, at least once, however long it takes.
+
+Every notification is in the outbox (SQLite, committed) before the first attempt. An attempt
+that fails is retried with jittered exponential backoff, honouring a receiver's Retry-After,
+until the notification is ``max_age`` old; then it is dead-lettered, counted and listed by the
+API. A receiver answering 410 Gone disables its notifier until an operator enables it again.
+A crash at any point loses nothing: at worst a delivery whose acknowledgement was not yet
+written is sent again, with the same id, so the receiver can deduplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+
+from failover.incidents.model import OutboxRow
+from failover.incidents.store import IncidentStore
+from failover.notify.base import Delivery, Transport
+from failover.notify.metrics import NotifyMetrics
+from nodevigil.clock import Clock
+from nodevigil.config.schema import Notifications
+from nodevigil.errors import NodevigilError
+from nodevigil.events import Event, EventBus
+from nodevigil.failpoints import failpoint
+
+log = logging.getLogger(__name__)
+
+IDLE_CHECK = 1.0  # re-read the outbox at least this often (a clock step cannot stall it long)
+SEND_LIMIT = 120.0  # a transport that hangs past its own timeout is abandoned after this
+
+
+def backoff(attempt: int, settings: Notifications, rng: random.Random) -> float:
+    """Seconds before attempt ``attempt + 1``: exponential, capped, with equal jitter."""
+    growth = float(2 ** min(attempt - 1, 30))
+    ceiling = min(settings.backoff_max, settings.backoff_initial * growth)
+    return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+class Dispatcher:
+    """Sends due notifications through their transports, a few in flight per notifier."""
+
+    def __init__(
+        self,
+        store: IncidentStore,
+        transports: Mapping[str, Transport],
+        *,
+        settings: Callable[[], Notifications],
+        clock: Clock,
+        metrics: NotifyMetrics,
+        bus: EventBus,
+        vantage: Callable[[], str],
+        on_delivered: Callable[[OutboxRow, float], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._transports = dict(transports)
+        self._settings = settings
+        self._clock = clock
+        self._metrics = metrics
+        self._bus = bus
+        self._vantage = vantage
+        self._on_delivered = on_delivered
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._in_flight: set[str] = set()
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._disabled: dict[str, tuple[float, str]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        metrics.know(self._transports)
+
+    def wake(self) -> None:
+        """Something was written to the outbox: look now rather than at the next tick."""
+        self._wake.set()
+
+    def replace_transports(self, transports: Mapping[str, Transport]) -> dict[str, Transport]:
+        """Use new transports (after a reload); returns the old ones for the caller to close."""
+        old, self._transports = self._transports, dict(transports)
+        self._metrics.know(self._transports)
+        self._slots.clear()
+        self.wake()
+        return old
+
+    @property
+    def transports(self) -> dict[str, Transport]:
+        """The transports in use, by notifier name."""
+        return dict(self._transports)
+
+    @property
+    def disabled(self) -> dict[str, tuple[float, str]]:
+        """Notifiers disabled by a 410: name -> (since, reason)."""
+        return dict(self._disabled)
+
+    async def enable(self, name: str) -> bool:
+        """An operator enables a notifier again; whether it was disabled."""
+        changed = await self._store.enable_notifier(name)
+        self._disabled.pop(name, None)
+        self._metrics.disabled.labels(name).set(0)
+        return changed
+
+    async def run(self) -> None:
+        """Deliver until cancelled; in-flight attempts are abandoned (they stay pending)."""
+        self._disabled = await self._store.disabled_notifiers()
+        for name in self._disabled:
+            self._metrics.disabled.labels(name).set(1)
+        try:
+            while True:
+                try:
+                    await self._pass()
+                except NodevigilError as exc:
+                    log.error("outbox unreadable (retrying): %s", exc)
+                await self._sleep_until_due()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _pass(self) -> None:
+        now = self._clock.wall()
+        for row in await self._store.due(now, limit=500):
+            if row.message.id in self._in_flight:
+                continue
+            self._in_flight.add(row.message.id)
+            task = asyncio.create_task(self._deliver(row), name=f"notify-{row.message.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await self._update_gauges(now)
+
+    async def _sleep_until_due(self) -> None:
+        timeout = IDLE_CHECK
+        with contextlib.suppress(NodevigilError):
+            next_at = await self._store.next_due_at()
+            if next_at is not None:
+                timeout = min(IDLE_CHECK, max(0.0, next_at - self._clock.wall()))
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+        self._wake.clear()
+
+    async def _update_gauges(self, now: float) -> None:
+        due, scheduled, oldest = await self._store.outbox_stats(now)
+        self._metrics.outbox_depth.labels("due").set(due)
+        self._metrics.outbox_depth.labels("scheduled").set(scheduled)
+        self._metrics.oldest_pending.set(0 if oldest is None else max(0.0, now - oldest))
+
+    def _slot(self, notifier: str) -> asyncio.Semaphore:
+        slot = self._slots.get(notifier)
+        if slot is None:
+            slot = self._slots[notifier] = asyncio.Semaphore(self._settings().concurrency)
+        return slot
+
+    async def _deliver(self, row: OutboxRow) -> None:
+        message = row.message
+        try:
+            async with self._slot(message.notifier):
+                failpoint("outbox.before_send")
+                await self._attempt(row)
+        except NodevigilError as exc:  # the store failed; the row stays pending, retried later
+            log.error("outbox: cannot record delivery of %s: %s", message.id, exc)
+        finally:
+            self._in_flight.discard(message.id)
+            self.wake()
+
+    async def _attempt(self, row: OutboxRow) -> None:
+        message = row.message
+        name = message.notifier
+        attempts = row.attempts + 1
+        transport = self._transports.get(name)
+        if transport is None:
+            await self._dead(row, attempts, f"no notifier is called {name!r} any more")
+            return
+        if name in self._disabled:
+            await self._dead(row, attempts, f"notifier disabled: {self._disabled[name][1]}")
+            return
+        if attempts > 1:
+            self._metrics.retried.labels(name).inc()
+        try:
+            async with asyncio.timeout(SEND_LIMIT):
+                result = await transport.send(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a transport bug must not stop the outbox
+            log.exception("notifier %s raised on %s", name, message.id)
+            result = Delivery.retry(f"{type(exc).__name__}: {exc}")
+        now = self._clock.wall()
+        if result.outcome == "delivered":
+            failpoint("outbox.after_send")
+            await self._store.mark_delivered(message.id, now, attempts)
+            self._metrics.sent.labels(name).inc()
+            if attempts > 1:
+                log.info(
+                    "notification %s delivered to %s on attempt %d", message.id, name, attempts
+                )
+            if self._on_delivered is not None:
+                await self._on_delivered(row, now)
+            return
+        self._metrics.failed.labels(name).inc()
+        if result.outcome == "disabled":
+            self._disabled[name] = (now, result.detail)
+            self._metrics.disabled.labels(name).set(1)
+            await self._store.disable_notifier(name, now, result.detail)
+            log.error("notifier %s disabled: %s (enable it through the API)", name, result.detail)
+            self._publish(
+                "notification.disabled", name, {"notifier": name, "reason": result.detail}
+            )
+            await self._dead(row, attempts, f"receiver disabled the notifier: {result.detail}")
+            return
+        settings = self._settings()
+        age = now - message.created_at
+        delay = max(result.retry_after or 0.0, backoff(attempts, settings, self._rng))
+        if age + delay > settings.max_age:
+            await self._dead(row, attempts, f"gave up after {attempts} attempts: {result.detail}")
+            return
+        if attempts == 1 or attempts % 10 == 0:
+            log.warning(
+                "notification %s to %s failed (attempt %d, next in %.1fs): %s",
+                message.id,
+                name,
+                attempts,
+                delay,
+                result.detail,
+            )
+        await self._store.mark_retry(message.id, attempts, now + delay, result.detail)
+
+    async def _dead(self, row: OutboxRow, attempts: int, why: str) -> None:
+        message = row.message
+        await self._store.mark_dead(message.id, attempts, why)
+        self._metrics.dead.labels(message.notifier).inc()
+        log.error("notification %s to %s dead-lettered: %s", message.id, message.notifier, why)
+        self._publish(
+            "notification.dead",
+            message.notifier,
+            {"id": message.id, "kind": message.kind, "about": message.subject, "reason": why},
+        )
+
+    def _publish(self, kind: str, subject: str, data: dict[str, object]) -> None:
+        self._bus.publish(Event(kind, subject, self._clock.wall(), self._vantage(), data))
