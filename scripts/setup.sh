@@ -12,6 +12,7 @@ DEBIAN_PACKAGES=(
     prometheus                     # promtool: checks /metrics and the alerting rules
     prometheus-alertmanager        # notifier target
     prometheus-blackbox-exporter   # the peer in the probe benchmark
+    chromium
 )
 
 missing=()
