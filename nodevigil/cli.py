@@ -77,6 +77,39 @@ def build_parser() -> argparse.ArgumentParser:
     exclude.add_argument("--service", action="append", default=[], help="repeat; none = all")
     exclude.add_argument("--note", default="")
     remote.append(exclude)
+    incident = sub.add_parser("incident", help="list, show, update or tag incidents")
+    actions = incident.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="incidents, newest first")
+    listing.add_argument("--open", action="store_true", help="only those not resolved")
+    remote.append(listing)
+    show = actions.add_parser("show", help="one incident with its timeline")
+    show.add_argument("id", type=int)
+    remote.append(show)
+    update = actions.add_parser("update", help="post an update (customers are told)")
+    update.add_argument("id", type=int)
+    update.add_argument("--message", "-m", required=True)
+    update.add_argument(
+        "--state", choices=["investigating", "identified", "monitoring", "resolved"]
+    )
+    update.add_argument("--quiet", action="store_true", help="record it without notifying")
+    remote.append(update)
+    tag = actions.add_parser("cause", help="tag the cause; the SLA ledger follows")
+    tag.add_argument("id", type=int)
+    tag.add_argument("cause", help="provider, force_majeure, telecom_failure, third_party, ...")
+    tag.add_argument("--note", default="")
+    remote.append(tag)
+    maintenance = sub.add_parser("maintenance", help="announce, list or cancel maintenance")
+    actions = maintenance.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="announce a window (its time is excluded from the SLA)")
+    add.add_argument("--start", required=True, help="RFC 3339 time with offset")
+    add.add_argument("--end", required=True, help="RFC 3339 time with offset")
+    add.add_argument("--service", action="append", required=True, help="repeat for several")
+    add.add_argument("--note", default="")
+    remote.append(add)
+    remote.append(actions.add_parser("list", help="windows not cancelled"))
+    cancel = actions.add_parser("cancel", help="cancel a window that has not begun")
+    cancel.add_argument("id", type=int)
+    remote.append(cancel)
     for cmd in remote:
         cmd.add_argument("-c", "--config", default=DEFAULT_CONFIG, type=Path)
         cmd.add_argument("--url", help="the API's base URL (default: from api.listen)")
@@ -116,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             from sla import cli as sla_cli
 
             return sla_cli.run(args)
-        if args.command in ("drain", "undrain", "cause", "exclude"):
+        if args.command in ("drain", "undrain", "cause", "exclude", "incident", "maintenance"):
             from nodevigil.remote import call_api
 
             return asyncio.run(call_api(args))

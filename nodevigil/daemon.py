@@ -7,14 +7,19 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from failover.controller import Controller, SqliteStore, StateLock
 from failover.controller.decide import site_backend
+from failover.incidents.manager import IncidentManager
+from failover.incidents.model import OutboxRow, iso
+from failover.incidents.store import IncidentStore
 from failover.lb import (
     GlobalLoadBalancer,
     LocalLoadBalancer,
@@ -23,10 +28,14 @@ from failover.lb import (
     build_local,
 )
 from failover.lb.recording import RecordingLocalLoadBalancer
+from failover.notify.base import Transport
+from failover.notify.metrics import NotifyMetrics
+from failover.notify.outbox import Dispatcher
+from failover.notify.transports import build_transport
 from monitor.heartbeat import HeartbeatBoard, HeartbeatListener
 from monitor.metrics import AgentCollector, MonitorMetrics
 from monitor.monitor import Monitor
-from nodevigil.api import failover_routes, sla_routes
+from nodevigil.api import failover_routes, incident_routes, sla_routes, status_page
 from nodevigil.api.app import ApiContext, build_app
 from nodevigil.api.auth import TokenBook
 from nodevigil.clock import Clock, SystemClock
@@ -42,6 +51,8 @@ from sla.ledger import Ledger
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 3600.0
+STATUS_CACHE = 2.0  # the public status page is rebuilt at most this often
+RECENT_INCIDENTS = 7 * 86400.0  # resolved incidents the status page still lists
 # Inside one controller cycle a load balancer gets a short retry; the next cycle retries again.
 LB_RETRY = RetryPolicy(attempts=2, total=1.5, initial=0.05, maximum=0.5)
 
@@ -60,6 +71,8 @@ class Daemon:
         self.board = HeartbeatBoard(self.clock)
         self._stop = asyncio.Event()
         self.api_port: int | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._status_cache: tuple[float, dict[str, Any]] | None = None
 
     def request_stop(self) -> None:
         """Ask the daemon to stop cleanly."""
@@ -69,11 +82,20 @@ class Daemon:
         """Re-read the configuration; keep the old one when the new one is invalid."""
         try:
             config = load_config(self.config_path)
+            transports = (
+                self._build_transports(config)
+                if config.notifiers != self.config.notifiers or config.mqtt != self.config.mqtt
+                else None
+            )
             self.controller.update_config(config)  # refuses load balancers it has no adapter for
         except ConfigError as exc:
             log.error("reload rejected, keeping the running configuration: %s", exc)
             return False
         self.config = config
+        if transports is not None:
+            old = self.dispatcher.replace_transports(transports)
+            self._spawn(self._close_transports(old), "close-old-notifiers")
+        self._spawn(self.incidents.sync_config_windows(), "sync-maintenance")
         self.monitor.apply_config(config)
         self.context.config = config
         self.context.tokens = TokenBook(config.api.tokens)
@@ -130,9 +152,37 @@ class Daemon:
             monitor=self.monitor,
             events=events,
             tokens=TokenBook(config.api.tokens),
+            clock=self.clock,
             # Ready once the controller has read the load balancers back and reconciled once.
             readiness=[lambda: self.controller.status().last_cycle_at is not None],
         )
+        incident_store = IncidentStore(config.state_dir / "incidents.db")
+        await incident_store.open()
+        stack.push_async_callback(incident_store.close)
+        self.incident_store = incident_store
+        notify_metrics = NotifyMetrics(self.registry)
+        self.dispatcher = Dispatcher(
+            incident_store,
+            self._build_transports(config),
+            settings=lambda: self.config.notifications,
+            clock=self.clock,
+            metrics=notify_metrics,
+            bus=self.bus,
+            vantage=lambda: self.config.vantage,
+            on_delivered=self._first_notice,
+        )
+        stack.push_async_callback(lambda: self._close_transports(self.dispatcher.transports))
+        self.notify_metrics = notify_metrics
+        self.incidents = IncidentManager(
+            incident_store,
+            config=lambda: self.config,
+            bus=self.bus,
+            clock=self.clock,
+            unavailable=self._unavailable_services,
+            metrics=notify_metrics,
+            outbox_changed=self.dispatcher.wake,
+        )
+        await self.incidents.start()
         ledger = await Ledger.open(
             config.state_dir / "ledger.db",
             timezone=config.timezone,
@@ -149,11 +199,24 @@ class Daemon:
             unavailable=self._unavailable_services,
             state_dir=config.state_dir,
             registry=self.registry,
+            incidents=self.incidents,
         )
         await bridge.record_downtime()
-        app = build_app(self.context, [*failover_routes.routes(), *sla_routes.routes()])
+        app = build_app(
+            self.context,
+            [
+                *failover_routes.routes(),
+                *sla_routes.routes(),
+                *incident_routes.routes(),
+                *status_page.routes(),
+            ],
+        )
         app[failover_routes.CONTROLLER] = self.controller
         app[sla_routes.LEDGER] = ledger
+        app[incident_routes.INCIDENTS] = self.incidents
+        app[incident_routes.INCIDENT_STORE] = incident_store
+        app[incident_routes.DISPATCHER] = self.dispatcher
+        app[status_page.SNAPSHOT] = self.status_snapshot
         await self._serve(app, config, stack)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -161,6 +224,8 @@ class Daemon:
                 tg.create_task(self.metrics.watch_loop_lag(), name="loop-lag")
                 tg.create_task(self._prune(events, store, ledger), name="prune")
                 tg.create_task(bridge.run(), name="sla-ledger")
+                tg.create_task(self.dispatcher.run(), name="outbox")
+                tg.create_task(self.incidents.run(), name="incidents")
                 if config.mqtt is not None:
                     password = (
                         read_secret(config.mqtt.password, self.base_dir)
@@ -220,6 +285,87 @@ class Daemon:
                 with contextlib.suppress(Exception):
                     await adapter.close()
 
+    def _build_transports(self, config: Config) -> dict[str, Transport]:
+        """One transport per notifier; an unreadable or malformed secret is a ConfigError."""
+        return {
+            name: build_transport(name, notifier, self.base_dir, config.mqtt)
+            for name, notifier in config.notifiers.items()
+        }
+
+    async def _close_transports(self, transports: dict[str, Transport]) -> None:
+        for transport in transports.values():
+            try:
+                await transport.close()
+            except Exception:  # closing must not stop the others from closing
+                log.exception("notifier %s did not close cleanly", transport.name)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        """Run a short job beside the main tasks (reload's asynchronous parts)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _first_notice(self, row: OutboxRow, at: float) -> None:
+        """Time from an outage's start to the first customer notice (the contract: at once)."""
+        if row.incident is None or row.customer is None:
+            return
+        incident = await self.incident_store.record_first_notice(row.incident, at)
+        if incident is not None:
+            seconds = max(0.0, at - incident.started_at)
+            self.notify_metrics.first_notice.observe(seconds)
+            log.info(
+                "incident %d: first customer notice %.2fs after the outage began",
+                incident.id,
+                seconds,
+            )
+
+    async def status_snapshot(self) -> dict[str, Any]:
+        """What the public status page shows (cached for a moment: it needs no token)."""
+        cached = self._status_cache
+        if cached is not None and time.monotonic() - cached[0] < STATUS_CACHE:
+            return cached[1]
+        now = self.clock.wall()
+        status = self.controller.status()
+        by_name = {s.name: s for s in status.services}
+        services = []
+        for service in self.config.services:
+            current = by_name.get(service.name)
+            since = None
+            if status.last_cycle_at is None or current is None:
+                state = "unknown"
+            elif self.incidents.maintenance_at(service.name, now) is not None:
+                state = "maintenance"
+            elif not current.available:
+                state = "unavailable"
+                since = iso(current.unavailable_since)
+            else:
+                state = "operational"
+            services.append({"name": service.name, "state": state, "since": since})
+        incidents = []
+        for incident in await self.incident_store.incidents(since=now - RECENT_INCIDENTS, limit=50):
+            updates = await self.incident_store.updates(incident.id)
+            entry = incident.as_dict()
+            for private in ("cause_note", "first_notice_at", "openings"):
+                entry.pop(private, None)
+            # Public: the updates' text and state, not which token wrote them.
+            entry["updates"] = [
+                {k: v for k, v in u.as_dict().items() if k != "author"} for u in updates
+            ]
+            incidents.append(entry)
+        windows = [
+            {k: w.as_dict()[k] for k in ("start", "end", "services", "note")}
+            for w in await self.incidents.windows()
+            if w.end > now
+        ]
+        snapshot = {
+            "generated_at": iso(now),
+            "services": services,
+            "incidents": incidents,
+            "maintenance": windows,
+        }
+        self._status_cache = (time.monotonic(), snapshot)
+        return snapshot
+
     def _unavailable_services(self) -> dict[str, float] | None:
         status = self.controller.status()
         if status.last_cycle_at is None:
@@ -235,6 +381,7 @@ class Daemon:
             now = self.clock.wall()
             cutoff = now - self.config.records.retention
             removed = await events.prune(cutoff) + await store.prune_actions(cutoff)
+            removed += await self.incident_store.prune(cutoff)
             pruned = await ledger.prune(utc(now), self.config.records.retention)
             removed += sum(pruned.values())
             if removed:

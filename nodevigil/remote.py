@@ -1,4 +1,5 @@
-"""CLI commands that act through the running daemon's API (drain, undrain, cause, exclude)."""
+"""CLI commands that act through the running daemon's API: drain, undrain, cause, exclude,
+incident and maintenance."""
 
 from __future__ import annotations
 
@@ -35,16 +36,23 @@ def _base_url(args: argparse.Namespace) -> str:
     return f"http://{host}:{port}"
 
 
-def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """The API path and JSON body for the subcommand."""
+def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    """The HTTP method, API path and JSON body for the subcommand."""
     if args.command == "cause":
-        return f"/api/v1/sla/intervals/{args.interval}/cause", {
-            "cause": args.cause,
-            "note": args.note,
-        }
+        body = {"cause": args.cause, "note": args.note}
+        return "POST", f"/api/v1/sla/intervals/{args.interval}/cause", body
     if args.command == "exclude":
         body = {"start": args.start, "end": args.end, "cause": args.cause, "note": args.note}
-        return "/api/v1/sla/exclusions", {**body, "services": args.service}
+        return "POST", "/api/v1/sla/exclusions", {**body, "services": args.service}
+    if args.command == "incident":
+        return _incident_request(args)
+    if args.command == "maintenance":
+        if args.action == "list":
+            return "GET", "/api/v1/maintenance", None
+        if args.action == "cancel":
+            return "DELETE", f"/api/v1/maintenance/{args.id}", None
+        body = {"start": args.start, "end": args.end, "services": args.service, "note": args.note}
+        return "POST", "/api/v1/maintenance", body
     kind = "sites" if args.site else "nodes"
     body = {}
     if args.command == "drain":
@@ -52,19 +60,36 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
             body["for"] = args.duration
         if args.reason:
             body["reason"] = args.reason
-    return f"/api/v1/{kind}/{args.name}/{args.command}", body
+    return "POST", f"/api/v1/{kind}/{args.name}/{args.command}", body
+
+
+def _incident_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    if args.action == "list":
+        return "GET", f"/api/v1/incidents?state={'open' if args.open else 'all'}", None
+    if args.action == "show":
+        return "GET", f"/api/v1/incidents/{args.id}", None
+    if args.action == "cause":
+        return (
+            "POST",
+            f"/api/v1/incidents/{args.id}/cause",
+            {"cause": args.cause, "note": args.note},
+        )
+    body: dict[str, Any] = {"message": args.message, "notify": not args.quiet}
+    if args.state:
+        body["state"] = args.state
+    return "POST", f"/api/v1/incidents/{args.id}/updates", body
 
 
 async def call_api(args: argparse.Namespace) -> int:
-    """POST the subcommand to the daemon's API; print its answer."""
-    path, body = _request(args)
+    """Send the subcommand to the daemon's API; print its answer."""
+    method, path, body = _request(args)
     url = _base_url(args) + path
     headers = {"Authorization": f"Bearer {_token(args)}"}
     timeout = aiohttp.ClientTimeout(total=10)
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(url, json=body, headers=headers) as response,
+            session.request(method, url, json=body, headers=headers) as response,
         ):
             text = await response.text()
             status = response.status

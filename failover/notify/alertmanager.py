@@ -29,7 +29,12 @@ def _rfc3339(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
-def build_alert(message: Message, labels: dict[str, str], resolve_after: float) -> dict[str, Any]:
+def build_alert(
+    message: Message,
+    labels: dict[str, str],
+    resolve_after: float,
+    firing_for: float = 7 * 86400.0,
+) -> dict[str, Any]:
     """One postable alert; its labels are the same for a problem and its recovery."""
     alert: dict[str, Any] = {
         "labels": {
@@ -49,7 +54,10 @@ def build_alert(message: Message, labels: dict[str, str], resolve_after: float) 
         # No startsAt: Alertmanager keeps the firing alert's, and ends it now.
         alert["endsAt"] = message.timestamp
     elif message.kind in RAISES:
+        # Alertmanager ends an alert without endsAt after its resolve_timeout (5m by default);
+        # this one lasts until its recovery (which the outbox delivers) or firing_for at most.
         alert["startsAt"] = message.timestamp
+        alert["endsAt"] = _rfc3339(message.created_at + firing_for)
     else:  # a one-shot event: shown for a while, then resolved by itself
         alert["startsAt"] = message.timestamp
         alert["endsAt"] = _rfc3339(message.created_at + resolve_after)
@@ -79,7 +87,8 @@ class AlertmanagerTransport:
 
     def alert(self, message: Message) -> dict[str, Any]:
         """The alert ``message`` becomes."""
-        return build_alert(message, dict(self._config.labels), self._config.resolve_after)
+        config = self._config
+        return build_alert(message, dict(config.labels), config.resolve_after, config.firing_for)
 
     async def send(self, message: Message) -> Delivery:
         """POST the alert once; 2xx delivered, anything else (or no answer) retry."""

@@ -421,6 +421,7 @@ class AlertmanagerNotifier(Frozen):
     timeout: Duration = 5.0
     labels: dict[str, str] = Field(default_factory=dict)
     resolve_after: Duration = 3600.0  # how long a one-shot event (lb.action, ...) stays firing
+    firing_for: Duration = 7 * 86400.0  # how long a problem (node.down, ...) awaits its recovery
 
 
 class MqttNotifier(Frozen):

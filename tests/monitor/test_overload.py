@@ -57,7 +57,10 @@ async def test_failures_during_a_stalled_loop_judge_nothing() -> None:
                 "nodevigil_probe_results_total",
                 {"node": "dead", "probe": "tcp", "result": "inconclusive"},
             )
-            assert inconclusive is not None and inconclusive > 0
+            skipped = registry.get_sample_value("nodevigil_probes_skipped_total")
+            # Each stalled round was either run and not trusted, or shed for being late
+            # (which one depends on how late the loop is on a busy machine).
+            assert (inconclusive or 0) + (skipped or 0) > 0
         finally:
             stalling = False
             await staller

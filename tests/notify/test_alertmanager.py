@@ -52,8 +52,16 @@ def test_a_recovery_carries_its_problems_labels() -> None:
         assert fire["labels"] == clear["labels"]
         assert fire["labels"]["alertname"] == alert_name(raising)
         assert fire["labels"]["team"] == "ops"
-        assert "endsAt" not in fire and "startsAt" in fire
-        assert "endsAt" in clear and "startsAt" not in clear
+        assert "startsAt" in fire and "endsAt" in clear and "startsAt" not in clear
+        # A problem must outlive Alertmanager's resolve_timeout until its recovery comes.
+        assert fire["endsAt"] > clear["endsAt"]
+
+
+def test_a_problem_stays_firing_for_firing_for() -> None:
+    message = make_message("node.down", "sh-1", created_at=1_767_225_600.0)
+    alert = build_alert(message, {}, 900, firing_for=86400)
+    assert alert["startsAt"] == "2026-01-01T00:00:00Z"
+    assert alert["endsAt"] == "2026-01-02T00:00:00Z"
 
 
 def test_a_one_shot_event_ends_after_resolve_after() -> None:
