@@ -35,6 +35,7 @@ from failover.notify.transports import build_transport
 from monitor.heartbeat import HeartbeatBoard, HeartbeatListener
 from monitor.metrics import AgentCollector, MonitorMetrics
 from monitor.monitor import Monitor
+from nodevigil import systemd
 from nodevigil.api import failover_routes, incident_routes, sla_routes, status_page
 from nodevigil.api.app import ApiContext, build_app
 from nodevigil.api.auth import TokenBook
@@ -73,13 +74,27 @@ class Daemon:
         self.api_port: int | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._status_cache: tuple[float, dict[str, Any]] | None = None
+        self._last_cycle_seen: float | None = None
+        self._last_progress = self.clock.monotonic()
 
     def request_stop(self) -> None:
         """Ask the daemon to stop cleanly."""
+        systemd.stopping()
         self._stop.set()
 
     def reload(self) -> bool:
         """Re-read the configuration; keep the old one when the new one is invalid."""
+        systemd.reloading()
+        try:
+            return self._reload()
+        finally:
+            systemd.ready(self._summary())  # READY=1 must follow RELOADING=1, even on refusal
+
+    def _summary(self) -> str:
+        c = self.config
+        return f"{len(c.nodes)} nodes, {len(c.sites)} sites, {len(c.services)} services"
+
+    def _reload(self) -> bool:
         try:
             config = load_config(self.config_path)
             transports = (
@@ -90,7 +105,10 @@ class Daemon:
             self.controller.update_config(config)  # refuses load balancers it has no adapter for
         except ConfigError as exc:
             log.error("reload rejected, keeping the running configuration: %s", exc)
+            self.metrics.config_reload_ok.set(0)
+            systemd.status(f"reload rejected ({exc}); running configuration kept")
             return False
+        self.metrics.config_reload_ok.set(1)
         self.config = config
         if transports is not None:
             old = self.dispatcher.replace_transports(transports)
@@ -234,6 +252,13 @@ class Daemon:
                     )
                     listener = HeartbeatListener(config.mqtt, self.board, password)
                     tg.create_task(listener.run(), name="mqtt-heartbeats")
+                interval = systemd.watchdog_interval()
+                if interval is not None:
+                    tg.create_task(
+                        systemd.feed_watchdog(self._healthy, interval, sleep=self.clock.sleep),
+                        name="watchdog",
+                    )
+                tg.create_task(self._announce_ready(), name="sd-ready")
                 self.context.ready = True
                 await self._stop.wait()
                 raise _Stop
@@ -284,6 +309,23 @@ class Daemon:
             for adapter in adapters:
                 with contextlib.suppress(Exception):
                     await adapter.close()
+
+    async def _announce_ready(self) -> None:
+        """Tell systemd (Type=notify) once the controller has reconciled for the first time."""
+        while self.controller.status().last_cycle_at is None:
+            await self.clock.sleep(0.1)
+        systemd.ready(self._summary())
+
+    def _healthy(self) -> bool:
+        """For the watchdog: the controller keeps completing cycles (judged on the monotonic
+        clock, so a wall-clock step never looks like a stall)."""
+        cycle = self.controller.status().last_cycle_at
+        now = self.clock.monotonic()
+        if cycle != self._last_cycle_seen:
+            self._last_cycle_seen, self._last_progress = cycle, now
+        if cycle is None:
+            return True  # still starting: TimeoutStartSec covers a start that never ends
+        return now - self._last_progress < max(5 * self.config.failover.cycle, 10.0)
 
     def _build_transports(self, config: Config) -> dict[str, Transport]:
         """One transport per notifier; an unreadable or malformed secret is a ConfigError."""

@@ -41,6 +41,12 @@ class DaemonMetrics:
             "Wall time of the latest successful configuration load.",
             registry=registry,
         )
+        self.config_reload_ok = Gauge(
+            "nodevigil_config_last_reload_successful",
+            "1 when the latest configuration reload (SIGHUP) succeeded, 0 when it was rejected.",
+            registry=registry,
+        )
+        self.config_reload_ok.set(1)
         self.event_log_errors = Gauge(
             "nodevigil_event_log_write_errors",
             "Failed writes of the durable event log since start.",
