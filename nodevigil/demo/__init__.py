@@ -1,0 +1,1 @@
+"""``nodevigil demo``: a small world on loopback and a failover story played through it."""
