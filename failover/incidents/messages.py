@@ -239,6 +239,8 @@ class Composer:
             if any(kind_matches(p, event.kind) for p in route.events):
                 notifiers += [n for n in route.notify if n not in notifiers]
         if event.kind.startswith("notification."):
+            if str(event.data.get("kind", "")).startswith("notification."):
+                return []  # the lost message was itself such a report: stop the chain here
             # Never report a notifier's trouble through that same notifier: it would loop.
             notifiers = [n for n in notifiers if n != event.subject]
         if not notifiers:

@@ -293,6 +293,9 @@ def test_alert_routes_never_report_a_notifier_through_itself() -> None:
     dead = Event("notification.dead", "hook", 1.0, "v", {"reason": "gone"})
     assert [o.message.notifier for o in composer.alerts(dead)] == ["ops"]
     assert composer.alerts(Event("node.up", "a", 1.0, "v")) == []
+    # Two dead notifiers must not report each other's dead reports forever.
+    echo = Event("notification.dead", "ops", 1.0, "v", {"kind": "notification.dead"})
+    assert composer.alerts(echo) == []
 
 
 # --- the dispatcher --------------------------------------------------------------------------
