@@ -273,16 +273,16 @@ def _resolve(config: Config, base_dir: Path | None) -> Config:
     for node in config.nodes:
         probes = []
         for probe in node.probes:
-            probes.append(
-                probe.model_copy(
-                    update={
-                        "name": probe.label,
-                        "interval": probe.interval or d.interval,
-                        "timeout": probe.timeout or d.timeout,
-                        "attempts": probe.attempts or d.attempts,
-                    }
-                )
-            )
+            filled: dict[str, Any] = {
+                "name": probe.label,
+                "interval": probe.interval or d.interval,
+                "timeout": probe.timeout or d.timeout,
+                "attempts": probe.attempts or d.attempts,
+            }
+            ca_file = getattr(probe, "ca_file", None)
+            if base_dir is not None and ca_file is not None and not ca_file.is_absolute():
+                filled["ca_file"] = (base_dir / ca_file).resolve()
+            probes.append(probe.model_copy(update=filled))
         nodes.append(node.model_copy(update={"probes": probes}))
     update: dict[str, Any] = {"nodes": nodes}
     if base_dir is not None and not config.state_dir.is_absolute():

@@ -76,7 +76,7 @@ Address = Annotated[str, AfterValidator(_check_address)]
 
 
 class ProbeBase(Frozen):
-    """What every probe has: a name, and an interval and timeout (inherited from defaults)."""
+    """What every probe has: a name, and an interval, timeout and attempts (from defaults)."""
 
     name: Name | None = None
     interval: Duration | None = None
@@ -246,6 +246,13 @@ class Site(Frozen):
     @classmethod
     def _address(cls, value: str) -> str:
         ipaddress.ip_address(value)
+        return value
+
+    @field_validator("max_unavailable")
+    @classmethod
+    def _percent(cls, value: int | str) -> int | str:
+        if isinstance(value, str) and int(value[:-1]) > 100:
+            raise ValueError(f"{value} is more than 100%")
         return value
 
     def max_unavailable_count(self, size: int) -> int:
@@ -441,7 +448,8 @@ Notifier = Annotated[
 
 
 class PlanStep(Frozen):
-    """Who is told, ``after`` the incident's start (``0s`` is at once)."""
+    """Who is told, ``after`` the outage's start (``0s`` is at once; a reopened incident counts
+    from its reopening)."""
 
     after: Duration = 0.0
     notify: list[Name] = Field(min_length=1)

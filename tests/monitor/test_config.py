@@ -184,3 +184,22 @@ def test_configuration_reference_is_generated_from_the_schema() -> None:
 
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert doc == render(), "run: python -m nodevigil.config.reference > docs/configuration.md"
+
+
+def test_a_relative_tls_ca_file_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "sites": [{"name": "s", "address": "192.0.2.1", "max_unavailable": "100%"}],
+            "nodes": [
+                {
+                    "name": "a",
+                    "site": "s",
+                    "probes": [{"type": "tls", "address": "127.0.0.1:443", "ca_file": "ca.pem"}],
+                }
+            ],
+        },
+        base_dir=tmp_path,
+    )
+    assert getattr(config.nodes[0].probes[0], "ca_file", None) == (tmp_path / "ca.pem").resolve()
+    with pytest.raises(ConfigError, match=r"sites\[0\]\.max_unavailable.*more than 100%"):
+        parse_config({"sites": [{"name": "s", "address": "192.0.2.1", "max_unavailable": "150%"}]})
