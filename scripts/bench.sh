@@ -9,3 +9,4 @@ for bench in probe_bench failover_bench sla_bench; do
         .venv/bin/python "bench/$bench.py"
     fi
 done
+echo "=== bench/notify_bench.py"; .venv/bin/python bench/notify_bench.py
