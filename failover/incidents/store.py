@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     customer TEXT,
     step TEXT,
     state TEXT NOT NULL DEFAULT 'pending',
+    claimed INTEGER NOT NULL DEFAULT 0,
     not_before REAL NOT NULL,
     next_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -456,21 +457,49 @@ class IncidentStore:
         return await self._call(lambda c: _transaction(c, lambda t: _enqueue(t, items)))
 
     async def due(self, now: float, limit: int = 100) -> list[OutboxRow]:
-        """Pending notifications whose time has come, oldest first."""
+        """Pending notifications whose time has come and that no sender holds, oldest first."""
         rows = await self._call(
             lambda c: c.execute(
-                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND next_at <= ? "
-                "ORDER BY next_at LIMIT ?",
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND claimed = 0 "
+                "AND next_at <= ? ORDER BY next_at LIMIT ?",
                 (now, limit),
             ).fetchall()
         )
         return [_outbox_row(r) for r in rows]
 
+    async def claim_due(self, now: float, limit: int = 100) -> list[OutboxRow]:
+        """Like ``due``, and mark them held, so no later pass reads them while they are sent.
+
+        A claim lives only as long as the process: ``release_claims`` at start-up frees what a
+        crash left held, so nothing waits for a lease to expire.
+        """
+
+        def run(conn: sqlite3.Connection) -> list[Any]:
+            rows = conn.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE state = 'pending' AND claimed = 0 "
+                "AND next_at <= ? ORDER BY next_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            conn.executemany("UPDATE outbox SET claimed = 1 WHERE id = ?", [(r[0],) for r in rows])
+            return rows
+
+        rows = await self._call(lambda c: _transaction(c, run))
+        return [_outbox_row(r) for r in rows]
+
+    async def release_claims(self, message_id: str | None = None) -> None:
+        """Free one held notification, or (at start-up) every one."""
+        if message_id is None:
+            await self._call(lambda c: c.execute("UPDATE outbox SET claimed = 0 WHERE claimed = 1"))
+        else:
+            await self._call(
+                lambda c: c.execute("UPDATE outbox SET claimed = 0 WHERE id = ?", (message_id,))
+            )
+
     async def next_due_at(self) -> float | None:
-        """When the next pending notification falls due."""
+        """When the next pending notification that no sender holds falls due."""
         row = await self._call(
             lambda c: c.execute(
-                "SELECT MIN(next_at) FROM outbox WHERE state = 'pending'"
+                "SELECT MIN(next_at) FROM outbox WHERE state = 'pending' AND claimed = 0"
             ).fetchone()
         )
         return None if row is None or row[0] is None else float(row[0])
@@ -480,7 +509,7 @@ class IncidentStore:
         await self._call(
             lambda c: c.execute(
                 "UPDATE outbox SET state = 'delivered', delivered_at = ?, attempts = ?, "
-                "last_error = '' WHERE id = ?",
+                "last_error = '', claimed = 0 WHERE id = ?",
                 (at, attempts, message_id),
             )
         )
@@ -489,7 +518,8 @@ class IncidentStore:
         """It failed; try again at ``next_at``."""
         await self._call(
             lambda c: c.execute(
-                "UPDATE outbox SET attempts = ?, next_at = ?, last_error = ? WHERE id = ?",
+                "UPDATE outbox SET attempts = ?, next_at = ?, last_error = ?, claimed = 0 "
+                "WHERE id = ?",
                 (attempts, next_at, error[:500], message_id),
             )
         )
@@ -498,7 +528,8 @@ class IncidentStore:
         """Retries exhausted or the receiver is gone: dead-lettered, kept for the API."""
         await self._call(
             lambda c: c.execute(
-                "UPDATE outbox SET state = 'dead', attempts = ?, last_error = ? WHERE id = ?",
+                "UPDATE outbox SET state = 'dead', attempts = ?, last_error = ?, claimed = 0 "
+                "WHERE id = ?",
                 (attempts, error[:500], message_id),
             )
         )

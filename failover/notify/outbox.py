@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from failover.incidents.model import OutboxRow
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 IDLE_CHECK = 1.0  # re-read the outbox at least this often (a clock step cannot stall it long)
 SEND_LIMIT = 120.0  # a transport that hangs past its own timeout is abandoned after this
+MAX_IN_FLIGHT = 500  # notifications held by this dispatcher at once (across notifiers)
+GAUGES_EVERY = 1.0  # outbox depth and age are recounted at most this often
 
 
 def backoff(attempt: int, settings: Notifications, rng: random.Random) -> float:
@@ -69,6 +72,7 @@ class Dispatcher:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._disabled: dict[str, tuple[float, str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._gauges_at = 0.0
         metrics.know(self._transports)
 
     def wake(self) -> None:
@@ -102,6 +106,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Deliver until cancelled; in-flight attempts are abandoned (they stay pending)."""
+        await self._store.release_claims()  # what a crash left held is due again at once
         self._disabled = await self._store.disabled_notifiers()
         for name in self._disabled:
             self._metrics.disabled.labels(name).set(1)
@@ -121,14 +126,17 @@ class Dispatcher:
 
     async def _pass(self) -> None:
         now = self._clock.wall()
-        for row in await self._store.due(now, limit=500):
+        # Claimed rows are not read again while they are sent: a slow receiver costs nothing.
+        for row in await self._store.claim_due(now, limit=MAX_IN_FLIGHT - len(self._in_flight)):
             if row.message.id in self._in_flight:
                 continue
             self._in_flight.add(row.message.id)
             task = asyncio.create_task(self._deliver(row), name=f"notify-{row.message.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        await self._update_gauges(now)
+        if time.monotonic() - self._gauges_at >= GAUGES_EVERY:
+            self._gauges_at = time.monotonic()
+            await self._update_gauges(now)
 
     async def _sleep_until_due(self) -> None:
         timeout = IDLE_CHECK
@@ -162,6 +170,8 @@ class Dispatcher:
                 await self._attempt(row)
         except NodevigilError as exc:  # the store failed; the row stays pending, retried later
             log.error("outbox: cannot record delivery of %s: %s", message.id, exc)
+            with contextlib.suppress(NodevigilError):
+                await self._store.release_claims(message.id)
         finally:
             self._in_flight.discard(message.id)
             self.wake()

@@ -487,3 +487,40 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0
     assert all(30.0 <= d <= 60.0 for d in delays[6:])
     assert len({round(d, 6) for d in delays}) == len(delays)  # jittered, not lock-step
+
+
+async def test_a_slow_receiver_does_not_make_the_dispatcher_spin(tmp_path: Path) -> None:
+    store = IncidentStore(tmp_path / "o.db")
+    await store.open()
+    gate = asyncio.Event()
+    passes = 0
+    claim = store.claim_due
+
+    async def counting(now: float, limit: int = 100) -> Any:
+        nonlocal passes
+        passes += 1
+        return await claim(now, limit)
+
+    store.claim_due = counting  # type: ignore[method-assign]
+
+    class Slow(Recorder):
+        async def send(self, message: Message) -> Delivery:
+            self.sent.append(message)
+            await gate.wait()
+            return Delivery.ok()
+
+    hook = Slow("hook")
+    _, task, _ = await run_dispatcher(store, {"hook": hook}, fast())
+    try:
+        message_id = await queue_one(store)
+        await poll_until(lambda: asyncio.sleep(0, bool(hook.sent)), within=5, what="send started")
+        before = passes
+        await asyncio.sleep(1.0)  # the receiver is still answering: the outbox must idle
+        assert passes - before <= 3, f"{passes - before} outbox passes while one send was held"
+        assert await store.due(SystemClock().wall()) == []  # held, so not due twice
+        gate.set()
+        await poll_until(poll_state(store, message_id, "delivered"), within=5, what="delivery")
+        assert len(hook.sent) == 1
+    finally:
+        await stop(task)
+        await store.close()
