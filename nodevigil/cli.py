@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = actions.add_parser("cancel", help="cancel a window that has not begun")
     cancel.add_argument("id", type=int)
     remote.append(cancel)
+    from nodevigil.demo import options as demo_options
+
+    demo = sub.add_parser(
+        "demo", help="build a small world on loopback and play a failover story through it"
+    )
+    demo_options.add_arguments(demo)
     for cmd in remote:
         cmd.add_argument("-c", "--config", default=DEFAULT_CONFIG, type=Path)
         cmd.add_argument("--url", help="the API's base URL (default: from api.listen)")
@@ -153,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
             from nodevigil.remote import call_api
 
             return asyncio.run(call_api(args))
+        if args.command == "demo":
+            from nodevigil.demo import options as demo_options
+            from nodevigil.demo.run import main as demo_main
+
+            return demo_main(demo_options.from_args(args), args.log_level)
         if args.command == "agent":
             from monitor.agent import NodeAgent
 

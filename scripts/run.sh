@@ -1,14 +1,11 @@
 #!/usr/bin/env bash
-# The newcomer's first command: install what nodevigil needs, then run the daemon on the
-# example configuration (it watches its own API on loopback). Ctrl-C stops it.
+# The newcomer's first command: install what nodevigil needs, then run `nodevigil demo`: two
+# sites of three nodes on loopback behind a real HAProxy each, BIND serving the service's name,
+# Mosquitto with a node agent per node, and a failover story played through them, live.
+# Arguments go to the demo, e.g. --speed 2, --keep-running (explore the world; Ctrl-C stops it),
+# --no-live (plain lines). To run the daemon on the example configuration instead:
+#   .venv/bin/nodevigil run -c configs/example.yaml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/nodevigil check-config -c configs/example.yaml
-echo
-echo "nodevigil is starting. Try, in another terminal:"
-echo "  curl -s http://127.0.0.1:9470/healthz"
-echo "  curl -s -H 'Authorization: Bearer demo-admin-token' http://127.0.0.1:9470/api/v1/nodes"
-echo "  curl -s http://127.0.0.1:9470/metrics | grep nodevigil_node_verdict"
-echo
-exec .venv/bin/nodevigil run -c configs/example.yaml "$@"
+exec .venv/bin/nodevigil demo "$@"
