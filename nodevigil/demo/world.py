@@ -50,6 +50,14 @@ class DemoError(NodevigilError):
     """The demo world could not be built or a story step missed its deadline."""
 
 
+# --without key: the program, its Debian package, its name, and what the demo does without it
+_OPTIONAL = {
+    "haproxy": ("haproxy", "haproxy", "HAProxy", "using the in-process recording load balancer"),
+    "bind": ("named", "bind9", "BIND", "using the in-process recording DNS load balancer"),
+    "mosquitto": ("mosquitto", "mosquitto", "Mosquitto", "no node agents (http probes only)"),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Programs:
     """The real servers found (None: absent or left out) and one plain line per absence."""
@@ -64,23 +72,7 @@ class Programs:
         """Look the programs up; ``without`` leaves some out on purpose."""
         notes = []
         found: dict[str, Path | None] = {}
-        for key, program, package, title, instead in (
-            (
-                "haproxy",
-                "haproxy",
-                "haproxy",
-                "HAProxy",
-                "using the in-process recording load balancer",
-            ),
-            ("bind", "named", "bind9", "BIND", "using the in-process recording DNS load balancer"),
-            (
-                "mosquitto",
-                "mosquitto",
-                "mosquitto",
-                "Mosquitto",
-                "no node agents (http probes only)",
-            ),
-        ):
+        for key, (program, package, title, instead) in _OPTIONAL.items():
             path = None if key in without else locate(program)
             found[key] = path
             if key in without:
