@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from failover.notify.base import RESOLVES, Delivery, Message
-from failover.notify.webhook import USER_AGENT, post_json
+from failover.notify.webhook import USER_AGENT, SessionHolder, post_json
 from nodevigil.config.schema import AlertmanagerNotifier
 
 RAISES = frozenset(RESOLVES.values())
@@ -81,8 +81,7 @@ class AlertmanagerTransport:
         self.name = name
         self._config = config
         self._url = config.url.rstrip("/") + "/api/v2/alerts"
-        self._session = session
-        self._own_session = session is None
+        self._sessions = SessionHolder(session)
         self._wall = wall
 
     def alert(self, message: Message) -> dict[str, Any]:
@@ -94,7 +93,7 @@ class AlertmanagerTransport:
         """POST the alert once; 2xx delivered, anything else (or no answer) retry."""
         body = json.dumps([self.alert(message)], sort_keys=True, separators=(",", ":")).encode()
         return await post_json(
-            self._http(),
+            self._sessions.get(),
             self._url,
             body,
             {"User-Agent": USER_AGENT, "Content-Type": "application/json"},
@@ -106,12 +105,4 @@ class AlertmanagerTransport:
 
     async def close(self) -> None:
         """Close the session this transport made (never one passed in)."""
-        if self._own_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or (self._own_session and self._session.closed):
-            self._session = aiohttp.ClientSession()
-            self._own_session = True
-        return self._session
+        await self._sessions.close()

@@ -117,6 +117,28 @@ async def post_json(
     return Delivery.retry(detail, retry_after_seconds(retry_after, wall()))
 
 
+class SessionHolder:
+    """An HTTP session: one passed in stays the caller's to close; otherwise one is made on
+    first use (and again after it was closed) and closed by ``close``."""
+
+    def __init__(self, session: aiohttp.ClientSession | None = None) -> None:
+        self._session = session
+        self._own = session is None
+
+    def get(self) -> aiohttp.ClientSession:
+        """The session to send with."""
+        if self._session is None or (self._own and self._session.closed):
+            self._session = aiohttp.ClientSession()
+            self._own = True
+        return self._session
+
+    async def close(self) -> None:
+        """Close the session this holder made (never one passed in)."""
+        if self._own and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+
 class WebhookTransport:
     """POSTs each message's envelope as JSON, signed with the notifier's ``whsec_`` secret.
 
@@ -135,8 +157,7 @@ class WebhookTransport:
         self.name = name
         self._config = config
         self._key = parse_secret(secret, f"notifiers.{name}")
-        self._session = session
-        self._own_session = session is None
+        self._sessions = SessionHolder(session)
         self._wall = wall
 
     def headers(self, message: Message, body: bytes, timestamp: int) -> dict[str, str]:
@@ -155,7 +176,7 @@ class WebhookTransport:
         body = encode_body(message)
         timestamp = int(self._wall())
         return await post_json(
-            self._http(),
+            self._sessions.get(),
             self._config.url,
             body,
             self.headers(message, body, timestamp),
@@ -166,12 +187,4 @@ class WebhookTransport:
 
     async def close(self) -> None:
         """Close the session this transport made (never one passed in)."""
-        if self._own_session and self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or (self._own_session and self._session.closed):
-            self._session = aiohttp.ClientSession()
-            self._own_session = True
-        return self._session
+        await self._sessions.close()
