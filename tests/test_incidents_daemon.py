@@ -28,7 +28,7 @@ from tests.brokers import Broker
 from tests.cli import run_cli
 from tests.failover.daemons import free_port, poll_until
 from tests.notify.receivers import SmtpSink, WebhookReceiver, get_alerts, run_alertmanager
-from tests.test_sla_daemon import Target
+from tests.test_sla_daemon import Target, start_daemon, stop_daemon
 
 ADMIN = "incident-admin-token"
 READER = "incident-read-token"
@@ -148,21 +148,12 @@ async def target() -> AsyncIterator[Target]:
 
 
 async def start(path: Path) -> tuple[Daemon, asyncio.Task[None], Api]:
-    daemon = Daemon(path)
-    task = asyncio.create_task(daemon.run())
-
-    async def ready() -> bool:
-        if task.done():
-            task.result()
-        return daemon.api_port is not None and daemon.context.ready
-
-    await poll_until(ready, within=15, what="daemon ready")
-    return daemon, task, Api(f"http://127.0.0.1:{daemon.api_port}")
+    daemon, task, client = await start_daemon(path, within=15)
+    return daemon, task, Api(client.base)
 
 
 async def stop(daemon: Daemon, task: asyncio.Task[None]) -> None:
-    daemon.request_stop()
-    await asyncio.wait_for(task, 15)
+    await stop_daemon(daemon, task, within=15)
 
 
 def accepted_of(hook: WebhookReceiver, kind: str) -> list[Any]:

@@ -104,7 +104,7 @@ async def cli(*args: str) -> tuple[int, str]:
     return await run_cli(*args, token=ADMIN)
 
 
-async def start_daemon(path: Path) -> tuple[Daemon, asyncio.Task[None], Client]:
+async def start_daemon(path: Path, within: float = 10) -> tuple[Daemon, asyncio.Task[None], Client]:
     daemon = Daemon(path)
     task = asyncio.create_task(daemon.run())
 
@@ -113,13 +113,13 @@ async def start_daemon(path: Path) -> tuple[Daemon, asyncio.Task[None], Client]:
             task.result()
         return daemon.api_port is not None and daemon.context.ready
 
-    await poll_until(ready, within=10, what="daemon ready")
+    await poll_until(ready, within=within, what="daemon ready")
     return daemon, task, Client(f"http://127.0.0.1:{daemon.api_port}")
 
 
-async def stop_daemon(daemon: Daemon, task: asyncio.Task[None]) -> None:
+async def stop_daemon(daemon: Daemon, task: asyncio.Task[None], within: float = 10) -> None:
     daemon.request_stop()
-    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(task, within)
 
 
 async def test_outage_is_recorded_and_credited(tmp_path: Path, target: Target) -> None:
