@@ -12,7 +12,9 @@ DEBIAN_PACKAGES=(
     prometheus                     # promtool: checks /metrics and the alerting rules
     prometheus-alertmanager        # notifier target
     prometheus-blackbox-exporter   # the peer in the probe benchmark
-    chromium
+    chromium                       # headless browser: the status-page test
+    iproute2 nftables              # fault tests: a network namespace that drops packets
+    faketime                       # fault tests: a wall clock stepped under a running daemon
 )
 
 missing=()
