@@ -47,11 +47,13 @@ from nodevigil.eventlog import EventLog
 from nodevigil.events import EventBus
 from nodevigil.metrics import DaemonMetrics
 from nodevigil.sla_bridge import SlaBridge, utc
+from nodevigil.statedir import StateDirWatch
 from sla.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 3600.0
+GAUGES_EVERY = 5.0  # queue-depth and error gauges
 STATUS_CACHE = 2.0  # the public status page is rebuilt at most this often
 RECENT_INCIDENTS = 7 * 86400.0  # resolved incidents the status page still lists
 # Inside one controller cycle a load balancer gets a short retry; the next cycle retries again.
@@ -219,7 +221,15 @@ class Daemon:
             registry=self.registry,
             incidents=self.incidents,
         )
-        await bridge.record_downtime()
+        await bridge.record_downtime()  # before the first mark replaces the last one
+        state_watch = StateDirWatch(
+            config.state_dir,
+            bus=self.bus,
+            clock=self.clock,
+            registry=self.registry,
+            vantage=config.vantage,
+        )
+        await state_watch.mark()
         app = build_app(
             self.context,
             [
@@ -240,7 +250,8 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(events.run(), name="event-log")
                 tg.create_task(self.metrics.watch_loop_lag(), name="loop-lag")
-                tg.create_task(self._prune(events, store, ledger), name="prune")
+                tg.create_task(state_watch.run(), name="state-dir")
+                tg.create_task(self._upkeep(events, store, ledger), name="upkeep")
                 tg.create_task(bridge.run(), name="sla-ledger")
                 tg.create_task(self.dispatcher.run(), name="outbox")
                 tg.create_task(self.incidents.run(), name="incidents")
@@ -418,19 +429,32 @@ class Daemon:
             if not s.available
         }
 
-    async def _prune(self, events: EventLog, store: SqliteStore, ledger: Ledger) -> None:
+    async def _upkeep(self, events: EventLog, store: SqliteStore, ledger: Ledger) -> None:
+        """Refresh the queue gauges every few seconds; prune old records every hour."""
+        pruned_at: float | None = None
         while True:
-            now = self.clock.wall()
-            cutoff = now - self.config.records.retention
-            removed = await events.prune(cutoff) + await store.prune_actions(cutoff)
-            removed += await self.incident_store.prune(cutoff)
-            pruned = await ledger.prune(utc(now), self.config.records.retention)
-            removed += sum(pruned.values())
-            if removed:
-                log.info("pruned %d records older than the retention period", removed)
             self.metrics.event_log_errors.set(events.write_errors)
+            self.metrics.event_log_waiting.set(events.waiting)
+            self.metrics.event_log_dropped.set(events.dropped)
             self.metrics.event_queue_depth.set(self.bus.depth())
-            await asyncio.sleep(PRUNE_EVERY)
+            now = self.clock.monotonic()
+            if pruned_at is None or now - pruned_at >= PRUNE_EVERY:
+                pruned_at = now
+                try:
+                    await self._prune(events, store, ledger)
+                except Exception as exc:  # a full or read-only disk: the next hour retries
+                    log.error("pruning old records failed (retrying in an hour): %s", exc)
+            await asyncio.sleep(GAUGES_EVERY)
+
+    async def _prune(self, events: EventLog, store: SqliteStore, ledger: Ledger) -> None:
+        now = self.clock.wall()
+        cutoff = now - self.config.records.retention
+        removed = await events.prune(cutoff) + await store.prune_actions(cutoff)
+        removed += await self.incident_store.prune(cutoff)
+        pruned = await ledger.prune(utc(now), self.config.records.retention)
+        removed += sum(pruned.values())
+        if removed:
+            log.info("pruned %d records older than the retention period", removed)
 
 
 class _Stop(Exception):

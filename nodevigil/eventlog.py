@@ -66,15 +66,27 @@ class SqliteWorker:
         self._pool.shutdown(wait=True)
 
 
+MAX_WAITING = 200_000  # events kept in memory while the disk refuses them (~100 MB at most)
+
+
 class EventLog:
     """Buffers published events and writes them in small batches; lists and prunes them."""
 
-    def __init__(self, path: Path, *, flush_every: float = 0.1) -> None:
+    def __init__(
+        self, path: Path, *, flush_every: float = 0.1, max_waiting: int = MAX_WAITING
+    ) -> None:
         self._db = SqliteWorker(path)
         self._buffer: list[Event] = []
         self._flush_every = flush_every
+        self._max_waiting = max_waiting
         self._wake = asyncio.Event()
         self.write_errors = 0
+        self.dropped = 0  # oldest waiting events given up when the disk stayed full too long
+
+    @property
+    def waiting(self) -> int:
+        """Events published but not yet written."""
+        return len(self._buffer)
 
     async def open(self) -> None:
         """Create the schema."""
@@ -121,8 +133,17 @@ class EventLog:
         except sqlite3.Error as exc:
             self.write_errors += 1
             self._buffer[:0] = batch  # keep them; nothing is lost while the disk is full
+            excess = len(self._buffer) - self._max_waiting
+            if excess > 0:  # memory is finite: give up the oldest, and count them
+                del self._buffer[:excess]
+                self.dropped += excess
             if self.write_errors == 1 or self.write_errors % 100 == 0:
-                log.error("cannot write the event log (%d events waiting): %s", len(batch), exc)
+                log.error(
+                    "cannot write the event log (%d events waiting, %d dropped): %s",
+                    len(self._buffer),
+                    self.dropped,
+                    exc,
+                )
 
     async def query(
         self,
@@ -154,9 +175,12 @@ class EventLog:
             f"WHERE {' AND '.join(clauses)} ORDER BY at DESC LIMIT ?"
         )
         args.append(limit)
-        rows = await self._db.call(lambda c: c.execute(sql, args).fetchall())
-        return [
-            {
+        try:
+            rows = await self._db.call(lambda c: c.execute(sql, args).fetchall())
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read the event log: {exc}") from exc
+        found = {
+            r[0]: {
                 "id": r[0],
                 "at": r[1],
                 "kind": r[2],
@@ -165,7 +189,19 @@ class EventLog:
                 "data": json.loads(r[5]),
             }
             for r in rows
-        ]
+        }
+        # Events the disk has not taken yet (full or read-only) are listed all the same.
+        for e in self._buffer:
+            if (
+                (since is None or e.at >= since)
+                and (until is None or e.at < until)
+                and (not kind or e.kind.startswith(kind))
+                and (not subject or e.subject == subject)
+            ):
+                data = json.loads(json.dumps(dict(e.data), default=str))
+                found[e.id] = {"id": e.id, "at": e.at, "kind": e.kind, "subject": e.subject,
+                               "vantage": e.vantage, "data": data}  # fmt: skip
+        return sorted(found.values(), key=lambda r: r["at"], reverse=True)[:limit]
 
     async def prune(self, before: float) -> int:
         """Delete events older than ``before`` (wall time); return how many."""

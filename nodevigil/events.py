@@ -45,6 +45,7 @@ EVENT_KINDS = frozenset(
         "notification.disabled",
         "sla.unknown",
         "state.error",
+        "state.recovered",
     }
 )
 

@@ -52,6 +52,17 @@ class DaemonMetrics:
             "Failed writes of the durable event log since start.",
             registry=registry,
         )
+        self.event_log_waiting = Gauge(
+            "nodevigil_event_log_waiting",
+            "Events published but not yet written to the event log (grows while the disk "
+            "refuses writes).",
+            registry=registry,
+        )
+        self.event_log_dropped = Gauge(
+            "nodevigil_event_log_dropped",
+            "Events given up since start because the disk refused them for too long.",
+            registry=registry,
+        )
 
     async def watch_loop_lag(self, period: float = 0.25) -> None:
         """Measure how late the loop wakes us up, forever."""

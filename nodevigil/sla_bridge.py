@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +20,8 @@ from prometheus_client.registry import Collector
 
 from nodevigil.clock import Clock
 from nodevigil.events import Event, EventBus
+from nodevigil.statedir import read_alive
+from sla.errors import SlaInputError
 from sla.ledger import Ledger
 
 if TYPE_CHECKING:
@@ -28,8 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ALIVE_EVERY = 10.0  # how often the "still running" mark is written
-UNKNOWN_AFTER = 3 * ALIVE_EVERY  # a silence longer than this was nodevigil not running
+# The "alive" mark is written every second (nodevigil.statedir); a silence longer than this
+# was nodevigil not running (a quick restart under it is not worth an operator's review).
+UNKNOWN_AFTER = 5.0
+UPKEEP_EVERY = 5.0  # maintenance exclusions, reconcile, settlement, the minutes gauge
 
 
 def utc(seconds: float) -> datetime:
@@ -78,8 +81,13 @@ class SlaBridge:
         self._services = services
         # service -> unavailable since (wall) per the controller; None before its first cycle
         self._unavailable = unavailable
-        self._alive_path = state_dir / "alive"
+        self._state_dir = state_dir
         self._sub = bus.subscribe(["service.", "incident.cause"])
+        # Events the ledger could not take (a full or read-only disk), replayed in order: the
+        # reconcile pass alone would close an outage at the time of the repair, not its end.
+        self._backlog: list[Event] = []
+        self._failing = False
+        self._replaying = asyncio.Lock()  # the event task and the upkeep task both replay
         self.minutes = LedgerMinutes()
         registry.register(self.minutes)
         self._settled = Counter(
@@ -91,9 +99,8 @@ class SlaBridge:
 
     async def record_downtime(self) -> None:
         """If nodevigil was not running for a while, record that time as ``unknown``."""
-        try:
-            last = float(await asyncio.to_thread(self._alive_path.read_text))
-        except (OSError, ValueError):
+        last = await asyncio.to_thread(read_alive, self._state_dir)
+        if last is None:
             return  # first start: nothing to account for
         now = self._clock.wall()
         if now - last > UNKNOWN_AFTER and self._services():
@@ -104,7 +111,7 @@ class SlaBridge:
             self._bus.publish(Event("sla.unknown", "nodevigil", now, "", {"from": last, "to": now}))
 
     async def run(self) -> None:
-        """Consume service events, reconcile, mark liveness and settle, until cancelled."""
+        """Consume service events, reconcile and settle, until cancelled."""
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._events(), name="sla-events")
@@ -114,10 +121,33 @@ class SlaBridge:
 
     async def _events(self) -> None:
         async for event in self._sub:
+            self._backlog.append(event)
+            await self._replay()
+
+    async def _replay(self) -> bool:
+        """Apply the waiting events in order; stop at the first that fails. Whether all went."""
+        async with self._replaying:
+            return await self._replay_locked()
+
+    async def _replay_locked(self) -> bool:
+        while self._backlog:
+            event = self._backlog[0]
             try:
                 await self._apply(event)
-            except Exception:  # the reconcile pass will repair what this missed
-                log.exception("ledger could not record %s for %s", event.kind, event.subject)
+            except SlaInputError as exc:  # retrying cannot help: say so and go on
+                log.error("ledger refused %s for %s: %s", event.kind, event.subject, exc)
+            except Exception as exc:  # the disk, most likely: keep it for the next try
+                self._trouble(f"could not record {event.kind} for {event.subject}", exc)
+                return False
+            del self._backlog[0]
+        return True
+
+    def _trouble(self, what: str, exc: Exception) -> None:
+        """Log the first failure of a streak with its traceback, then stay quiet until it ends."""
+        if not self._failing:
+            self._failing = True
+            log.error("ledger %s (%d events waiting; retrying)", what, len(self._backlog),
+                      exc_info=exc)  # fmt: skip
 
     async def _apply(self, event: Event) -> None:
         data: dict[str, Any] = dict(event.data)
@@ -169,15 +199,18 @@ class SlaBridge:
     async def _periodic(self) -> None:
         while True:
             try:
-                await self.exclude_maintenance()
-                await self.reconcile()
-                await asyncio.to_thread(_write_atomic, self._alive_path, repr(self._clock.wall()))
-                for row in await self._ledger.settle():
-                    self._settled.labels(row.currency).inc(float(row.credit))
-                self.minutes.totals = await self._ledger.unavailable_minutes_total()
-            except Exception:
-                log.exception("ledger upkeep failed; retrying")
-            await asyncio.sleep(ALIVE_EVERY / 2)
+                if await self._replay():
+                    await self.exclude_maintenance()
+                    await self.reconcile()
+                    for row in await self._ledger.settle():
+                        self._settled.labels(row.currency).inc(float(row.credit))
+                    self.minutes.totals = await self._ledger.unavailable_minutes_total()
+                    if self._failing:
+                        self._failing = False
+                        log.warning("ledger takes writes again; nothing was lost")
+            except Exception as exc:
+                self._trouble("upkeep failed", exc)
+            await asyncio.sleep(UPKEEP_EVERY)
 
     async def reconcile(self) -> None:
         """Open what the controller says is down, close what it says is back."""
@@ -195,9 +228,3 @@ class SlaBridge:
                 )
         for service in open_now - set(wanted):
             await self._ledger.close_interval(service, utc(self._clock.wall()))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
