@@ -46,6 +46,7 @@ from nodevigil.clock import Clock
 from nodevigil.config.schema import Config
 from nodevigil.errors import NodevigilError
 from nodevigil.events import Event, EventBus, Subscription, Verdict
+from nodevigil.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -194,15 +195,21 @@ class Controller:
                 reasons=dict(self._reasons),
             )
             decision = decide(config, state, now, wall)
+            self._book = decision.book
+            # Saved before acting: after a crash between the two, a restart still knows why a
+            # node is out instead of putting it back in while its verdict is still unknown.
+            await self._save_book()
+            if decision.actions:
+                failpoint("controller.before_apply")
             applied = await apply(
                 decision.actions, self._local, self._global, self._lb_timeout, self._report
             )
+            if applied:
+                failpoint("controller.after_apply")
             self._observed = after_applied(observed, applied)
-            self._book = decision.book
             self._last = decision
             self._last_cycle_at = wall
             await self._publish(decision, applied, state, wall)
-            await self._save_book()
             self._update_metrics(decision, applied, complete, wall, started)
             return decision
 

@@ -1,0 +1,215 @@
+"""The daemon killed with SIGKILL between deciding and acting on a real HAProxy, then restarted.
+
+A node is dead from the start. The first daemon judges it down, decides to take it out and
+dies at a failpoint: just before the action reaches HAProxy, or just after, before the action
+is published and logged. A second daemon (no failpoint) on the same state must bring HAProxy
+to the right state, act once, never put the dead node back in on its way up, and say what it
+did in its events and action log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from failover.lb import ServerState
+from failover.lb.haproxy import HAProxyLoadBalancer
+from nodevigil.api.auth import token_digest
+from tests.failover.daemons import HAPROXY, HAProxyInstance, free_port, poll_until, run_haproxy
+
+TOKEN = "kill-admin-token"
+
+
+@pytest.fixture
+async def haproxy(tmp_path: Path) -> AsyncIterator[HAProxyInstance]:
+    """A real HAProxy over three HTTP nodes n1, n2, n3 (no health checks of its own)."""
+    if not HAPROXY.exists():
+        pytest.skip(f"{HAPROXY} is missing: install the Debian package haproxy")
+    async with run_haproxy(tmp_path / "haproxy", ["n1", "n2", "n3"]) as instance:
+        yield instance
+
+
+def write_config(path: Path, haproxy: HAProxyInstance, port: int) -> None:
+    data: dict[str, Any] = {
+        "state_dir": str(path.parent / "state"),
+        "api": {
+            "listen": f"127.0.0.1:{port}",
+            "tokens": [{"name": "ops", "role": "admin", "sha256": token_digest(TOKEN)}],
+        },
+        "defaults": {"interval": "200ms", "timeout": "150ms", "rise": 1, "fall": 1},
+        "failover": {"cycle": "200ms", "hold_down": "1s"},
+        "load_balancers": {
+            "sh-haproxy": {
+                "type": "haproxy",
+                "socket": str(haproxy.socket_path),
+                "backend": haproxy.backend,
+            }
+        },
+        "sites": [{"name": "sh", "address": "192.0.2.10", "local_lb": "sh-haproxy"}],
+        "nodes": [
+            {
+                "name": f"sh-{name}",
+                "site": "sh",
+                "lb_server": name,
+                "probes": [{"type": "http", "url": f"http://127.0.0.1:{node.port}/"}],
+            }
+            for name, node in haproxy.nodes.items()
+        ],
+        "services": [{"name": "web", "sites": ["sh"]}],
+    }
+    path.write_text(yaml.safe_dump(data))
+
+
+async def admin_states(haproxy: HAProxyInstance) -> dict[str, ServerState]:
+    """Every server's admin state, read from HAProxy itself."""
+    lb = HAProxyLoadBalancer(name="check", socket_path=haproxy.socket_path)
+    return {n: s.admin for n, s in (await lb.servers(haproxy.backend)).items()}
+
+
+async def spawn_daemon(path: Path, log: Path, failpoints: str = "") -> asyncio.subprocess.Process:
+    """``python -m nodevigil.cli run -c PATH`` with the given failpoints armed."""
+    env = dict(os.environ, NODEVIGIL_FAILPOINTS=failpoints)
+    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "nodevigil.cli",
+            "run",
+            "-c",
+            str(path),
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+
+
+async def api_get(port: int, route: str) -> Any:
+    """GET an API route with the admin token; None while the daemon does not answer."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
+            http.get(f"http://127.0.0.1:{port}{route}", headers=headers) as response,
+        ):
+            return json.loads(await response.text()) if response.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+class StateWatch:
+    """Samples n2's admin state in HAProxy in the background, to catch a brief bounce."""
+
+    def __init__(self, haproxy: HAProxyInstance) -> None:
+        self.haproxy = haproxy
+        self.seen: list[ServerState] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            self.seen.append((await admin_states(self.haproxy))["n2"])
+            await asyncio.sleep(0.01)
+
+    async def __aenter__(self) -> StateWatch:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def restart_and_settle(path: Path, log: Path, port: int) -> asyncio.subprocess.Process:
+    """Start the daemon again and wait until it has judged sh-n2 down and cycled after that."""
+    proc = await spawn_daemon(path, log)
+
+    async def judged() -> bool:
+        node = await api_get(port, "/api/v1/nodes/sh-n2")
+        return node is not None and node.get("verdict") == "down"
+
+    await poll_until(judged, within=20, what="the restarted daemon judges sh-n2 down")
+    judged_at = time.time()
+
+    async def cycled_after() -> bool:
+        status = await api_get(port, "/api/v1/status")
+        last = None if status is None else status.get("last_cycle_at")
+        return last is not None and last > judged_at + 0.5
+
+    await poll_until(cycled_after, within=10, what="controller cycles after the verdict")
+    return proc
+
+
+async def stop(proc: asyncio.subprocess.Process, log: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 15) == 0, log.read_text()
+
+
+def n2_actions(actions: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [(a["old"], a["new"], a["result"]) for a in actions if a["target"] == "web/n2"]
+
+
+@pytest.mark.parametrize("point", ["controller.before_apply", "controller.after_apply"])
+async def test_killed_around_a_drain_converges_once_after_restart(
+    tmp_path: Path, haproxy: HAProxyInstance, point: str
+) -> None:
+    port = free_port()
+    path = tmp_path / "nodevigil.yaml"
+    write_config(path, haproxy, port)
+    log = tmp_path / "daemon.log"
+    await haproxy.nodes["n2"].stop()  # dead from the start: the first decision drains it
+
+    proc = await spawn_daemon(path, log, failpoints=point)
+    code = await asyncio.wait_for(proc.wait(), 30)
+    assert code == -signal.SIGKILL, log.read_text()
+    expected_first = ServerState.READY if point.endswith("before_apply") else ServerState.MAINT
+    assert await admin_states(haproxy) == {
+        "n1": ServerState.READY,
+        "n2": expected_first,
+        "n3": ServerState.READY,
+    }
+
+    async with StateWatch(haproxy) as watch:
+        proc = await restart_and_settle(path, log, port)
+    try:
+        assert await admin_states(haproxy) == {
+            "n1": ServerState.READY,
+            "n2": ServerState.MAINT,
+            "n3": ServerState.READY,
+        }
+        if point.endswith("after_apply"):
+            # Out since the first daemon acted: the restart never let the dead node back in.
+            assert set(watch.seen) == {ServerState.MAINT}, watch.seen
+        body = await api_get(port, "/api/v1/actions")
+        events = await api_get(port, "/api/v1/events?kind=lb.action&subject=sh-n2")
+        if point.endswith("before_apply"):
+            assert n2_actions(body["actions"]) == [("ready", "maint", "ok")]
+            (event,) = events["events"]
+            assert event["data"]["old"] == "ready" and event["data"]["new"] == "maint"
+            # The restart acts on the saved bookkeeping at once, or on its own verdict if the
+            # monitor was quicker than the first cycle.
+            why = event["data"]["why"]
+            assert why == "held out; verdict unknown" or why.startswith("verdict down"), why
+            decisions = await api_get(port, "/api/v1/events?kind=controller.decision")
+            lines = [e["data"]["decision"] for e in decisions["events"]]
+            assert [line for line in lines if "sh-n2 ready->maint" in line] == lines, lines
+            assert len(lines) == 1, lines
+        else:
+            # The first daemon died before logging its action and the state was right on
+            # restart, so nothing was done again.
+            assert n2_actions(body["actions"]) == []
+            assert events["events"] == []
+    finally:
+        await stop(proc, log)
