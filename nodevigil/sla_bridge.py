@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,10 +19,11 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from nodevigil.backlog import Backlog
 from nodevigil.clock import Clock
+from nodevigil.errors import StateError
 from nodevigil.events import Event, EventBus
 from nodevigil.statedir import read_alive
-from sla.errors import SlaInputError
 from sla.ledger import Ledger
 
 if TYPE_CHECKING:
@@ -85,9 +87,14 @@ class SlaBridge:
         self._sub = bus.subscribe(["service.", "incident.cause"])
         # Events the ledger could not take (a full or read-only disk), replayed in order: the
         # reconcile pass alone would close an outage at the time of the repair, not its end.
-        self._backlog: list[Event] = []
+        self._backlog = Backlog(
+            "ledger",
+            self._apply,
+            transient=(sqlite3.Error, OSError, StateError),
+            describe=lambda e: f"{e.kind} for {e.subject}",
+            log=log,
+        )
         self._failing = False
-        self._replaying = asyncio.Lock()  # the event task and the upkeep task both replay
         self.minutes = LedgerMinutes()
         registry.register(self.minutes)
         self._settled = Counter(
@@ -121,33 +128,7 @@ class SlaBridge:
 
     async def _events(self) -> None:
         async for event in self._sub:
-            self._backlog.append(event)
-            await self._replay()
-
-    async def _replay(self) -> bool:
-        """Apply the waiting events in order; stop at the first that fails. Whether all went."""
-        async with self._replaying:
-            return await self._replay_locked()
-
-    async def _replay_locked(self) -> bool:
-        while self._backlog:
-            event = self._backlog[0]
-            try:
-                await self._apply(event)
-            except SlaInputError as exc:  # retrying cannot help: say so and go on
-                log.error("ledger refused %s for %s: %s", event.kind, event.subject, exc)
-            except Exception as exc:  # the disk, most likely: keep it for the next try
-                self._trouble(f"could not record {event.kind} for {event.subject}", exc)
-                return False
-            del self._backlog[0]
-        return True
-
-    def _trouble(self, what: str, exc: Exception) -> None:
-        """Log the first failure of a streak with its traceback, then stay quiet until it ends."""
-        if not self._failing:
-            self._failing = True
-            log.error("ledger %s (%d events waiting; retrying)", what, len(self._backlog),
-                      exc_info=exc)  # fmt: skip
+            await self._backlog.add(event)
 
     async def _apply(self, event: Event) -> None:
         data: dict[str, Any] = dict(event.data)
@@ -199,7 +180,7 @@ class SlaBridge:
     async def _periodic(self) -> None:
         while True:
             try:
-                if await self._replay():
+                if await self._backlog.replay():  # never reconcile past refused events
                     await self.exclude_maintenance()
                     await self.reconcile()
                     for row in await self._ledger.settle():
@@ -207,9 +188,11 @@ class SlaBridge:
                     self.minutes.totals = await self._ledger.unavailable_minutes_total()
                     if self._failing:
                         self._failing = False
-                        log.warning("ledger takes writes again; nothing was lost")
-            except Exception as exc:
-                self._trouble("upkeep failed", exc)
+                        log.warning("ledger upkeep works again")
+            except Exception:
+                if not self._failing:  # once per streak, not every few seconds
+                    self._failing = True
+                    log.exception("ledger upkeep failed; retrying")
             await asyncio.sleep(UPKEEP_EVERY)
 
     async def reconcile(self) -> None:

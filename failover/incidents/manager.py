@@ -18,9 +18,10 @@ from failover.incidents.messages import Composer, human_duration
 from failover.incidents.model import Incident, IncidentState, Outgoing, Window
 from failover.incidents.store import IncidentStore
 from failover.notify.metrics import NotifyMetrics
+from nodevigil.backlog import Backlog
 from nodevigil.clock import Clock
 from nodevigil.config import Config
-from nodevigil.errors import NodevigilError
+from nodevigil.errors import NodevigilError, StateError
 from nodevigil.events import Event, EventBus
 from nodevigil.failpoints import failpoint
 
@@ -66,6 +67,22 @@ class IncidentManager:
         self._windows: list[Window] = []
         self._sub = bus.subscribe(["service."])
         self._alerts = bus.subscribe([])
+        # What the store refused (a full or read-only disk) waits here, in order.
+        self._service_backlog = Backlog(
+            "incidents",
+            self._service_event,
+            transient=(StateError,),
+            describe=lambda e: f"{e.kind} for {e.subject}",
+            log=log,
+        )
+        self._alert_backlog = Backlog(
+            "alerts",
+            self._alert,
+            transient=(StateError,),
+            describe=lambda e: f"alert for {e.kind} {e.subject}",
+            log=log,
+            limit=10_000,
+        )
 
     @property
     def vantage(self) -> str:
@@ -95,32 +112,40 @@ class IncidentManager:
 
     async def _service_events(self) -> None:
         async for event in self._sub:
-            try:
-                if event.kind == "service.unavailable":
-                    started = float(event.data.get("started_at") or event.at)
-                    await self.service_down(event.subject, started)
-                elif event.kind == "service.available":
-                    ended = float(event.data.get("ended_at") or event.at)
-                    await self.service_up(event.subject, ended)
-            except NodevigilError as exc:  # the reconcile pass retries
-                log.error("incident for %s not recorded yet: %s", event.subject, exc)
+            await self._service_backlog.add(event)
+
+    async def _service_event(self, event: Event) -> None:
+        if event.kind == "service.unavailable":
+            started = float(event.data.get("started_at") or event.at)
+            await self.service_down(event.subject, started)
+        elif event.kind == "service.available":
+            ended = float(event.data.get("ended_at") or event.at)
+            await self.service_up(event.subject, ended)
 
     async def _alert_events(self) -> None:
         async for event in self._alerts:
-            try:
-                outgoing = self._composer().alerts(event)
-                if outgoing and await self._store.enqueue(outgoing):
-                    self._outbox_changed()
-            except NodevigilError as exc:
-                log.error("alert for %s %s not queued: %s", event.kind, event.subject, exc)
+            await self._alert_backlog.add(event)
+
+    async def _alert(self, event: Event) -> None:
+        outgoing = self._composer().alerts(event)
+        if outgoing and await self._store.enqueue(outgoing):
+            self._outbox_changed()
 
     async def _periodic(self) -> None:
+        failing = False
         while True:
             try:
-                await self.reconcile()
-                await self.repeat_due()
+                await self._alert_backlog.replay()
+                # Refused service events first, in order, so the reconcile below never ends an
+                # incident at the time of the repair instead of the outage's end.
+                if await self._service_backlog.replay():
+                    await self.reconcile()
+                    await self.repeat_due()
+                    failing = False
             except NodevigilError as exc:
-                log.error("incident upkeep failed (retrying): %s", exc)
+                if not failing:  # once per streak, not once a second
+                    failing = True
+                    log.error("incident upkeep failed (retrying every %gs): %s", TICK, exc)
             await asyncio.sleep(TICK)
 
     async def reconcile(self) -> None:
