@@ -391,7 +391,14 @@ class Controller:
     async def _expire_overrides(self) -> None:
         wall = self._clock.wall()
         for o in [o for o in self._overrides.values() if o.expired(wall)]:
-            await self._clear_override(o.kind, o.name, "expiry", "override.expired")
+            try:
+                await self._clear_override(o.kind, o.name, "expiry", "override.expired")
+            except NodevigilError as exc:
+                # The store refused (a full disk): the override ends all the same, since an
+                # expired row left on disk expires again at the next start. Failover goes on.
+                self._overrides.pop((o.kind, o.name), None)
+                self._emit("override.expired", o.name, {**o.as_dict(), "cleared_by": "expiry"})
+                self._report("store", "store", "delete", f"override {o.kind} {o.name}", exc)
 
     # --- read-only views ---------------------------------------------------------------------
 
