@@ -7,7 +7,7 @@ so one unreachable load balancer never stops the others or the loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -15,6 +15,13 @@ from failover.controller.decide import site_backend
 from failover.controller.state import Action, Observed, SetAddresses, SetServerState
 from failover.controller.store import ActionRecord
 from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer, ServerState
+from failover.lb.errors import (
+    LoadBalancerInvalid,
+    LoadBalancerNotFound,
+    LoadBalancerRejected,
+    LoadBalancerTimeout,
+    LoadBalancerUnavailable,
+)
 from nodevigil.config.schema import Config
 from nodevigil.errors import ConfigError, LoadBalancerError
 
@@ -35,10 +42,37 @@ async def _bounded(call: Awaitable[object], seconds: float) -> object:
         return await call
 
 
-def _failure(exc: BaseException) -> BaseException:
-    if isinstance(exc, TimeoutError):
-        return LoadBalancerError(f"no answer within the timeout ({exc!r})")
+def _failure(exc: BaseException, lb: str, seconds: float) -> BaseException:
+    if isinstance(exc, TimeoutError) and not isinstance(exc, LoadBalancerError):
+        # The controller's own bound ran out (the adapter's timeouts and retries took longer).
+        return LoadBalancerTimeout(f"{lb}: no answer within {seconds:g}s")
     return exc
+
+
+def failure_fields(error: BaseException) -> dict[str, str]:
+    """What kind of trouble ``error`` is, for events: ``kind`` and, when known, ``code``."""
+    kinds: list[tuple[type[BaseException], str]] = [
+        (LoadBalancerTimeout, "timeout"),
+        (LoadBalancerUnavailable, "unreachable"),
+        (LoadBalancerRejected, "rejected"),
+        (LoadBalancerNotFound, "not_found"),
+        (LoadBalancerInvalid, "invalid"),
+    ]
+    kind = next((name for cls, name in kinds if isinstance(error, cls)), "error")
+    fields = {"kind": kind}
+    if isinstance(error, LoadBalancerRejected) and error.code:
+        fields["code"] = error.code
+    return fields
+
+
+def read_key(lb: str, target: str) -> str:
+    """The report key of the read-back of one backend or record of load balancer ``lb``."""
+    return f"read:{lb}\0{target}"
+
+
+def unreadable(failing: Iterable[str]) -> set[str]:
+    """The load balancers with a read-back among the ``failing`` report keys."""
+    return {k.removeprefix("read:").split("\0", 1)[0] for k in failing if k.startswith("read:")}
 
 
 async def read_back(
@@ -55,7 +89,7 @@ async def read_back(
 
     async def read_local(lb_name: str, backend: str, members: dict[str, str]) -> None:
         nonlocal complete
-        key, target = f"read:{lb_name}:{backend}", f"backend {backend}"
+        key, target = read_key(lb_name, backend), f"backend {backend}"
         lb = local_lbs.get(lb_name)
         try:
             if lb is None:
@@ -63,7 +97,7 @@ async def read_back(
             got = await _bounded(lb.servers(backend), seconds)
         except Exception as exc:  # any adapter bug is contained to its own LB
             complete = False
-            report(key, lb_name, "read", target, _failure(exc))
+            report(key, lb_name, "read", target, _failure(exc, lb_name, seconds))
             return
         assert isinstance(got, dict)
         report(key, lb_name, "read", target, None)
@@ -80,7 +114,7 @@ async def read_back(
 
     async def read_global(lb_name: str, record: str) -> None:
         nonlocal complete
-        key, target = f"read:{lb_name}:{record}", f"record {record}"
+        key, target = read_key(lb_name, record), f"record {record}"
         lb = global_lbs.get(lb_name)
         try:
             if lb is None:
@@ -88,7 +122,7 @@ async def read_back(
             got = await _bounded(lb.addresses(record), seconds)
         except Exception as exc:
             complete = False
-            report(key, lb_name, "read", target, _failure(exc))
+            report(key, lb_name, "read", target, _failure(exc, lb_name, seconds))
             return
         assert isinstance(got, set | frozenset)
         report(key, lb_name, "read", target, None)
@@ -147,7 +181,7 @@ async def apply(
                 raise LoadBalancerError(f"no adapter for load balancer {action.lb!r}")
             await _bounded(call, seconds)
         except Exception as exc:
-            failure = _failure(exc)
+            failure = _failure(exc, action.lb, seconds)
             report(key, action.lb, "set", target, failure)
             results.append(Applied(action, str(failure) or type(failure).__name__))
             return

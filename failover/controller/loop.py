@@ -24,7 +24,9 @@ from failover.controller.lbio import (
     apply,
     check_adapters,
     describe_applied,
+    failure_fields,
     read_back,
+    unreadable,
 )
 from failover.controller.metrics import ControllerMetrics
 from failover.controller.state import (
@@ -280,6 +282,7 @@ class Controller:
             m.service_available.labels(name).set(int(ok))
         if complete and all(r.error is None for r in applied):
             m.last_reconcile.set(wall)
+        m.set_lb_up([*self._local, *self._global], unreadable(self._failing))
         m.cycle_seconds.observe(time.perf_counter() - started)
 
     def _report(
@@ -297,9 +300,8 @@ class Controller:
             return
         self._failing[key] = str(error)
         log.warning("%s: %s %s failed: %s (retrying every cycle)", lb, what, target, error)
-        self._emit(
-            "failover.failed", lb, {"lb": lb, "what": what, "target": target, "error": str(error)}
-        )
+        data = {"lb": lb, "what": what, "target": target, "error": str(error)}
+        self._emit("failover.failed", lb, {**data, **failure_fields(error)})
 
     def _emit(self, kind: str, subject: str, data: Mapping[str, Any]) -> None:
         self._bus.publish(Event(kind, subject, self._clock.wall(), self.vantage, dict(data)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -21,6 +23,12 @@ class ControllerMetrics:
         self.lb_errors = Counter(
             "nodevigil_lb_errors",
             "Load-balancer calls (reads and actions) that failed",
+            ["lb"],
+            registry=r,
+        )
+        self.lb_up = Gauge(
+            "nodevigil_lb_up",
+            "1 while the controller reads the load balancer back, 0 while it cannot",
             ["lb"],
             registry=r,
         )
@@ -59,3 +67,9 @@ class ControllerMetrics:
             "Wall time of the last cycle in which every LB was read and every action succeeded",
             registry=r,
         )
+
+    def set_lb_up(self, lbs: Iterable[str], unreadable: Iterable[str]) -> None:
+        """Set ``nodevigil_lb_up`` for every load balancer in ``lbs``."""
+        down = set(unreadable)
+        for lb in lbs:
+            self.lb_up.labels(lb).set(0 if lb in down else 1)

@@ -173,6 +173,16 @@ class HAProxyLoadBalancer:
             raise LoadBalancerTimeout(
                 f"{self._name}: HAProxy at {self.endpoint} did not answer in {self._timeout:g}s"
             ) from exc
+        except FileNotFoundError as exc:
+            raise LoadBalancerUnavailable(
+                f"{self._name}: HAProxy's stats socket {self.endpoint} does not exist "
+                "(is HAProxy running?)"
+            ) from exc
+        except ConnectionRefusedError as exc:
+            raise LoadBalancerUnavailable(
+                f"{self._name}: nothing accepts connections on HAProxy's stats socket "
+                f"{self.endpoint} (is HAProxy running?)"
+            ) from exc
         except OSError as exc:
             raise LoadBalancerUnavailable(
                 f"{self._name}: HAProxy at {self.endpoint}: {exc.strerror or exc}"

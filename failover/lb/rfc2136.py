@@ -34,6 +34,20 @@ _TSIG_ERRORS: dict[type[Exception], str] = {
     dns.tsig.PeerBadTime: "BADTIME",
     dns.tsig.PeerBadTruncation: "BADTRUNC",
 }
+_TSIG_HINTS = {
+    "BADKEY": "the server does not know this key name and algorithm",
+    "BADSIG": "the secret does not match the server's",
+    "BADTIME": "this host's clock and the server's differ too much",
+    "BADTRUNC": "the server refused the truncated signature",
+}
+# What an update's rcode most often means, for the operator reading the event.
+_UPDATE_HINTS = {
+    "REFUSED": "the server refused the update (the key may not update this zone, "
+    "or the zone is frozen)",
+    "NOTAUTH": "the server is not authoritative for the zone or did not accept the key",
+    "SERVFAIL": "the server could not apply the update (see its log)",
+    "NOTZONE": "the name is outside the zone",
+}
 
 
 class Rfc2136LoadBalancer:
@@ -126,7 +140,7 @@ class Rfc2136LoadBalancer:
         response = await call_with_retries(
             functools.partial(self._send, update, tcp=True), self._retry
         )
-        self._raise_for_rcode(response.rcode(), f"update {fqdn}")
+        self._raise_for_rcode(response.rcode(), f"update {fqdn}", _UPDATE_HINTS)
 
     async def close(self) -> None:
         """Nothing is held open between calls."""
@@ -146,15 +160,22 @@ class Rfc2136LoadBalancer:
                 f"{self._name}: DNS server {self.endpoint} did not answer in {self._timeout:g}s"
             ) from exc
         except dns.tsig.PeerError as exc:
+            # Name the key and the reason; the secret itself never enters a message.
             code = _TSIG_ERRORS.get(type(exc), "TSIG")
+            hint = _TSIG_HINTS.get(code, "the server rejected the signature")
             raise LoadBalancerRejected(
-                f"{self._name}: DNS server {self.endpoint} rejected the TSIG key: {code}",
+                f"{self._name}: TSIG key {self._key_label} refused by the DNS server "
+                f"{self.endpoint} ({code}: {hint})",
                 code=code,
             ) from exc
         except (dns.message.UnknownTSIGKey, dns.tsig.BadSignature) as exc:
             raise LoadBalancerRejected(
                 f"{self._name}: answer from {self.endpoint} failed TSIG verification: {exc}",
                 code="BADSIG",
+            ) from exc
+        except ConnectionRefusedError as exc:
+            raise LoadBalancerUnavailable(
+                f"{self._name}: DNS server {self.endpoint} refused the connection (is it running?)"
             ) from exc
         except OSError as exc:
             raise LoadBalancerUnavailable(
@@ -163,10 +184,19 @@ class Rfc2136LoadBalancer:
         except dns.exception.DNSException as exc:
             raise LoadBalancerError(f"{self._name}: DNS server {self.endpoint}: {exc}") from exc
 
-    def _raise_for_rcode(self, rcode: dns.rcode.Rcode, what: str) -> None:
+    @property
+    def _key_label(self) -> str:
+        return "(none)" if self._keyname is None else repr(self._keyname.to_text(True))
+
+    def _raise_for_rcode(
+        self, rcode: dns.rcode.Rcode, what: str, hints: dict[str, str] | None = None
+    ) -> None:
         if rcode == dns.rcode.NOERROR:
             return
         code = dns.rcode.to_text(rcode)
+        hint = (hints or {}).get(code)
         raise LoadBalancerRejected(
-            f"{self._name}: {what} at {self.endpoint} answered {code}", code=code
+            f"{self._name}: {what} at {self.endpoint} answered {code}"
+            + (f": {hint}" if hint else ""),
+            code=code,
         )

@@ -17,6 +17,8 @@ import dns.rdatatype
 
 from nodevigil.demo.servers.process import (
     Program,
+    ProgramError,
+    free_port,
     free_udp_tcp_port,
     spawn,
     start_with_retries,
@@ -24,6 +26,7 @@ from nodevigil.demo.servers.process import (
 )
 
 NAMED = Path("/usr/sbin/named")
+RNDC = Path("/usr/sbin/rndc")
 ZONE = "example.test."
 
 
@@ -38,11 +41,30 @@ class BindInstance:
     key_algorithm: str
     key_file: Path
     directory: Path
+    rndc_conf: Path | None = None  # set when started with control=True
 
     @property
     def server(self) -> str:
         """``host:port`` as the rfc2136 configuration writes it."""
         return f"127.0.0.1:{self.port}"
+
+    async def rndc(self, *args: str) -> str:
+        """Run ``rndc ARGS`` against this server (``freeze``, ``thaw``, ``reconfig``, ...)."""
+        if self.rndc_conf is None:
+            raise ProgramError("BIND was started without a control channel (control=True)")
+        proc = await asyncio.create_subprocess_exec(
+            str(RNDC),
+            "-c",
+            str(self.rndc_conf),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate()
+        text = out.decode(errors="replace")
+        if proc.returncode != 0:
+            raise ProgramError(f"rndc {' '.join(args)} failed ({proc.returncode}): {text}")
+        return text
 
 
 def tsig_secret() -> str:
@@ -88,8 +110,12 @@ async def run_bind(
     algorithm: str = "hmac-sha256",
     zone: str = ZONE,
     program: Path = NAMED,
+    control: bool = False,
 ) -> AsyncIterator[BindInstance]:
-    """Start ``named -g`` for ``zone`` with dynamic updates allowed for one TSIG key."""
+    """Start ``named -g`` for ``zone`` with dynamic updates allowed for one TSIG key.
+
+    ``control=True`` adds an rndc control channel on loopback (see ``BindInstance.rndc``).
+    """
     zone = zone if zone.endswith(".") else zone + "."
     secret = tsig_secret()
     key_file = workdir / "tsig.key"
@@ -97,9 +123,24 @@ async def run_bind(
     zone_file = workdir / f"{bare}.db"
     await asyncio.to_thread(_prepare_bind, workdir, zone, secret, key_file, zone_file)
     conf = workdir / "named.conf"
+    rndc_conf = workdir / "rndc.conf" if control else None
+    rndc_secret = tsig_secret()
 
     async def start() -> BindInstance:
         port = free_udp_tcp_port()
+        controls = "controls { };"
+        rndc_port = free_port() if rndc_conf is not None else 0
+        if rndc_conf is not None:
+            rndc_key = f'key "rndc-key" {{ algorithm hmac-sha256; secret "{rndc_secret}"; }};'
+            controls = (
+                f"{rndc_key}\ncontrols {{ inet 127.0.0.1 port {rndc_port} "
+                'allow { 127.0.0.1; } keys { "rndc-key"; }; };'
+            )
+            await asyncio.to_thread(
+                rndc_conf.write_text,
+                f'{rndc_key}\noptions {{ default-key "rndc-key"; '
+                f"default-server 127.0.0.1; default-port {rndc_port}; }};\n",
+            )
         text = f"""options {{
     directory "{workdir}";
     pid-file "{workdir}/named.pid";
@@ -112,7 +153,7 @@ async def run_bind(
     notify no;
     allow-query {{ any; }};
 }};
-controls {{ }};
+{controls}
 key "{key_name}" {{ algorithm {algorithm}; secret "{secret}"; }};
 zone "{bare}" {{
     type primary;
@@ -130,10 +171,13 @@ zone "{bare}" {{
 
         async def ready() -> bool:
             answer = await dns_query(zone, "SOA", port, limit=0.3)
+            if rndc_conf is not None:  # the control channel listens too
+                _, writer = await asyncio.open_connection("127.0.0.1", rndc_port)
+                writer.close()
             return answer.rcode() == dns.rcode.NOERROR and bool(answer.answer)
 
         await wait_ready(daemon, ready)
-        return BindInstance(daemon, port, zone, key_name, algorithm, key_file, workdir)
+        return BindInstance(daemon, port, zone, key_name, algorithm, key_file, workdir, rndc_conf)
 
     instance = await start_with_retries(start)
     try:
