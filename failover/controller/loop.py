@@ -259,9 +259,9 @@ class Controller:
         if self._book == self._saved_book:
             return
         try:
-            await self._store.save_book(
-                shift_book(self._book, self._clock.wall() - self._clock.monotonic())
-            )
+            # Rounded, so unchanged entries convert to the same wall times and are not rewritten.
+            offset = round(self._clock.wall() - self._clock.monotonic(), 3)
+            await self._store.save_book(shift_book(self._book, offset))
             self._saved_book = self._book
         except NodevigilError as exc:  # keep acting on traffic; saving is retried next cycle
             self._report("store", "store", "save", "bookkeeping", exc)

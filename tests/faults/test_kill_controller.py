@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 import yaml
 
+from failover.controller import Book, NodeBook, Outage, SiteBook, SqliteStore
 from failover.lb import ServerState
 from failover.lb.haproxy import HAProxyLoadBalancer
 from nodevigil.api.auth import token_digest
@@ -213,3 +214,28 @@ async def test_killed_around_a_drain_converges_once_after_restart(
             assert events["events"] == []
     finally:
         await stop(proc, log)
+
+
+async def test_bookkeeping_saved_as_changes_reloads_exactly(tmp_path: Path) -> None:
+    """The store writes only what changed since the last save (it is on the drain path now);
+    a new process must still load exactly the last book, removals and ended outages included."""
+    path = tmp_path / "state" / "failover.db"
+    nodes = {f"n{i}": NodeBook() for i in range(50)}
+    sites = {"sh": SiteBook(), "bj": SiteBook()}
+    store = SqliteStore(path)
+    await store.load()
+    await store.save_book(Book(dict(nodes), dict(sites), {"web": Outage("web", 10.0, ("sh",))}))
+    nodes["n3"] = NodeBook(down=True, held=True, down_since=20.0, failures=1, hold=60.0)
+    del nodes["n7"]
+    sites["bj"] = SiteBook(can_serve=False, up=False)
+    last = Book(dict(nodes), dict(sites), {"api": Outage("api", 30.0, ("bj",), {"x": 1})})
+    await store.save_book(last)
+    await store.close()
+
+    again = SqliteStore(path)
+    assert (await again.load()).book == last
+    await again.save_book(Book(dict(nodes), {}, {}))  # after a load it also writes changes only
+    await again.close()
+    third = SqliteStore(path)
+    assert (await third.load()).book == Book(dict(nodes), {}, {})
+    await third.close()
