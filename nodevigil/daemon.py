@@ -37,7 +37,7 @@ from monitor.metrics import AgentCollector, MonitorMetrics
 from monitor.monitor import Monitor
 from nodevigil import systemd
 from nodevigil.api import failover_routes, incident_routes, sla_routes, status_page
-from nodevigil.api.app import ApiContext, build_app
+from nodevigil.api.app import ApiContext, api_runner, build_app
 from nodevigil.api.auth import TokenBook
 from nodevigil.clock import Clock, SystemClock
 from nodevigil.config import Config, load_config, read_secret
@@ -74,6 +74,7 @@ class Daemon:
         self.board = HeartbeatBoard(self.clock)
         self._stop = asyncio.Event()
         self.api_port: int | None = None
+        self.api_app: web.Application | None = None  # what the API serves, for tests
         self._background: set[asyncio.Task[None]] = set()
         self._status_cache: tuple[float, dict[str, Any]] | None = None
         self._last_cycle_seen: float | None = None
@@ -281,7 +282,8 @@ class Daemon:
     async def _serve(
         self, app: web.Application, config: Config, stack: contextlib.AsyncExitStack
     ) -> None:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.api_app = app
+        runner = api_runner(app, config.api)  # with the api section's request limits
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         host, port = split_host_port(config.api.listen)

@@ -211,7 +211,7 @@ async def test_bad_sla_requests_get_json_4xx(tmp_path: Path, target: Target) -> 
             "--url",
             api.base,
         )
-        assert code == 1 and "end: must be after start (HTTP 400)" in out
+        assert code == 1 and "end: must be after start (HTTP 422)" in out
         code, out = await cli(
             "exclude",
             "--start",

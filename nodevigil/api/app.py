@@ -1,19 +1,33 @@
-"""The HTTP surface: /healthz, /readyz, /metrics and the token-protected /api/v1."""
+"""The HTTP surface: /healthz, /readyz, /metrics and the token-protected /api/v1.
+
+Hostile input is bounded before any route runs: aiohttp's parser refuses request heads over
+``max_header_size``/``max_headers``; a connection that has not sent a whole head within
+``header_timeout`` is closed (aiohttp's keep-alive timer, which also runs before the first
+request); ``read_body_in_time`` reads every body up front within ``body_timeout`` and
+``max_body``. Every error leaves as ``{"error": ...}``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from nodevigil.api.auth import Principal, TokenBook
+from nodevigil.api.errors import ApiError, json_error
+from nodevigil.api.openapi import DOCUMENT_JSON, query_names
+from nodevigil.api.openapi import PATH as OPENAPI_PATH
+from nodevigil.api.params import finite_number, limit
 from nodevigil.clock import Clock, SystemClock
 from nodevigil.config import Config
+from nodevigil.config.schema import Api
 from nodevigil.eventlog import EventLog
 
 if TYPE_CHECKING:
@@ -42,18 +56,11 @@ CONTEXT = web.AppKey("context", ApiContext)
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 
-def json_error(status: int, message: str, **extra: Any) -> web.Response:
-    """A JSON error body ``{"error": message, ...}``."""
-    return web.json_response({"error": message, **extra}, status=status)
+# Routes under /api/ that need no token: the API's own description (it holds no data).
+PUBLIC_API_PATHS = frozenset({OPENAPI_PATH})
+LINGER = 2.0  # how long a connection may still send a refused body before it is closed
 
-
-class ApiError(Exception):
-    """Raised by a route: answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+__all__ = ["CONTEXT", "PRINCIPAL", "ApiContext", "ApiError", "build_app", "json_error"]
 
 
 @web.middleware
@@ -66,7 +73,10 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return json_error(exc.status, exc.reason)
+        response = json_error(exc.status, _http_error_message(request, exc))
+        if "Allow" in exc.headers:  # RFC 9110: a 405 says which methods the resource has
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -74,20 +84,106 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return json_error(500, "internal error; see the daemon's log")
 
 
+def _http_error_message(request: web.Request, exc: web.HTTPException) -> str:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return f"{request.method} is not allowed here (allowed: {allowed})"
+    if isinstance(exc, web.HTTPNotFound):
+        return f"no route {request.path!r}; the API is described at {OPENAPI_PATH}"
+    return exc.reason
+
+
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every /api/ route needs a valid bearer token."""
-    if not request.path.startswith("/api/"):
+    """Every /api/ route but the public ones needs a valid bearer token (RFC 6750)."""
+    if not request.path.startswith("/api/") or request.path in PUBLIC_API_PATHS:
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        return json_error(401, "missing bearer token", hint="send 'Authorization: Bearer <token>'")
+        return _unauthorized("missing bearer token", 'Bearer realm="nodevigil"', hint=BEARER_HINT)
     principal = request.app[CONTEXT].tokens.identify(token.strip())
     if principal is None:
-        return json_error(401, "invalid token")
+        return _unauthorized("invalid token", 'Bearer realm="nodevigil", error="invalid_token"')
     request[PRINCIPAL] = principal
     return await handler(request)
+
+
+BEARER_HINT = "send 'Authorization: Bearer <token>'"
+
+
+def _unauthorized(message: str, challenge: str, **extra: Any) -> web.Response:
+    response = json_error(401, message, **extra)
+    response.headers["WWW-Authenticate"] = challenge
+    return response
+
+
+@web.middleware
+async def known_query(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An /api/ route refuses query parameters it does not take, or takes twice: a typo such
+    as ``?sevice=`` must not silently widen what a request returns."""
+    resource = request.match_info.route.resource
+    if request.path.startswith("/api/") and resource is not None:
+        allowed = query_names(request.method, resource.canonical)
+        if allowed is not None:
+            unknown = sorted(set(request.query) - allowed)
+            if unknown:
+                takes = ", ".join(sorted(allowed)) or "none"
+                raise ApiError(
+                    400, f"unknown query parameter(s): {', '.join(unknown)[:200]} (takes: {takes})"
+                )
+            for key in allowed:
+                if len(request.query.getall(key, ())) > 1:
+                    raise ApiError(400, f"{key}: given more than once")
+    return await handler(request)
+
+
+def read_body_in_time(api: Api) -> Middleware:
+    """A middleware that reads each request body before its route, within ``body_timeout``.
+
+    aiohttp has no deadline for a body: a client sending one byte a minute would hold a
+    handler forever. Read here, the body is cached for ``request.json()`` and ``text()``.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.can_read_body:
+            declared = request.content_length
+            if declared is not None and declared > api.max_body:
+                return _refuse(413, f"the body is larger than the limit of {api.max_body} bytes")
+            try:
+                async with asyncio.timeout(api.body_timeout):
+                    await request.read()
+            except TimeoutError:
+                return _refuse(408, f"the body did not arrive within {api.body_timeout:g}s")
+            except web.HTTPRequestEntityTooLarge:
+                return _refuse(413, f"the body is larger than the limit of {api.max_body} bytes")
+            except web.RequestPayloadError as exc:  # a broken chunk or content encoding
+                return _refuse(400, f"the body cannot be read: {exc}")
+        return await handler(request)
+
+    return middleware
+
+
+def _refuse(status: int, message: str) -> web.Response:
+    """An error after which the connection closes: the client may still be sending."""
+    response = json_error(status, message)
+    response.force_close()
+    return response
+
+
+def api_runner(app: web.Application, api: Api) -> web.AppRunner:
+    """The runner that serves ``app`` with the request-head limits of the ``api`` section."""
+    return web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=api.header_timeout,
+        max_line_size=api.max_header_size,
+        max_field_size=api.max_header_size,
+        max_headers=api.max_headers,
+        lingering_time=LINGER,
+    )
 
 
 def principal(request: web.Request) -> Principal:
@@ -113,15 +209,28 @@ def require_admin(request: web.Request) -> Principal:
 
 async def json_body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
     """The request's JSON object body (``{}`` when optional and empty), else a 400."""
-    if optional and not request.can_read_body:
+    raw = await request.read()
+    if optional and not raw:
         return {}
     try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "the body is not valid JSON") from None
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # RecursionError: nested a few thousand deep
+        raise ApiError(400, "the body is not valid JSON (UTF-8)") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object")
     return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN and Infinity
+
+
+async def text_body(request: web.Request) -> str:
+    """The request's body as UTF-8 text (a spreadsheet's byte-order mark dropped), else a 400."""
+    try:
+        return (await request.read()).decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"the body is not UTF-8 text (byte {exc.start})") from None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -164,36 +273,33 @@ async def get_node(request: web.Request) -> web.Response:
     return web.json_response(status)
 
 
-def _float_param(request: web.Request, key: str) -> float | None:
-    raw = request.query.get(key)
-    if raw is None or raw == "":
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise ApiError(400, f"{key}: {raw!r} is not a number (seconds since the epoch)") from None
-
-
 async def list_events(request: web.Request) -> web.Response:
     """Recorded events, newest first: ?kind=node.&subject=&since=&until=&limit=."""
     require_operator(request)
-    raw_limit = request.query.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
-        raise ApiError(400, "limit: must be a whole number from 1 to 1000")
     events = await request.app[CONTEXT].events.query(
-        since=_float_param(request, "since"),
-        until=_float_param(request, "until"),
+        since=finite_number(request, "since"),
+        until=finite_number(request, "until"),
         kind=request.query.get("kind") or None,
         subject=request.query.get("subject") or None,
-        limit=int(raw_limit),
+        limit=limit(request),
     )
     return web.json_response({"events": events})
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    """The OpenAPI document of this API (public: it describes shapes, holds no data)."""
+    return web.Response(body=DOCUMENT_JSON, content_type="application/json", charset="utf-8")
+
+
 def build_app(context: ApiContext, routes: list[web.RouteDef] | None = None) -> web.Application:
-    """The aiohttp application; ``routes`` adds the controller's and the ledger's routes."""
+    """The aiohttp application; ``routes`` adds the controller's and the ledger's routes.
+
+    The ``api`` section's limits are read here and by ``api_runner`` once, at start.
+    """
+    api = context.config.api
     app = web.Application(
-        middlewares=[errors_as_json, bearer_auth], client_max_size=context.config.api.max_body
+        middlewares=[errors_as_json, bearer_auth, known_query, read_body_in_time(api)],
+        client_max_size=api.max_body,
     )
     app[CONTEXT] = context
     app.add_routes(
@@ -201,6 +307,7 @@ def build_app(context: ApiContext, routes: list[web.RouteDef] | None = None) -> 
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", metrics),
+            web.get(OPENAPI_PATH, openapi_document),
             web.get("/api/v1/nodes", list_nodes),
             web.get("/api/v1/nodes/{name}", get_node),
             web.get("/api/v1/events", list_events),

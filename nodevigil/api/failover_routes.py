@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 from typing import Any
 
@@ -16,9 +17,13 @@ from nodevigil.api.app import (
     require_admin,
     require_operator,
 )
+from nodevigil.api.openapi_schemas import DURATION_PATTERN, MAX_REASON
+from nodevigil.api.params import check_keys, limit
 from nodevigil.durations import parse_duration
 
 CONTROLLER = web.AppKey("controller", Controller)
+MAX_DRAIN = 365 * 86400.0  # a longer time box is a mistake; drain without one instead
+_DURATION = re.compile(DURATION_PATTERN)
 
 
 def _controller(request: web.Request) -> Controller:
@@ -26,22 +31,18 @@ def _controller(request: web.Request) -> Controller:
 
 
 def _parse_override(body: dict[str, Any]) -> tuple[float | None, str]:
-    unknown = sorted(set(body) - {"for", "reason"})
-    if unknown:
-        raise ApiError(400, f"unknown key(s): {', '.join(unknown)} (allowed: for, reason)")
+    check_keys(body, {"for", "reason"})
     duration = None
-    if body.get("for") is not None:
-        if not isinstance(body["for"], str):
-            raise ApiError(400, "for: write a duration such as '30m'")
-        try:
-            duration = parse_duration(body["for"])
-        except ValueError as exc:
-            raise ApiError(400, f"for: {exc}") from None
-        if duration <= 0:
-            raise ApiError(400, "for: must be longer than 0s")
+    raw = body.get("for")
+    if raw is not None:
+        if not isinstance(raw, str) or not _DURATION.fullmatch(raw):
+            raise ApiError(400, "for: write a duration such as '30m' or '1h30m'")
+        duration = parse_duration(raw)
+        if not 0 < duration <= MAX_DRAIN:
+            raise ApiError(422, "for: must be longer than 0s and at most 365d")
     reason = body.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > 500:
-        raise ApiError(400, "reason: must be a string of at most 500 characters")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise ApiError(400, f"reason: must be a string of at most {MAX_REASON} characters")
     return duration, reason
 
 
@@ -77,10 +78,7 @@ async def overrides(request: web.Request) -> web.Response:
 async def actions(request: web.Request) -> web.Response:
     """The durable log of load-balancer actions, newest first."""
     require_operator(request)
-    raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise ApiError(400, "limit: must be a whole number from 1 to 1000")
-    records = await _controller(request).actions(int(raw))
+    records = await _controller(request).actions(limit(request))
     return web.json_response({"actions": [asdict(r) for r in records]})
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -20,13 +19,12 @@ from nodevigil.api.app import (
     require_operator,
 )
 from nodevigil.api.auth import Principal
+from nodevigil.api.openapi_schemas import MAX_TEXT, OUTBOX_STATES
+from nodevigil.api.params import check_keys, instant, limit, path_id, text
 
 INCIDENTS = web.AppKey("incidents", IncidentManager)
 INCIDENT_STORE = web.AppKey("incident_store", IncidentStore)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
-
-MAX_TEXT = 2000
-OUTBOX_STATES = ("pending", "delivered", "dead", "cancelled")
 
 
 def _own_services(request: web.Request, who: Principal) -> list[str] | None:
@@ -37,35 +35,10 @@ def _own_services(request: web.Request, who: Principal) -> list[str] | None:
     return sorted({s for c in config.customers if c.id == who.customer for s in c.services})
 
 
-def _check_keys(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(
-            400, f"unknown key(s): {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
-        )
-
-
-def _text(body: dict[str, Any], key: str, *, required: bool = False) -> str:
-    value = body.get(key, "")
-    if not isinstance(value, str) or len(value) > MAX_TEXT:
-        raise ApiError(400, f"{key}: must be a string of at most {MAX_TEXT} characters")
-    if required and not value.strip():
-        raise ApiError(400, f"{key}: is required")
-    return value.strip()
-
-
-def _id(request: web.Request, key: str = "id") -> int:
-    raw = request.match_info[key]
-    if not raw.isdigit() or len(raw) > 18:
-        raise ApiError(400, f"{key}: must be a whole number")
-    return int(raw)
-
-
-def _limit(request: web.Request, default: int = 100) -> int:
-    raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise ApiError(400, "limit: must be a whole number from 1 to 1000")
-    return int(raw)
+def _failed(exc: IncidentError) -> ApiError:
+    """The manager's refusal as an API error: its 400s are about values the route already
+    found well formed (an unknown service, an end in the past), so they are 422s."""
+    return ApiError(422 if exc.status == 400 else exc.status, str(exc))
 
 
 async def _visible(request: web.Request, incident_id: int) -> tuple[Incident, Principal]:
@@ -73,7 +46,7 @@ async def _visible(request: web.Request, incident_id: int) -> tuple[Incident, Pr
     try:
         incident = await request.app[INCIDENTS].get(incident_id)
     except IncidentError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+        raise _failed(exc) from None
     own = _own_services(request, who)
     if own is not None and incident.service not in own:
         # Not 403: a customer must not learn that another customer's incident exists.
@@ -92,7 +65,7 @@ async def list_incidents(request: web.Request) -> web.Response:
     if wanted:
         services = [wanted] if services is None or wanted in services else []
     rows = await request.app[INCIDENT_STORE].incidents(
-        open_only=state == "open", services=services, limit=_limit(request)
+        open_only=state == "open", services=services, limit=limit(request)
     )
     if state == "resolved":
         rows = [i for i in rows if not i.is_open]
@@ -101,7 +74,7 @@ async def list_incidents(request: web.Request) -> web.Response:
 
 async def get_incident(request: web.Request) -> web.Response:
     """One incident with its timeline: updates, events, notifications and delivery state."""
-    incident, who = await _visible(request, _id(request))
+    incident, who = await _visible(request, path_id(request))
     store = request.app[INCIDENT_STORE]
     updates = await store.updates(incident.id)
     notifications = await store.notifications(incident=incident.id)
@@ -132,10 +105,10 @@ async def get_incident(request: web.Request) -> web.Response:
 async def post_update(request: web.Request) -> web.Response:
     """An operator's update (admin): ``{"message", "state"?, "notify"?: true}``."""
     who = require_admin(request)
-    incident_id = _id(request)
+    incident_id = path_id(request)
     body = await json_body(request)
-    _check_keys(body, {"message", "state", "notify"})
-    message = _text(body, "message", required=True)
+    check_keys(body, {"message", "state", "notify"})
+    message = text(body, "message", max_length=MAX_TEXT, required=True)
     state = None
     if body.get("state") is not None:
         try:
@@ -151,36 +124,36 @@ async def post_update(request: web.Request) -> web.Response:
             incident_id, message=message, state=state, author=who.name, notify=notify
         )
     except IncidentError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+        raise _failed(exc) from None
     return web.json_response({"incident": incident.as_dict()}, status=201)
 
 
 async def set_cause(request: web.Request) -> web.Response:
     """Tag the cause (admin): ``{"cause": "telecom_failure", "note": "..."}``; SLA follows."""
     who = require_admin(request)
-    incident_id = _id(request)
+    incident_id = path_id(request)
     body = await json_body(request)
-    _check_keys(body, {"cause", "note"})
+    check_keys(body, {"cause", "note"})
     cause = body.get("cause")
-    if cause not in CAUSES:
+    if not isinstance(cause, str) or cause not in CAUSES:
         raise ApiError(400, f"cause: must be one of {', '.join(CAUSES)}")
-    note = _text(body, "note")
+    note = text(body, "note", max_length=MAX_TEXT)
     try:
         incident = await request.app[INCIDENTS].set_cause(
             incident_id, cause=str(cause), note=note, author=who.name
         )
     except IncidentError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+        raise _failed(exc) from None
     return web.json_response({"incident": incident.as_dict()})
 
 
 async def list_notifications(request: web.Request) -> web.Response:
     """The outbox (operators): ``?state=pending|delivered|dead|cancelled&limit=``."""
     require_operator(request)
-    state = request.query.get("state") or None
+    state = request.query.get("state")
     if state is not None and state not in OUTBOX_STATES:
         raise ApiError(400, f"state: must be one of {', '.join(OUTBOX_STATES)}")
-    rows = await request.app[INCIDENT_STORE].notifications(state=state, limit=_limit(request))
+    rows = await request.app[INCIDENT_STORE].notifications(state=state, limit=limit(request))
     return web.json_response({"notifications": [r.as_dict() for r in rows]})
 
 
@@ -226,19 +199,6 @@ async def enable_notifier(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "was_disabled": was})
 
 
-def _instant(body: dict[str, Any], key: str) -> float:
-    raw = body.get(key)
-    if not isinstance(raw, str):
-        raise ApiError(400, f"{key}: give an RFC 3339 time with its offset")
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ApiError(400, f"{key}: {raw!r} is not an RFC 3339 time") from None
-    if value.tzinfo is None:
-        raise ApiError(400, f"{key}: {raw!r} has no UTC offset")
-    return value.timestamp()
-
-
 async def list_windows(request: web.Request) -> web.Response:
     """Maintenance windows; a customer token sees those of its own services."""
     who = principal(request)
@@ -253,8 +213,8 @@ async def add_window(request: web.Request) -> web.Response:
     """Announce maintenance (admin): ``{"start", "end", "services": [...], "note"}``."""
     who = require_admin(request)
     body = await json_body(request)
-    _check_keys(body, {"start", "end", "services", "note"})
-    start, end = _instant(body, "start"), _instant(body, "end")
+    check_keys(body, {"start", "end", "services", "note"})
+    start, end = instant(body.get("start"), "start"), instant(body.get("end"), "end")
     services = body.get("services")
     if (
         not isinstance(services, list)
@@ -262,12 +222,17 @@ async def add_window(request: web.Request) -> web.Response:
         or not all(isinstance(s, str) for s in services)
     ):
         raise ApiError(400, "services: must be a non-empty list of service names")
+    note = text(body, "note", max_length=MAX_TEXT)
     try:
         window = await request.app[INCIDENTS].declare_window(
-            start=start, end=end, services=services, note=_text(body, "note"), who=who.name
+            start=start.timestamp(),
+            end=end.timestamp(),
+            services=services,
+            note=note,
+            who=who.name,
         )
     except IncidentError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+        raise _failed(exc) from None
     return web.json_response({"maintenance": window.as_dict()}, status=201)
 
 
@@ -275,9 +240,9 @@ async def cancel_window(request: web.Request) -> web.Response:
     """Cancel a window that has not begun (admin)."""
     who = require_admin(request)
     try:
-        window = await request.app[INCIDENTS].cancel_window(_id(request), who.name)
+        window = await request.app[INCIDENTS].cancel_window(path_id(request), who.name)
     except IncidentError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+        raise _failed(exc) from None
     return web.json_response({"maintenance": window.as_dict()})
 
 

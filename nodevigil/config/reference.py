@@ -119,7 +119,9 @@ EXAMPLES: dict[str, Example] = {
         text="""
         api:
           listen: 10.0.0.2:9470              # the API, /metrics, /healthz and /readyz
-          max_body: 1048576
+          max_body: 1048576                  # bytes; a larger body is refused (413)
+          header_timeout: 10s                # to send a request's head; idle connections close
+          body_timeout: 10s                  # to send a request's body (else 408)
           tokens:                            # sha256 digests of bearer tokens, never in clear
             - name: ops
               role: admin
@@ -613,6 +615,8 @@ _DURATION_FIELDS = {
     "max_age",
     "backoff_initial",
     "backoff_max",
+    "header_timeout",
+    "body_timeout",
 }
 
 

@@ -359,11 +359,17 @@ class ApiToken(Frozen):
 
 
 class Api(Frozen):
-    """The HTTP API, /metrics, /healthz and /readyz."""
+    """The HTTP API, /metrics, /healthz and /readyz; the address and limits apply at start."""
 
     listen: Address = "127.0.0.1:9470"
     tokens: list[ApiToken] = Field(default_factory=list)
-    max_body: int = Field(default=1_048_576, ge=1024)
+    max_body: int = Field(default=1_048_576, ge=1024)  # bytes; a larger body is answered 413
+    # A client must send a whole request head (line and headers) this soon after connecting or
+    # after its previous response; an idle keep-alive connection is closed after as long.
+    header_timeout: Annotated[Duration, Field(gt=0, le=3600)] = 10.0
+    body_timeout: Annotated[Duration, Field(gt=0, le=3600)] = 10.0  # to receive a whole body
+    max_header_size: int = Field(default=8190, ge=1024, le=65536)  # bytes per header line
+    max_headers: int = Field(default=64, ge=16, le=1024)
 
 
 class Mqtt(Frozen):

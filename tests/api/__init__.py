@@ -1,0 +1,1 @@
+"""Tests of the HTTP API under hostile input: its document, fuzzing, authorization, limits."""
