@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except ConfigError as exc:
         where = f"{exc.source}: " if exc.source else ""
-        for problem in exc.problems:
+        for problem in exc.problems or ["invalid configuration"]:
             print(f"{where}{problem}", file=sys.stderr)
         return 1
     except NodevigilError as exc:

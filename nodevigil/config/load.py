@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import zoneinfo
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from nodevigil.config.schema import (
     GLOBAL_LB_TYPES,
@@ -19,11 +21,20 @@ from nodevigil.config.schema import (
     Node,
     SecretRef,
 )
+from nodevigil.config.yamlfile import YamlProblem, read_yaml
 from nodevigil.durations import format_duration
 from nodevigil.errors import ConfigError
 from nodevigil.events import EVENT_KINDS, kind_matches
 
 MIN_RETENTION = 90 * 86400.0  # clause IV.3
+MAX_SECRET_BYTES = 64 * 1024  # a TSIG key or webhook secret is well under 1 KiB
+MAX_PROBLEM = 300  # characters: a 5,000-character value is shown by its ends
+# Durations that must not be 0s: a zero interval or timeout would busy-loop or fail every probe,
+# and a probe's ``interval: 0s`` would otherwise silently fall back to the default.
+_POSITIVE_DURATIONS = frozenset(
+    {"interval", "timeout", "cycle", "max_silence", "backoff_initial", "backoff_max"}
+)
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _MESSAGES = {
     "extra_forbidden": "unknown key",
@@ -35,16 +46,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """Read, parse and validate a configuration file; raise ConfigError listing every problem."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        data = read_yaml(file)
     except OSError as exc:
         raise ConfigError([f"cannot read: {exc.strerror or exc}"], source=str(file)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{where}not valid YAML: {problem}"], source=str(file)) from None
+    except YamlProblem as exc:
+        raise ConfigError([_clean(str(exc))], source=str(file)) from None
+    if data is None:
+        raise ConfigError(["the file is empty (or holds only comments)"], source=str(file))
     return parse_config(data, source=str(file), base_dir=file.resolve().parent)
 
 
@@ -53,24 +61,57 @@ def parse_config(data: Any, *, source: str = "", base_dir: Path | None = None) -
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(["the file must hold a mapping of keys"], source=source)
+        raise ConfigError(
+            [f"the file must hold a mapping of keys, not a {_yaml_kind(data)}"], source=source
+        )
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(list(_schema_problems(exc, data)), source=source) from None
-    problems = list(_semantic_problems(config))
+        problems = [_clean(p) for p in _schema_problems(exc, data)]
+        raise ConfigError(problems, source=source) from None
+    problems = [_clean(p) for p in _semantic_problems(config)]
     if problems:
         raise ConfigError(problems, source=source)
     return _resolve(config, base_dir)
+
+
+def _yaml_kind(data: Any) -> str:
+    if isinstance(data, list):
+        return "list"
+    if isinstance(data, str):
+        return "string"
+    return "single value"
+
+
+def _clean(problem: str) -> str:
+    """One printable line: control characters escaped, a very long value cut in the middle."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in problem)
+    if len(text) > MAX_PROBLEM:
+        keep = MAX_PROBLEM // 2
+        text = f"{text[:keep]} ... {text[-keep:]}"
+    return text
 
 
 def _schema_problems(exc: ValidationError, data: Any) -> Iterator[str]:
     for error in exc.errors(include_url=False):
         path = _format_path(error["loc"], data)
         message = _MESSAGES.get(error["type"], error["msg"])
+        if error["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            path, message = _union_tag_problem(path, error)
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
         yield f"{path}: {message}" if path else message
+
+
+def _union_tag_problem(path: str, error: ErrorDetails) -> tuple[str, str]:
+    """An object's ``type`` picks its kind: name that key, and the kinds there are."""
+    ctx = error.get("ctx", {})
+    key = str(ctx.get("discriminator", "type")).strip("'")
+    if error["type"] == "union_tag_invalid":
+        return f"{path}.{key}", f"{ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
+    if isinstance(error["input"], dict):
+        return f"{path}.{key}", "required key is missing"
+    return path, "must be a mapping of keys"
 
 
 def _format_path(loc: Sequence[int | str], data: Any) -> str:
@@ -80,11 +121,17 @@ def _format_path(loc: Sequence[int | str], data: Any) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-            node = node[part] if isinstance(node, list) and part < len(node) else None
+            node = node[part] if isinstance(node, list) and 0 <= part < len(node) else None
             continue
         if isinstance(node, dict) and part not in node and _is_union_tag(node, part):
             continue  # pydantic names the chosen union member; the operator never wrote it
-        out += f".{part}" if out else part
+        if part == "[key]":  # pydantic's name for a mapping's key, not its value
+            out += " (the key)"
+            continue
+        if _PLAIN_KEY.fullmatch(part):
+            out += f".{part}" if out else part
+        else:  # a key with dots, spaces or control characters: quoted, so the path stays clear
+            out += f"[{part!r}]"
         node = node.get(part) if isinstance(node, dict) else None
     return out
 
@@ -101,8 +148,9 @@ def _semantic_problems(config: Config) -> Iterator[str]:
     """Cross-references and relations the schema alone cannot express."""
     try:
         zoneinfo.ZoneInfo(config.timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         yield f"timezone: {config.timezone!r} is not an IANA time zone (e.g. Asia/Shanghai)"
+    yield from _number_problems(config, "")
     if config.records.retention < MIN_RETENTION:
         yield (
             f"records.retention: {format_duration(config.records.retention)} is shorter than "
@@ -112,6 +160,28 @@ def _semantic_problems(config: Config) -> Iterator[str]:
     yield from _lb_problems(config)
     yield from _people_problems(config)
     yield from _notification_problems(config)
+
+
+def _number_problems(model: BaseModel, where: str) -> Iterator[str]:
+    """Every float is finite (``999...9d`` overflows to infinity); some durations are not 0s."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        path = f"{where}.{name}" if where else name
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                yield f"{path}: {'too large' if value > 0 else 'not a finite number'}"
+            elif value == 0 and name in _POSITIVE_DURATIONS:
+                yield f"{path}: must be longer than 0s"
+        elif isinstance(value, BaseModel):
+            yield from _number_problems(value, path)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from _number_problems(item, f"{path}[{i}]")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, BaseModel):
+                    yield from _number_problems(item, f"{path}.{key}")
 
 
 def _fleet_problems(config: Config) -> Iterator[str]:
@@ -202,8 +272,10 @@ def _people_problems(config: Config) -> Iterator[str]:
     for dup in sorted(_duplicates(t.name for t in config.api.tokens)):
         yield f"api.tokens: the name {dup!r} is used more than once"
     for i, token in enumerate(config.api.tokens):
-        if token.role == "customer" and token.customer not in customers:
+        if token.role == "customer" and token.customer is None:
             yield f"api.tokens[{i}].customer: a customer token must name a configured customer"
+        elif token.role == "customer" and token.customer not in customers:
+            yield f"api.tokens[{i}].customer: no customer is called {token.customer!r}"
         if token.role != "customer" and token.customer is not None:
             yield f"api.tokens[{i}].customer: only a customer token names a customer"
     if config.mqtt is not None and config.mqtt.password is not None:
@@ -300,6 +372,14 @@ def read_secret(ref: SecretRef, base_dir: Path | None = None) -> str:
     assert ref.secret_file is not None
     path = ref.secret_file if base_dir is None else base_dir / ref.secret_file
     try:
-        return path.read_text(encoding="utf-8").strip()
+        with path.open("rb") as file:
+            raw = file.read(MAX_SECRET_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"cannot read secret file {path}: {exc.strerror or exc}"]) from None
+    # The reasons below never quote the content: it is the secret, or part of it.
+    if len(raw) > MAX_SECRET_BYTES:
+        raise ConfigError([f"secret file {path} is larger than 64 KiB: is it the right file?"])
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError([f"secret file {path} is not UTF-8 text"]) from None
