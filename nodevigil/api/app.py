@@ -1,10 +1,7 @@
 """The HTTP surface: /healthz, /readyz, /metrics and the token-protected /api/v1.
 
-Hostile input is bounded before any route runs: aiohttp's parser refuses request heads over
-``max_header_size``/``max_headers``; a connection that has not sent a whole head within
-``header_timeout`` is closed (aiohttp's keep-alive timer, which also runs before the first
-request); ``read_body_in_time`` reads every body up front within ``body_timeout`` and
-``max_body``. Every error leaves as ``{"error": ...}``.
+Hostile input is bounded before any route runs (``limits.py``); the OpenAPI document
+(``openapi.py``) says what each route takes, and every error leaves as ``{"error": ...}``.
 """
 
 from __future__ import annotations
@@ -17,17 +14,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from nodevigil.api.auth import Principal, TokenBook
 from nodevigil.api.errors import ApiError, json_error
+from nodevigil.api.limits import api_runner, read_body_in_time
 from nodevigil.api.openapi import DOCUMENT_JSON, query_names
 from nodevigil.api.openapi import PATH as OPENAPI_PATH
 from nodevigil.api.params import finite_number, limit
 from nodevigil.clock import Clock, SystemClock
 from nodevigil.config import Config
-from nodevigil.config.schema import Api
 from nodevigil.eventlog import EventLog
 
 if TYPE_CHECKING:
@@ -58,9 +54,16 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 
 # Routes under /api/ that need no token: the API's own description (it holds no data).
 PUBLIC_API_PATHS = frozenset({OPENAPI_PATH})
-LINGER = 2.0  # how long a connection may still send a refused body before it is closed
 
-__all__ = ["CONTEXT", "PRINCIPAL", "ApiContext", "ApiError", "build_app", "json_error"]
+__all__ = [
+    "CONTEXT",
+    "PRINCIPAL",
+    "ApiContext",
+    "ApiError",
+    "api_runner",
+    "build_app",
+    "json_error",
+]
 
 
 @web.middleware
@@ -136,54 +139,6 @@ async def known_query(request: web.Request, handler: Handler) -> web.StreamRespo
                 if len(request.query.getall(key, ())) > 1:
                     raise ApiError(400, f"{key}: given more than once")
     return await handler(request)
-
-
-def read_body_in_time(api: Api) -> Middleware:
-    """A middleware that reads each request body before its route, within ``body_timeout``.
-
-    aiohttp has no deadline for a body: a client sending one byte a minute would hold a
-    handler forever. Read here, the body is cached for ``request.json()`` and ``text()``.
-    """
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.can_read_body:
-            declared = request.content_length
-            if declared is not None and declared > api.max_body:
-                return _refuse(413, f"the body is larger than the limit of {api.max_body} bytes")
-            try:
-                async with asyncio.timeout(api.body_timeout):
-                    await request.read()
-            except TimeoutError:
-                return _refuse(408, f"the body did not arrive within {api.body_timeout:g}s")
-            except web.HTTPRequestEntityTooLarge:
-                return _refuse(413, f"the body is larger than the limit of {api.max_body} bytes")
-            except web.RequestPayloadError as exc:  # a broken chunk or content encoding
-                return _refuse(400, f"the body cannot be read: {exc}")
-        return await handler(request)
-
-    return middleware
-
-
-def _refuse(status: int, message: str) -> web.Response:
-    """An error after which the connection closes: the client may still be sending."""
-    response = json_error(status, message)
-    response.force_close()
-    return response
-
-
-def api_runner(app: web.Application, api: Api) -> web.AppRunner:
-    """The runner that serves ``app`` with the request-head limits of the ``api`` section."""
-    return web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        keepalive_timeout=api.header_timeout,
-        max_line_size=api.max_header_size,
-        max_field_size=api.max_header_size,
-        max_headers=api.max_headers,
-        lingering_time=LINGER,
-    )
 
 
 def principal(request: web.Request) -> Principal:

@@ -76,7 +76,16 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Health": obj({"status": {"type": "string", "enum": ["ok", "ready", "starting"]}}),
     "ProbeResult": obj(
-        {"ok": BOOL, "detail": STRING, "duration_ms": NUMBER, "at": NUMBER, "vantage": STRING}
+        {
+            "ok": {
+                **nullable(BOOL),
+                "description": "null: inconclusive (nodevigil itself was overloaded)",
+            },
+            "detail": STRING,
+            "duration_ms": NUMBER,
+            "at": NUMBER,
+            "vantage": STRING,
+        }
     ),
     "ProbeHealth": obj(
         {

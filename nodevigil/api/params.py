@@ -87,10 +87,13 @@ def instant(raw: Any, key: str) -> datetime:
         raise ApiError(400, f"{key}: {raw[:64]!r}{hint}")
     try:
         value = datetime.fromisoformat(raw.upper())
-        in_utc = value.astimezone(UTC)
-    except (ValueError, OverflowError):
+    except ValueError:  # a 13th month, a 25th hour
         raise ApiError(400, f"{key}: {raw!r} is not an RFC 3339 time") from None
-    if not FIRST_YEAR <= in_utc.year <= LAST_YEAR:
+    try:
+        in_range = FIRST_YEAR <= value.astimezone(UTC).year <= LAST_YEAR
+    except OverflowError:  # year 1 east of UTC is year 0 in UTC
+        in_range = False
+    if not in_range:
         raise ApiError(422, f"{key}: must fall between {FIRST_YEAR} and {LAST_YEAR}")
     return value
 

@@ -171,6 +171,7 @@ class World:
     def call(self, method: str, path: str, token: str | None = ADMIN, **kw: Any) -> tuple[int, Any]:
         """One request; the JSON body, or the text when it is not JSON."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kw.pop("headers", {}))
         response = requests.request(method, self.base + path, headers=headers, timeout=10, **kw)
         try:
             return response.status_code, response.json()
