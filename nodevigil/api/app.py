@@ -54,6 +54,7 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 
 # Routes under /api/ that need no token: the API's own description (it holds no data).
 PUBLIC_API_PATHS = frozenset({OPENAPI_PATH})
+BEARER_HINT = "send 'Authorization: Bearer <token>'"
 
 __all__ = [
     "CONTEXT",
@@ -92,7 +93,7 @@ def _http_error_message(request: web.Request, exc: web.HTTPException) -> str:
         allowed = ", ".join(sorted(exc.allowed_methods))
         return f"{request.method} is not allowed here (allowed: {allowed})"
     if isinstance(exc, web.HTTPNotFound):
-        return f"no route {request.path!r}; the API is described at {OPENAPI_PATH}"
+        return f"no route {request.path[:200]!r}; the API is described at {OPENAPI_PATH}"
     return exc.reason
 
 
@@ -110,9 +111,6 @@ async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamRespo
         return _unauthorized("invalid token", 'Bearer realm="nodevigil", error="invalid_token"')
     request[PRINCIPAL] = principal
     return await handler(request)
-
-
-BEARER_HINT = "send 'Authorization: Bearer <token>'"
 
 
 def _unauthorized(message: str, challenge: str, **extra: Any) -> web.Response:

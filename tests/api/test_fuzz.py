@@ -49,7 +49,7 @@ def error_is_json(
 
 @SCHEMA.parametrize()
 @settings(
-    max_examples=15,
+    max_examples=25,
     derandomize=True,
     database=None,
     deadline=None,
