@@ -112,7 +112,7 @@ class Daemon:
             systemd.status(f"reload rejected ({exc}); running configuration kept")
             return False
         self.metrics.config_reload_ok.set(1)
-        self.config = config
+        old, self.config = self.config, config
         if transports is not None:
             old = self.dispatcher.replace_transports(transports)
             self._spawn(self._close_transports(old), "close-old-notifiers")
@@ -122,6 +122,14 @@ class Daemon:
         self.context.tokens = TokenBook(config.api.tokens)
         self.metrics.config_reloads.set(self.clock.wall())
         log.info("configuration reloaded: %d nodes, %d sites", len(config.nodes), len(config.sites))
+        later = restart_only_changes(old, config)
+        if later:
+            # Said out loud: a rotated TSIG secret or a moved HAProxy socket silently ignored
+            # until some later restart is how failover breaks on the day it is needed.
+            log.warning(
+                "reload: these changes take effect only at the next restart: %s", ", ".join(later)
+            )
+            systemd.status("reloaded; restart to apply: " + ", ".join(later))
         return True
 
     async def run(self) -> None:
@@ -457,6 +465,23 @@ class Daemon:
         removed += sum(pruned.values())
         if removed:
             log.info("pruned %d records older than the retention period", removed)
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """The changed settings a reload cannot apply (the process opened or built them at start)."""
+    changed = [
+        key
+        for key in ("state_dir", "timezone", "vantage", "mqtt", "sla")
+        if getattr(old, key) != getattr(new, key)
+    ]
+    if old.api.model_copy(update={"tokens": []}) != new.api.model_copy(update={"tokens": []}):
+        changed.append("api (listen address and limits; tokens were applied)")
+    changed += [
+        f"load_balancers.{name}"
+        for name in sorted(set(old.load_balancers) & set(new.load_balancers))
+        if old.load_balancers[name] != new.load_balancers[name]
+    ]
+    return changed
 
 
 class _Stop(Exception):

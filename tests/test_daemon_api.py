@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -184,6 +185,30 @@ async def test_reload_adds_and_removes_nodes_and_rejects_a_bad_file(running: Run
     running.config_path.write_text("nodes: [{name: broken}]\n")
     assert running.daemon.reload() is False
     assert running.daemon.monitor.node_names() == ["a", "b", "c"]
+
+
+async def test_reload_says_which_changes_wait_for_a_restart(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_config(
+        running.config_path,
+        running.target,
+        ["a", "zz"],
+        timezone="Asia/Shanghai",
+        api={
+            "listen": "127.0.0.1:1",
+            "tokens": running.daemon.config.model_dump()["api"]["tokens"],
+        },
+    )
+    with caplog.at_level(logging.WARNING, logger="nodevigil.daemon"):
+        assert running.daemon.reload() is True
+    [line] = [r.getMessage() for r in caplog.records if "next restart" in r.getMessage()]
+    assert "timezone" in line and "api (listen address and limits" in line, line
+    assert "state_dir" not in line and "load_balancers" not in line, line
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="nodevigil.daemon"):
+        assert running.daemon.reload() is True  # nothing changed this time
+    assert not [r for r in caplog.records if "next restart" in r.getMessage()]
 
 
 async def test_a_second_daemon_on_the_same_state_dir_refuses(running: Running) -> None:
