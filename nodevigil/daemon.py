@@ -112,17 +112,17 @@ class Daemon:
             systemd.status(f"reload rejected ({exc}); running configuration kept")
             return False
         self.metrics.config_reload_ok.set(1)
-        old, self.config = self.config, config
+        previous, self.config = self.config, config
         if transports is not None:
-            old = self.dispatcher.replace_transports(transports)
-            self._spawn(self._close_transports(old), "close-old-notifiers")
+            replaced = self.dispatcher.replace_transports(transports)
+            self._spawn(self._close_transports(replaced), "close-old-notifiers")
         self._spawn(self.incidents.sync_config_windows(), "sync-maintenance")
         self.monitor.apply_config(config)
         self.context.config = config
         self.context.tokens = TokenBook(config.api.tokens)
         self.metrics.config_reloads.set(self.clock.wall())
         log.info("configuration reloaded: %d nodes, %d sites", len(config.nodes), len(config.sites))
-        later = restart_only_changes(old, config)
+        later = restart_only_changes(previous, config)
         if later:
             # Said out loud: a rotated TSIG secret or a moved HAProxy socket silently ignored
             # until some later restart is how failover breaks on the day it is needed.
