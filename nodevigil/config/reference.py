@@ -160,10 +160,10 @@ EXAMPLES: dict[str, Example] = {
         text="""
         defaults:
           interval: 1s                       # how often each probe runs
-          timeout: 500ms                     # must be shorter than the interval
+          timeout: 900ms                     # must be shorter than the interval
           rise: 2                            # consecutive successes before a probe counts as up
           fall: 3                            # consecutive failures before it counts as down
-          attempts: 2                        # hedged tries inside one timeout
+          attempts: 5                        # hedged tries inside one timeout
           flap: {window: 2m, max_changes: 6, hold: 1m}
         """,
     ),
