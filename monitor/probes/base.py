@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -83,7 +84,8 @@ async def hedged(
 
     A new try starts when the previous one failed, or every ``budget / attempts`` while
     earlier tries are still outstanding (a lost SYN is then covered by the next try instead
-    of eating the whole budget). The first success wins; a ProbeFailure ends the round.
+    of eating the whole budget). The first success wins; a ProbeFailure ends the round, and
+    so does a refused connection: nothing listens, which no lost packet can fake.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
@@ -115,6 +117,8 @@ async def hedged(
             for exc, _ in outcomes:
                 if isinstance(exc, ProbeFailure):
                     return False, str(exc)
+                if isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
+                    return False, describe(exc)
                 last_error = describe(exc) if exc is not None else last_error
     finally:
         for task in pending:
