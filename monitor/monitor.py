@@ -8,15 +8,16 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import Any, Self
-
-import aiohttp
 
 from monitor.heartbeat import HeartbeatBoard, MqttProber
 from monitor.metrics import MonitorMetrics
 from monitor.probes import build_prober
 from monitor.probes.base import Prober, ProbeResult
+from monitor.probes.httpclient import ProbeSession
+from monitor.timers import Entry, Timers, clock_timers, loop_timers
 from monitor.verdict import NodeJudge, Transition
 from nodevigil.clock import Clock
 from nodevigil.config import Config, Node
@@ -36,9 +37,25 @@ OVERLOAD_HOLD = 2.0
 class _Watched:
     node: Node
     judge: NodeJudge
-    tasks: list[asyncio.Task[None]]
+    schedules: list[_Schedule]
     probers: dict[str, Prober]
     counters: dict[tuple[str, str], Any]
+
+
+@dataclass(slots=True, eq=False)
+class _Schedule:
+    """One probe's place in the timers; a round runs as a short task, never two at once."""
+
+    watched: _Watched
+    probe: str
+    prober: Prober
+    interval: float
+    kind: str
+    name: str
+    next_at: float = 0.0
+    entry: Entry | None = None
+    task: asyncio.Task[None] | None = None
+    stopped: bool = False
 
 
 class Monitor:
@@ -61,16 +78,18 @@ class Monitor:
         self._board = board
         self._rng = rng or random.Random()
         self._watched: dict[str, _Watched] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._session: ProbeSession | None = None
         self._flapping: set[str] = set()
         self._overloaded_until = 0.0
         self._lag_task: asyncio.Task[None] | None = None
+        self._timers: Timers | None = None
         board.on_offline = self._agent_offline
 
     async def __aenter__(self) -> Self:
         from monitor.probes.http import make_session
 
         self._session = make_session()
+        self._timers = clock_timers(self._clock)  # one timer heap for every probe's schedule
         self._lag_task = asyncio.create_task(self._watch_lag(), name="monitor-lag")
         self.apply_config(self._config)
         return self
@@ -84,6 +103,8 @@ class Monitor:
             await asyncio.gather(self._lag_task, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+        if self._timers is not None and self._timers is not loop_timers():
+            self._timers.close()  # the loop's shared timers serve others too
 
     # --- what the controller and the API read -------------------------------------------
 
@@ -165,30 +186,39 @@ class Monitor:
         )
         self._metrics.set_verdict(node.name, node.site, Verdict.UNKNOWN)
         watched = _Watched(node, judge, [], {}, {})
-        assert self._session is not None
+        assert self._session is not None and self._timers is not None
         mqtt = self._config.mqtt
         grace = mqtt.reconnect_grace if mqtt else None
+        now = self._clock.monotonic()
         for spec in node.probes:
             if spec.type == "mqtt":
                 prober: Prober = MqttProber(spec, spec.agent or node.name, self._board, grace)
             else:
                 prober = build_prober(spec, self._session)
             watched.probers[spec.label] = prober
-            task = asyncio.create_task(
-                self._loop(watched, spec.label, prober, spec.interval or d.interval, spec.type),
-                name=f"probe:{node.name}/{spec.label}",
+            interval = spec.interval or d.interval
+            schedule = _Schedule(
+                watched, spec.label, prober, interval, spec.type, f"probe:{node.name}/{spec.label}"
             )
-            watched.tasks.append(task)
+            # A random phase per probe spreads 10,000 probes over the interval; the schedule is
+            # then fixed on the monotonic clock so probes neither drift nor bunch up again.
+            schedule.next_at = now + self._rng.uniform(0, interval)
+            schedule.entry = self._timers.call_at(schedule.next_at, partial(self._due, schedule))
+            watched.schedules.append(schedule)
         return watched
 
     def _stop(self, watched: _Watched) -> None:
-        for task in watched.tasks:
-            task.cancel()
+        for schedule in watched.schedules:
+            schedule.stopped = True
+            if schedule.entry is not None:
+                Timers.cancel(schedule.entry)
+            if schedule.task is not None:
+                schedule.task.cancel()
         self._flapping.discard(watched.node.name)
         self._metrics.forget_node(watched.node.name, watched.node.site)
 
     async def _stop_all(self) -> None:
-        tasks = [t for w in self._watched.values() for t in w.tasks]
+        tasks = [s.task for w in self._watched.values() for s in w.schedules if s.task is not None]
         for watched in self._watched.values():
             self._stop(watched)
         self._watched = {}
@@ -196,24 +226,41 @@ class Monitor:
 
     # --- probing ------------------------------------------------------------------------
 
-    async def _loop(
-        self, watched: _Watched, probe: str, prober: Prober, interval: float, kind: str
-    ) -> None:
-        # A random phase per probe spreads 10,000 probes over the interval; the schedule is
-        # then fixed on the monotonic clock so probes neither drift nor bunch up again.
-        next_at = self._clock.monotonic() + self._rng.uniform(0, interval)
-        while True:
-            delay = next_at - self._clock.monotonic()
-            if delay > 0:
-                await self._clock.sleep(delay)
-            if self._clock.monotonic() - next_at > interval / 2:
-                self._metrics.probes_skipped.inc()  # shed load rather than pile it up
-            else:
-                await self.run_probe(watched, probe, prober, kind)
-            next_at += interval
-            now = self._clock.monotonic()
-            if next_at < now:  # we fell behind (a stalled loop): skip, keep the phase
-                next_at += ((now - next_at) // interval + 1) * interval
+    def _due(self, schedule: _Schedule) -> None:
+        """A probe's time has come (the timers call this): run a round, or shed it if late.
+
+        Between rounds a probe holds no task and no future, only its timer entry: 10,000
+        sleeping probes would otherwise keep 10,000 futures alive, and the garbage collector
+        would walk them again and again.
+        """
+        if schedule.stopped:
+            return
+        if self._clock.monotonic() - schedule.next_at > schedule.interval / 2:
+            self._metrics.probes_skipped.inc()  # shed load rather than pile it up
+            self._advance(schedule)
+            return
+        schedule.task = asyncio.get_running_loop().create_task(
+            self._round(schedule), name=schedule.name
+        )
+
+    async def _round(self, schedule: _Schedule) -> None:
+        try:
+            await self.run_probe(schedule.watched, schedule.probe, schedule.prober, schedule.kind)
+        finally:
+            schedule.task = None
+            if not schedule.stopped:
+                self._advance(schedule)
+
+    def _advance(self, schedule: _Schedule) -> None:
+        """Schedule the next round one interval on; skip rounds we fell behind on (a stalled
+        loop), keeping the phase."""
+        interval = schedule.interval
+        schedule.next_at += interval
+        now = self._clock.monotonic()
+        if schedule.next_at < now:
+            schedule.next_at += ((now - schedule.next_at) // interval + 1) * interval
+        assert self._timers is not None and schedule.entry is not None
+        self._timers.reschedule(schedule.entry, schedule.next_at)
 
     async def run_probe(self, watched: _Watched, probe: str, prober: Prober, kind: str) -> None:
         """Run one probe once and feed its result to the node's judge."""

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import aiohttp
-
 from monitor.probes.base import Prober, ProbeResult
+from monitor.probes.httpclient import ProbeSession
 from nodevigil.config import DnsProbe, HttpProbe, IcmpProbe, TcpProbe, TlsProbe
 
 __all__ = ["ProbeResult", "Prober", "build_prober"]
 
 
 def build_prober(
-    spec: HttpProbe | TcpProbe | TlsProbe | DnsProbe | IcmpProbe, session: aiohttp.ClientSession
+    spec: HttpProbe | TcpProbe | TlsProbe | DnsProbe | IcmpProbe, session: ProbeSession
 ) -> Prober:
     """The prober for a network probe spec (mqtt probes are built by the monitor)."""
     from monitor.probes.http import HttpProber

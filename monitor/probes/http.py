@@ -3,47 +3,51 @@
 from __future__ import annotations
 
 import re
-import time
 
-import aiohttp
-
-from monitor.probes.base import HedgedProber, ProbeFailure
+from monitor.probes.base import HedgedProber, ProbeFailure, Try
+from monitor.probes.httpclient import ProbeSession, Response, Target
 from nodevigil.config import HttpProbe
 
 _BODY_LIMIT = 1 << 20  # never read more than 1 MiB of a health page
 
 
 class HttpProber(HedgedProber[HttpProbe]):
-    """Checks one URL with a session shared by all HTTP probes."""
+    """Checks one URL over the keep-alive pools shared by all HTTP probes."""
 
-    def __init__(self, spec: HttpProbe, session: aiohttp.ClientSession) -> None:
+    def __init__(self, spec: HttpProbe, session: ProbeSession) -> None:
         self.spec = spec
         self._session = session
         self._body = re.compile(spec.body_match) if spec.body_match else None
-        self._ssl = spec.tls_verify  # True: verify with the default context
-        self._timeout = aiohttp.ClientTimeout(total=spec.timeout)
+        self._target: Target | None = None
+        self._invalid = ""
+        try:
+            self._target = Target.build(
+                spec.url, method=spec.method, headers=spec.headers, verify=spec.tls_verify
+            )
+        except ValueError as exc:  # judged as a failing probe, never a crashed monitor
+            self._invalid = f"invalid request: {exc}"
 
-    async def _attempt(self) -> str:
+    def _attempt(self) -> Try:
+        # Completed by the connection's parser: no task and no loop callback per try.
+        if self._target is None:
+            invalid = Try()
+            invalid.set_exception(ProbeFailure(self._invalid))
+            return invalid
+        return self._session.request(
+            self._target,
+            limit=_BODY_LIMIT,
+            keep_body=self._body is not None,
+            evaluate=self._evaluate,
+        )
+
+    def _evaluate(self, response: Response, latency: float) -> str:
         spec = self.spec
-        started = time.monotonic()
-        async with self._session.request(
-            spec.method,
-            spec.url,
-            headers=spec.headers,
-            ssl=self._ssl,
-            timeout=self._timeout,
-            allow_redirects=False,
-        ) as response:
-            status = response.status
-            body = b""
-            if self._body is not None:
-                body = await response.content.read(_BODY_LIMIT)
-            else:
-                await response.read()  # finish the response so the connection is reused
-        latency = time.monotonic() - started
+        status = response.status
         if status not in spec.expect_status:
             raise ProbeFailure(f"HTTP {status}, expected {spec.expect_status}")
-        if self._body is not None and not self._body.search(body.decode("utf-8", "replace")):
+        if self._body is not None and not self._body.search(
+            response.body.decode("utf-8", "replace")
+        ):
             raise ProbeFailure(f"HTTP {status} but body does not match {spec.body_match!r}")
         if spec.max_latency is not None and latency > spec.max_latency:
             raise ProbeFailure(
@@ -52,12 +56,6 @@ class HttpProber(HedgedProber[HttpProbe]):
         return f"HTTP {status} in {latency * 1000:.0f}ms"
 
 
-def make_session() -> aiohttp.ClientSession:
-    """One session for every HTTP probe: keep-alive, no connection cap, no cookies."""
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True)
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        headers={"User-Agent": "nodevigil-probe"},
-        auto_decompress=False,
-    )
+def make_session() -> ProbeSession:
+    """One session for every HTTP probe: keep-alive pools, no cookies, no redirects."""
+    return ProbeSession()
