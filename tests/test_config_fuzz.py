@@ -503,6 +503,17 @@ def test_bad_urls_are_named(workdir: Path, case: tuple[str, Spot], new: str) -> 
     _located(assert_refused(path), path, spot.path)
 
 
+@pytest.mark.parametrize("case", URLS, ids=lambda c: f"{c[0]}:{render(c[1].path)}")
+def test_a_password_in_a_url_is_refused_without_showing_it(
+    workdir: Path, case: tuple[str, Spot]
+) -> None:
+    base, spot = case
+    scheme, rest = spot.value.split("://", 1)
+    path = write(workdir, replaced(BASES[base], spot.path, f"{scheme}://ops:pw-4711@{rest}"))
+    outcome = assert_refused(path, f"{render(spot.path)}: holds a password")
+    assert "pw-4711" not in outcome.err
+
+
 @FUZZ
 @given(
     st.sampled_from(HOST_PORTS),

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
@@ -150,7 +151,7 @@ def _semantic_problems(config: Config) -> Iterator[str]:
         zoneinfo.ZoneInfo(config.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         yield f"timezone: {config.timezone!r} is not an IANA time zone (e.g. Asia/Shanghai)"
-    yield from _number_problems(config, "")
+    yield from _field_problems(config)
     if config.records.retention < MIN_RETENTION:
         yield (
             f"records.retention: {format_duration(config.records.retention)} is shorter than "
@@ -162,26 +163,43 @@ def _semantic_problems(config: Config) -> Iterator[str]:
     yield from _notification_problems(config)
 
 
-def _number_problems(model: BaseModel, where: str) -> Iterator[str]:
-    """Every float is finite (``999...9d`` overflows to infinity); some durations are not 0s."""
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        path = f"{where}.{name}" if where else name
+def _field_problems(config: Config) -> Iterator[str]:
+    """Checks on single values wherever they appear in the configuration."""
+    for path, name, value in _fields(config, ""):
         if isinstance(value, float):
-            if not math.isfinite(value):
+            if not math.isfinite(value):  # ``999...9d`` overflows to infinity
                 yield f"{path}: {'too large' if value > 0 else 'not a finite number'}"
             elif value == 0 and name in _POSITIVE_DURATIONS:
                 yield f"{path}: must be longer than 0s"
-        elif isinstance(value, BaseModel):
-            yield from _number_problems(value, path)
+        elif name == "url" and isinstance(value, str) and _has_password(value):
+            # II.2/VI.7: secrets come from files or the environment, never the configuration
+            # (which is copied, versioned and shown), nor a URL that may end up in a log line.
+            yield f"{path}: holds a password; remove it (secrets never go in the configuration)"
+
+
+def _fields(model: BaseModel, where: str) -> Iterator[tuple[str, str, Any]]:
+    """Every field of ``model`` and of the objects inside it: (path, name, value)."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        path = f"{where}.{name}" if where else name
+        yield path, name, value
+        if isinstance(value, BaseModel):
+            yield from _fields(value, path)
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 if isinstance(item, BaseModel):
-                    yield from _number_problems(item, f"{path}[{i}]")
+                    yield from _fields(item, f"{path}[{i}]")
         elif isinstance(value, dict):
             for key, item in value.items():
                 if isinstance(item, BaseModel):
-                    yield from _number_problems(item, f"{path}.{key}")
+                    yield from _fields(item, f"{path}.{key}")
+
+
+def _has_password(url: str) -> bool:
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:  # an unparsable URL is the probe's or notifier's problem, not a secret
+        return False
 
 
 def _fleet_problems(config: Config) -> Iterator[str]:
