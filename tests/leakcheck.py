@@ -13,7 +13,8 @@ Secrets are learnt where they enter nodevigil, so a new test cannot forget to de
 
 What the suite produced is teed under ``<basetemp>/leak-audit/``: every log record of the test
 process (message and traceback, all levels), the bodies and headers of every HTTP response read
-from a loopback server and of every request body a test server read, every MQTT payload and
+from a loopback server with aiohttp, and of every response read whole through requests (the API
+tests) or urllib, every request body an in-process server read, every MQTT payload and
 mail handed to a broker or SMTP server, and the stdout and stderr of every Python subprocess
 (``tests/leaktee/sitecustomize.py``, put on the children's ``PYTHONPATH``). The audit scans
 those and every other file under the basetemp (state databases with their outbox bodies,
@@ -33,6 +34,7 @@ import base64
 import contextlib
 import functools
 import hashlib
+import http.client
 import logging
 import os
 import re
@@ -263,6 +265,29 @@ class Spies:
 
             return read
 
+        def urllib_read(original: Any) -> Any:
+            @functools.wraps(original)
+            def read(response: http.client.HTTPResponse, amt: int | None = None) -> bytes:
+                body: bytes = original(response, amt)
+                if amt is None:  # a whole body (urllib); requests reads in pieces, see below
+                    head = f"{response.status} {response.geturl() or ''}\n{response.headers}"
+                    tee.write("http", head.encode() + body)
+                return body
+
+            return read
+
+        def requests_content(original: property) -> property:
+            def content(response: Any) -> Any:
+                body = original.fget(response) if original.fget else None
+                if isinstance(body, bytes) and not getattr(response, "_nv_teed", False):
+                    response._nv_teed = True
+                    head = f"{response.request.method} {response.url} -> {response.status_code}"
+                    headers = "".join(f"{k}: {v}\n" for k, v in response.headers.items())
+                    tee.write("http", f"{head}\n{headers}".encode() + body)
+                return body
+
+            return property(content)
+
         def server_read(original: Any) -> Any:
             @functools.wraps(original)
             async def read(request: web_request.BaseRequest) -> bytes:
@@ -295,6 +320,11 @@ class Spies:
             return spy
 
         self._undo.append(_spy_method(aiohttp.ClientResponse, "read", client_read))
+        self._undo.append(_spy_method(http.client.HTTPResponse, "read", urllib_read))
+        with contextlib.suppress(ImportError):  # the API tests' schemathesis brings requests
+            import requests
+
+            self._undo.append(_spy_method(requests.Response, "content", requests_content))
         self._undo.append(_spy_method(web_request.BaseRequest, "read", server_read))
         self._undo.append(_spy_method(aiomqtt.Client, "publish", publish))
         self._undo.append(_spy_method(aiosmtplib.SMTP, "sendmail", sendmail))
