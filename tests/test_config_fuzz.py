@@ -43,10 +43,10 @@ FUZZ = settings(
     derandomize=True,
     database=None,
     deadline=None,
-    max_examples=50,  # per mutation kind; each example is one full check-config (~15 ms)
+    max_examples=40,  # per mutation kind; each example is one full check-config (~15 ms)
     suppress_health_check=[HealthCheck.too_slow],
 )
-FUZZ_MORE = settings(FUZZ, max_examples=120)
+FUZZ_MORE = settings(FUZZ, max_examples=100)
 DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's is 20 times faster
 DIGEST = "91c16f0d6cc1bec3c3603972182a07c66ff4fa71618a975e963d6dbe42b6dd37"
 
