@@ -77,6 +77,8 @@ class EventLog:
     ) -> None:
         self._db = SqliteWorker(path)
         self._buffer: list[Event] = []
+        self._writing: list[Event] = []  # the batch on its way to the disk
+        self._flushing = asyncio.Lock()
         self._flush_every = flush_every
         self._max_waiting = max_waiting
         self._wake = asyncio.Event()
@@ -86,7 +88,7 @@ class EventLog:
     @property
     def waiting(self) -> int:
         """Events published but not yet written."""
-        return len(self._buffer)
+        return len(self._buffer) + len(self._writing)
 
     async def open(self) -> None:
         """Create the schema."""
@@ -117,33 +119,41 @@ class EventLog:
 
     async def flush(self) -> None:
         """Write every buffered event; on a write error keep them for the next try."""
-        if not self._buffer:
-            return
-        batch, self._buffer = self._buffer, []
+        async with self._flushing:  # one batch at a time: query() sees it until it is readable
+            if not self._buffer:
+                return
+            batch, self._buffer = self._buffer, []
+            self._writing = batch
+            try:
+                await self._write(batch)
+            except sqlite3.Error as exc:
+                self._keep(batch, exc)
+            finally:
+                self._writing = []
+
+    async def _write(self, batch: list[Event]) -> None:
         rows = [
             (e.id, e.at, e.kind, e.subject, e.vantage, json.dumps(dict(e.data), default=str))
             for e in batch
         ]
-        try:
-            await self._db.call(
-                lambda c: c.executemany(
-                    "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", rows
-                )
+        await self._db.call(
+            lambda c: c.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+        )
+
+    def _keep(self, batch: list[Event], exc: sqlite3.Error) -> None:
+        self.write_errors += 1
+        self._buffer[:0] = batch  # keep them; nothing is lost while the disk is full
+        excess = len(self._buffer) - self._max_waiting
+        if excess > 0:  # memory is finite: give up the oldest, and count them
+            del self._buffer[:excess]
+            self.dropped += excess
+        if self.write_errors == 1 or self.write_errors % 100 == 0:
+            log.error(
+                "cannot write the event log (%d events waiting, %d dropped): %s",
+                len(self._buffer),
+                self.dropped,
+                exc,
             )
-        except sqlite3.Error as exc:
-            self.write_errors += 1
-            self._buffer[:0] = batch  # keep them; nothing is lost while the disk is full
-            excess = len(self._buffer) - self._max_waiting
-            if excess > 0:  # memory is finite: give up the oldest, and count them
-                del self._buffer[:excess]
-                self.dropped += excess
-            if self.write_errors == 1 or self.write_errors % 100 == 0:
-                log.error(
-                    "cannot write the event log (%d events waiting, %d dropped): %s",
-                    len(self._buffer),
-                    self.dropped,
-                    exc,
-                )
 
     async def query(
         self,
@@ -175,6 +185,8 @@ class EventLog:
             f"WHERE {' AND '.join(clauses)} ORDER BY at DESC LIMIT ?"
         )
         args.append(limit)
+        # Taken before the read: an event is then either in this list or already readable.
+        pending = [*self._writing, *self._buffer]
         try:
             rows = await self._db.call(lambda c: c.execute(sql, args).fetchall())
         except sqlite3.Error as exc:
@@ -191,7 +203,7 @@ class EventLog:
             for r in rows
         }
         # Events the disk has not taken yet (full or read-only) are listed all the same.
-        for e in self._buffer:
+        for e in pending:
             if (
                 (since is None or e.at >= since)
                 and (until is None or e.at < until)
