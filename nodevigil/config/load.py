@@ -19,7 +19,9 @@ from nodevigil.config.schema import (
     GLOBAL_LB_TYPES,
     LOCAL_LB_TYPES,
     Config,
+    Defaults,
     Node,
+    ProbeBase,
     SecretRef,
 )
 from nodevigil.config.yamlfile import YamlProblem, read_yaml
@@ -220,7 +222,7 @@ def _fleet_problems(config: Config) -> Iterator[str]:
             yield f"{where}.probes: two probes are called {dup!r}; give them distinct names"
         for j, probe in enumerate(node.probes):
             interval = probe.interval or config.defaults.interval
-            timeout = probe.timeout or config.defaults.timeout
+            timeout = probe_timeout(probe, config.defaults)
             if timeout >= interval:
                 yield (
                     f"{where}.probes[{j}].timeout: {format_duration(timeout)} is not shorter "
@@ -356,6 +358,17 @@ def _secret_problems(where: str, ref: SecretRef) -> Iterator[str]:
         yield f"{where}: give exactly one of secret_file or secret_env"
 
 
+def probe_timeout(probe: ProbeBase, defaults: Defaults) -> float:
+    """The probe's own timeout; else one set in ``defaults``; else the built-in default, cut
+    to 90 % of the probe's interval so a short interval needs no timeout of its own."""
+    if probe.timeout:
+        return probe.timeout
+    if "timeout" in defaults.model_fields_set:
+        return defaults.timeout
+    interval = probe.interval or defaults.interval
+    return min(defaults.timeout, round(0.9 * interval, 3))
+
+
 def _resolve(config: Config, base_dir: Path | None) -> Config:
     """Fill each probe's interval/timeout/attempts and name; make paths config-relative."""
     d = config.defaults
@@ -366,7 +379,7 @@ def _resolve(config: Config, base_dir: Path | None) -> Config:
             filled: dict[str, Any] = {
                 "name": probe.label,
                 "interval": probe.interval or d.interval,
-                "timeout": probe.timeout or d.timeout,
+                "timeout": probe_timeout(probe, d),
                 "attempts": probe.attempts or d.attempts,
             }
             ca_file = getattr(probe, "ca_file", None)

@@ -160,7 +160,7 @@ EXAMPLES: dict[str, Example] = {
         text="""
         defaults:
           interval: 1s                       # how often each probe runs
-          timeout: 900ms                     # must be shorter than the interval
+          timeout: 900ms                     # < interval; unset: 90 % of it, 900ms at most
           rise: 2                            # consecutive successes before a probe counts as up
           fall: 3                            # consecutive failures before it counts as down
           attempts: 5                        # hedged tries inside one timeout

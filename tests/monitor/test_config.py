@@ -59,6 +59,19 @@ def test_defaults_fill_each_probe() -> None:
     assert (probe.name, probe.interval, probe.timeout, probe.attempts) == ("http", 2.0, 1.0, 3)
 
 
+def test_a_short_interval_needs_no_timeout_of_its_own() -> None:
+    # The built-in 900 ms timeout shrinks to 90 % of a shorter interval; one set in defaults or
+    # on the probe is taken as it is (and must be shorter than the interval).
+    data = minimal(defaults={"interval": "500ms"})
+    data["nodes"][0]["probes"].append({"type": "tcp", "address": "h:1", "interval": "200ms"})
+    probes = parse_config(data).nodes[0].probes
+    assert [(p.interval, p.timeout) for p in probes] == [(0.5, 0.45), (0.2, 0.18)]
+    assert parse_config(minimal()).nodes[0].probes[0].timeout == 0.9
+    assert problems(minimal(defaults={"interval": "500ms", "timeout": "900ms"})) == [
+        "nodes[0].probes[0].timeout: 900ms is not shorter than interval 500ms"
+    ]
+
+
 def test_timeout_not_shorter_than_interval_names_the_path() -> None:
     data = minimal()
     data["nodes"][0]["probes"][0].update(interval="1s", timeout="2s")
