@@ -198,8 +198,11 @@ def decide(config: Config, st: ControllerState, now: float, wall: float) -> Deci
     node_views: dict[str, NodeView] = {}
     site_books: dict[str, SiteBook] = {}
     site_views: dict[str, SiteView] = {}
+    by_site: dict[str, list[Node]] = {}
+    for n in config.nodes:  # one pass, not one per site (O(sites x nodes) at 10,000 nodes)
+        by_site.setdefault(n.site, []).append(n)
     for site in config.sites:
-        nodes = [n for n in config.nodes if n.site == site.name]
+        nodes = by_site.get(site.name, [])
         plan = _plan_site(config, site, nodes, st, books)
         for name in plan.released:  # let back in early: its hold-down starts over if it fails
             books[name] = replace(books[name], held=False, up_since=None, back_at=now)

@@ -41,7 +41,12 @@ from failover.controller.state import (
     VerdictSource,
     shift_book,
 )
-from failover.controller.status import ControllerStatus, build_status
+from failover.controller.status import (
+    ControllerStatus,
+    ServiceStatus,
+    build_services,
+    build_status,
+)
 from failover.controller.store import ActionRecord, Store
 from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer
 from nodevigil.clock import Clock
@@ -51,6 +56,8 @@ from nodevigil.events import Event, EventBus, Subscription, Verdict
 from nodevigil.failpoints import failpoint
 
 log = logging.getLogger(__name__)
+
+PACE = 2.0  # rest this many times a cycle's duration before the next (see _loop)
 
 
 class Controller:
@@ -137,12 +144,19 @@ class Controller:
 
     async def _loop(self) -> None:
         while True:
+            started = time.perf_counter()
             try:
                 await self.run_once()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in one cycle must not end failover; the next cycle retries
                 log.exception("failover cycle failed; retrying on the next cycle")
+            # A cycle is O(nodes), ~0.1 s at 10,000 nodes, and a flapping fleet sends a verdict
+            # every few milliseconds: rest twice as long as the cycle took before the next one,
+            # so deciding never takes more than a third of the process (bench/load_bench.py).
+            # A small fleet's cycle takes a millisecond or two: no delay worth the name.
+            took = time.perf_counter() - started
+            await asyncio.sleep(min(PACE * took, self._config.failover.cycle))
             await self._wait()
 
     async def _wait(self) -> None:
@@ -403,6 +417,15 @@ class Controller:
                 self._report("store", "store", "delete", f"override {o.kind} {o.name}", exc)
 
     # --- read-only views ---------------------------------------------------------------------
+
+    @property
+    def last_cycle_at(self) -> float | None:
+        """Wall time the last cycle ended (None before the first)."""
+        return self._last_cycle_at
+
+    def services(self) -> list[ServiceStatus]:
+        """The services' availability as of the last cycle, without the per-node snapshot."""
+        return build_services(self._config, self._last)
 
     def status(self) -> ControllerStatus:
         """A snapshot for the API: nodes, sites and services as of the last cycle."""

@@ -105,9 +105,14 @@ def build_status(
                 override=override.as_dict() if override else None,
             )
         )
+    return ControllerStatus(nodes, sites, build_services(config, last), last_cycle_at)
+
+
+def build_services(config: Config, last: Decision | None) -> list[ServiceStatus]:
+    """The services' part of the snapshot alone (no per-node work: it is asked for often)."""
     services = []
     for svc in config.services:
         outage = last.book.outages.get(svc.name) if last else None
         available = last.available.get(svc.name, True) if last else True
         services.append(ServiceStatus(svc.name, available, outage.started_at if outage else None))
-    return ControllerStatus(nodes, sites, services, last_cycle_at)
+    return services
