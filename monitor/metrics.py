@@ -63,6 +63,18 @@ class MonitorMetrics:
             "Nodes held down by flap damping.",
             registry=registry,
         )
+        # Backlogs: each stays near a constant under a steady load; growth means overload.
+        self.probe_connections = Gauge(
+            "nodevigil_probe_connections",
+            "HTTP probe connections: idle (pooled), connecting, orphaned (a late answer is read).",
+            ["state"],
+            registry=registry,
+        )
+        self.probe_rounds = Gauge(
+            "nodevigil_probe_rounds_running",
+            "Probe rounds under way now.",
+            registry=registry,
+        )
 
     def set_verdict(self, node: str, site: str, verdict: Verdict) -> None:
         """Mark ``verdict`` as the node's current one."""

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -20,7 +21,7 @@ from monitor.probes.httpclient import ProbeSession
 from monitor.timers import Entry, Timers, clock_timers, loop_timers
 from monitor.verdict import NodeJudge, Transition
 from nodevigil.clock import Clock
-from nodevigil.config import Config, Node
+from nodevigil.config import Config, HttpProbe, Node
 from nodevigil.events import EventBus, Verdict, VerdictChange
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,13 @@ log = logging.getLogger(__name__)
 # so the monitor sheds load instead of collapsing: its own trouble must never drain a fleet.
 OVERLOAD_LAG = 0.1
 OVERLOAD_HOLD = 2.0
+# Which failures a stall can fake depends on the probe: an answer that arrived during a stall
+# is still read as a success, but a stall eats into a try's time to connect and answer, and
+# into a latency limit. A failure is not trusted when the loop was late, within the hold, by
+# more than this share of the probe's own budget (its timeout, or its max_latency if shorter):
+# 50 ms for a 100 ms probe, 250 ms for the default 500 ms. A fleet of 10,000 nodes has
+# decision cycles of ~0.1 s; with one flat threshold of 0.1 s they blinded the monitor for good.
+OVERLOAD_SHARE = 0.5
 
 
 @dataclass(slots=True)
@@ -40,6 +48,7 @@ class _Watched:
     schedules: list[_Schedule]
     probers: dict[str, Prober]
     counters: dict[tuple[str, str], Any]
+    budgets: dict[str, float]  # probe -> the time a stall could eat into (see OVERLOAD_SHARE)
 
 
 @dataclass(slots=True, eq=False)
@@ -81,8 +90,14 @@ class Monitor:
         self._session: ProbeSession | None = None
         self._flapping: set[str] = set()
         self._overloaded_until = 0.0
+        self._lags: deque[tuple[float, float]] = deque()  # (monotonic, lag) within the hold
         self._lag_task: asyncio.Task[None] | None = None
         self._timers: Timers | None = None
+        self._rounds = 0
+        self._durations: dict[str, Any] = {}  # probe type -> its histogram child
+        # Plain totals for benchmarks and the stats() view (the labelled series are per node).
+        self.outcomes = {"success": 0, "failure": 0, "inconclusive": 0}
+        self.skipped = 0
         board.on_offline = self._agent_offline
 
     async def __aenter__(self) -> Self:
@@ -90,6 +105,12 @@ class Monitor:
 
         self._session = make_session()
         self._timers = clock_timers(self._clock)  # one timer heap for every probe's schedule
+        session = self._session
+        for state in ("idle", "connecting", "orphaned"):
+            self._metrics.probe_connections.labels(state).set_function(
+                partial(lambda key: session.stats()[key], state)
+            )
+        self._metrics.probe_rounds.set_function(lambda: self._rounds)
         self._lag_task = asyncio.create_task(self._watch_lag(), name="monitor-lag")
         self.apply_config(self._config)
         return self
@@ -155,6 +176,19 @@ class Monitor:
             "probes": probes,
         }
 
+    def stats(self) -> dict[str, Any]:
+        """Totals and backlogs: results by outcome, rounds shed and running, connections."""
+        connections = self._session.stats() if self._session is not None else {}
+        return {
+            **self.outcomes,
+            "skipped": self.skipped,
+            "running": self._rounds,
+            "timers": len(self._timers) if self._timers is not None else 0,
+            "overloaded": self.overloaded(),
+            "flapping": len(self._flapping),
+            **{f"connections_{k}": v for k, v in connections.items()},
+        }
+
     def node_names(self) -> list[str]:
         """The watched nodes, in configuration order."""
         return list(self._watched)
@@ -185,7 +219,7 @@ class Monitor:
             flap=d.flap,
         )
         self._metrics.set_verdict(node.name, node.site, Verdict.UNKNOWN)
-        watched = _Watched(node, judge, [], {}, {})
+        watched = _Watched(node, judge, [], {}, {}, {})
         assert self._session is not None and self._timers is not None
         mqtt = self._config.mqtt
         grace = mqtt.reconnect_grace if mqtt else None
@@ -196,6 +230,10 @@ class Monitor:
             else:
                 prober = build_prober(spec, self._session)
             watched.probers[spec.label] = prober
+            budget = spec.timeout or d.timeout
+            if isinstance(spec, HttpProbe) and spec.max_latency is not None:
+                budget = min(budget, spec.max_latency)
+            watched.budgets[spec.label] = budget
             interval = spec.interval or d.interval
             schedule = _Schedule(
                 watched, spec.label, prober, interval, spec.type, f"probe:{node.name}/{spec.label}"
@@ -237,6 +275,7 @@ class Monitor:
             return
         if self._clock.monotonic() - schedule.next_at > schedule.interval / 2:
             self._metrics.probes_skipped.inc()  # shed load rather than pile it up
+            self.skipped += 1
             self._advance(schedule)
             return
         schedule.task = asyncio.get_running_loop().create_task(
@@ -244,9 +283,11 @@ class Monitor:
         )
 
     async def _round(self, schedule: _Schedule) -> None:
+        self._rounds += 1
         try:
             await self.run_probe(schedule.watched, schedule.probe, schedule.prober, schedule.kind)
         finally:
+            self._rounds -= 1
             schedule.task = None
             if not schedule.stopped:
                 self._advance(schedule)
@@ -271,18 +312,22 @@ class Monitor:
             log.exception("probe %s/%s crashed", watched.node.name, probe)
             ok, detail, decisive = False, f"probe error: {type(exc).__name__}", False
         duration = time.perf_counter() - started
-        if ok is False and not decisive and self.overloaded():
+        if ok is False and not decisive and self._stalled_for(watched.budgets[probe]):
             ok, detail = None, f"not trusted, the monitor is overloaded: {detail}"
         result = ProbeResult(
             ok, detail, duration, self._clock.wall(), self._config.vantage, decisive
         )
         outcome = "inconclusive" if ok is None else ("success" if ok else "failure")
+        self.outcomes[outcome] += 1
         counter = watched.counters.get((probe, outcome))
         if counter is None:  # label lookups cost more than the increment: keep the child
             counter = self._metrics.probe_results.labels(watched.node.name, probe, outcome)
             watched.counters[(probe, outcome)] = counter
         counter.inc()
-        self._metrics.probe_duration.labels(kind).observe(duration)
+        histogram = self._durations.get(kind)
+        if histogram is None:
+            histogram = self._durations[kind] = self._metrics.probe_duration.labels(kind)
+        histogram.observe(duration)
         transition = watched.judge.observe(probe, result, self._clock.monotonic())
         if transition is not None:
             self._publish(watched.node, transition)
@@ -315,6 +360,16 @@ class Monitor:
             log.info("node %s is %s: %s", node.name, t.new.value, t.reason)
         self._bus.publish(change.to_event())
 
+    def _stalled_for(self, budget: float) -> bool:
+        """Whether the loop was late, within the hold, by more than a share of ``budget``."""
+        lags = self._lags
+        if not lags:
+            return False
+        horizon = self._clock.monotonic() - OVERLOAD_HOLD
+        while lags and lags[0][0] < horizon:
+            lags.popleft()
+        return any(lag > OVERLOAD_SHARE * budget for _, lag in lags)
+
     def overloaded(self) -> bool:
         """Whether the event loop has been too late recently for failures to be trusted."""
         return self._clock.monotonic() < self._overloaded_until
@@ -325,6 +380,11 @@ class Monitor:
             started = time.monotonic()
             await asyncio.sleep(period)
             lag = time.monotonic() - started - period
+            now_mono = self._clock.monotonic()
+            if lag > OVERLOAD_LAG * OVERLOAD_SHARE / 2:  # a tenth of the shortest sane budget
+                self._lags.append((now_mono, lag))
+            while self._lags and self._lags[0][0] < now_mono - OVERLOAD_HOLD:
+                self._lags.popleft()
             if lag > OVERLOAD_LAG:
                 self._overloaded_until = self._clock.monotonic() + OVERLOAD_HOLD
             now = self.overloaded()
@@ -332,7 +392,9 @@ class Monitor:
                 self._metrics.overloaded.set(1 if now else 0)
                 if now:
                     log.warning(
-                        "monitor overloaded (loop %.0fms late): failures not trusted", lag * 1e3
+                        "monitor overloaded (loop %.0fms late): failures of probes whose "
+                        "timeout that lag could eat into are not trusted",
+                        lag * 1e3,
                     )
                 else:
                     log.info("monitor no longer overloaded")

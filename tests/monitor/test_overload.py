@@ -70,3 +70,47 @@ async def test_failures_during_a_stalled_loop_judge_nothing() -> None:
             within=10,
             what="dead node judged down after the overload",
         )
+
+
+async def test_a_stall_short_against_the_probe_timeout_does_not_blind_the_monitor() -> None:
+    """A 10,000-node fleet's decision cycles stall the loop ~0.1 s every second: a dead node
+    probed with a 900 ms timeout must still be judged down through such stalls."""
+    config = parse_config(
+        {
+            "defaults": {"interval": "1s", "timeout": "900ms", "rise": 1, "fall": 2},
+            "sites": [{"name": "s", "address": "192.0.2.1"}],
+            "nodes": [
+                {
+                    "name": "dead",
+                    "site": "s",
+                    "probes": [{"type": "tcp", "address": f"127.0.0.1:{free_port()}"}],
+                }
+            ],
+        }
+    )
+    clock = SystemClock()
+    stalling = True
+
+    async def stall() -> None:
+        while stalling:
+            time.sleep(0.15)  # noqa: ASYNC251 -- a decision cycle's worth of blocking
+            await asyncio.sleep(0.35)
+
+    async with Monitor(
+        config,
+        bus=EventBus(),
+        clock=clock,
+        metrics=MonitorMetrics(CollectorRegistry()),
+        board=HeartbeatBoard(clock),
+    ) as monitor:
+        staller = asyncio.create_task(stall())
+        try:
+            await poll_until(
+                lambda: asyncio.sleep(0, monitor.verdicts()["dead"] is Verdict.DOWN),
+                within=10,
+                what="dead node judged down through short stalls",
+            )
+            assert monitor.overloaded()  # the loop is late (the gauge says so) all the same
+        finally:
+            stalling = False
+            await staller
