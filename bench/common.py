@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import resource
 import socket
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +90,88 @@ async def _serve_targets(ports: int, max_seconds: float) -> None:
     watcher.cancel()
     for server in servers:
         server.close()
+
+
+FAILING = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n"
+    b"Connection: keep-alive\r\n\r\nsick"
+)
+
+
+class _SwitchableResponder(_Responder):
+    """Like _Responder, but answers 503 while its port's switch says failing."""
+
+    def __init__(self, failing: list[bool]) -> None:
+        super().__init__()
+        self._failing = failing
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        buffer = self._buffer + data
+        heads = buffer.count(b"\r\n\r\n")
+        if not heads:
+            self._buffer = buffer[-_MAX_BUFFER:]
+            return
+        end = buffer.rfind(b"\r\n\r\n") + 4
+        self._transport.write((FAILING if self._failing[0] else RESPONSE) * heads)
+        self._buffer = buffer[end:]
+
+
+async def _serve_switchable(ports: int, max_seconds: float) -> None:
+    """Serve ``ports`` ports; stdin lines ``fail P...`` / ``ok P...`` switch ports, each
+    acknowledged with one JSON line carrying the wall time the switch took effect."""
+    loop = asyncio.get_running_loop()
+    switches: dict[int, list[bool]] = {}
+    servers = []
+    for _ in range(ports):
+        failing = [False]
+        server = await loop.create_server(
+            functools.partial(_SwitchableResponder, failing), LOOPBACK, 0, backlog=1024
+        )
+        switches[server.sockets[0].getsockname()[1]] = failing
+        servers.append(server)
+    print(json.dumps({"ports": list(switches)}), flush=True)
+    reader = asyncio.StreamReader(limit=1 << 24)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    stop_at = loop.time() + max_seconds
+    try:
+        while loop.time() < stop_at:
+            try:
+                async with asyncio.timeout(max(stop_at - loop.time(), 0.0)):
+                    line = await reader.readline()
+            except TimeoutError:
+                break
+            if not line:
+                break  # the parent is gone or done with us
+            word, *numbers = line.split()
+            failing = word == b"fail"
+            for number in numbers:
+                switch = switches.get(int(number))
+                if switch is not None:
+                    switch[0] = failing
+            print(json.dumps({"at": time.time(), "switched": len(numbers)}), flush=True)
+    finally:
+        for server in servers:
+            server.close()
+
+
+def start_switchable_targets(ports: int) -> Child:
+    """The light target on ``ports`` ports whose answers the parent can switch to 503."""
+    return spawn_json(
+        [sys.executable, str(Path(__file__).resolve()), "switchable", "--ports", str(ports)],
+        timeout=300.0,
+    )
+
+
+def raise_fd_limit_to(wanted: int) -> int:
+    """Lift the open-files limit to ``wanted`` (the hard limit too, when we may); return it."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with contextlib.suppress(ValueError, OSError):  # only root may raise the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+    raise_fd_limit()
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def raise_fd_limit() -> None:
@@ -214,16 +298,22 @@ def quantile(values: Sequence[float], q: float) -> float:
 
 
 def main() -> None:
-    """Entry point of the helper processes (only ``target`` for now)."""
+    """Entry point of the helper processes (``target`` and ``switchable``)."""
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="role", required=True)
     target = sub.add_parser("target", help="serve 200 ok on loopback ports until stdin closes")
     target.add_argument("--ports", type=int, default=1)
     target.add_argument("--max-seconds", type=float, default=TARGET_LIFETIME)
+    switchable = sub.add_parser("switchable", help="like target; stdin switches ports to 503")
+    switchable.add_argument("--ports", type=int, default=1)
+    switchable.add_argument("--max-seconds", type=float, default=TARGET_LIFETIME)
     args = parser.parse_args()
     raise_fd_limit()
     if args.role == "target":
         asyncio.run(_serve_targets(args.ports, args.max_seconds))
+    elif args.role == "switchable":
+        raise_fd_limit_to(4 * args.ports + 1024)  # listeners, connections, hedged extras
+        asyncio.run(_serve_switchable(args.ports, args.max_seconds))
 
 
 if __name__ == "__main__":

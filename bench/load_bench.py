@@ -1,0 +1,905 @@
+"""Load benchmark: the whole daemon watching 10,000 nodes every second, 5 % of them flapping.
+
+Run: ``cd /work/main && .venv/bin/python bench/load_bench.py`` (5 minutes measured, about 9 in
+all) or ``--quick`` (1 minute measured, about 3 in all). ``--nodes N``, ``--minutes M``,
+``--peer-nodes N`` (0 skips the peer), ``--flap-share F``, ``--target-procs P``, ``--seed S``.
+Everything listens on 127.0.0.1 ephemeral ports and writes to a temp dir; every child process
+stops by itself when the benchmark goes away.
+
+1. Targets: ``bench/common.py switchable`` processes (the light asyncio responder), one port
+   per node, so that every node is its own keep-alive connection as in a real fleet. The
+   benchmark switches a port to ``503`` and back over the process's stdin; the process
+   acknowledges each switch with the wall time it took effect. Their CPU is reported apart.
+2. The daemon: ``nodevigil.daemon.Daemon`` (monitor, controller, event log, SLA bridge,
+   incidents, outbox, API) in a child process, as ``nodevigil run`` runs it (garbage collector
+   tuned), on a generated configuration: N nodes with one http probe each at the probe
+   defaults (1 s interval, and the defaults' timeout, hedged attempts, rise, fall and flap
+   damping), 20 sites behind recording local load balancers, 10 services of
+   two sites behind a recording global load balancer, ``failover.hold_down: 0s`` so that a
+   recovered node goes back at once and the benchmark sees the controller's reaction rather
+   than the hold-down policy. The child also samples itself every few seconds: event-loop lag
+   (a 100 ms ticker), garbage-collector pauses, probe totals, connection and round backlogs,
+   event-bus subscriber queues, the event log's unwritten events, controller cycles.
+3. Flaps: 5 % of the nodes, chosen at random, fail for 15 s out of every 45 s (random phase):
+   at most 6 verdict changes in 2 minutes, so flap damping (more than 6) never holds them.
+4. Outside view: the daemon's CPU (user + system, all threads) and RSS from psutil.
+5. Decisions, from the daemon's own event log (events.db) after it stopped: for every switch,
+   target switched -> ``node.down``/``node.up`` verdict -> ``lb.action`` (maint / ready).
+   Every other node must never be judged down (a false verdict).
+6. Peer, in the same run: the same pipeline at 1,000 nodes; ratios use medians.
+
+Roles ``--role daemon`` is internal: the script starts itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import itertools
+import json
+import logging
+import math
+import os
+import queue
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psutil
+
+from bench.common import Child, cpu_seconds, quantile, raise_fd_limit_to, start_switchable_targets
+
+SITES = 20
+SERVICES = 10
+DOWN_FOR, PERIOD = 15.0, 45.0  # seconds failing out of every period
+SAMPLE_EVERY = 5.0
+WARMUP = 20.0  # seconds before the measured window: start-up storm and first verdicts
+KEPT_UP_RATE = 0.97
+STALLS = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One measured run of the pipeline."""
+
+    nodes: int
+    seconds: float
+    flap_share: float
+    target_procs: int
+    seed: int
+
+
+# --- the daemon's side (child process) -------------------------------------------------------
+
+
+class LoopTicker:
+    """Event-loop lag: how late a 100 ms ticker wakes, every wake kept until taken."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+
+    async def run(self, period: float = 0.1) -> None:
+        """Tick forever."""
+        while True:
+            due = time.monotonic() + period
+            await asyncio.sleep(period)
+            self.lags.append(max(time.monotonic() - due, 0.0))
+
+    def take(self) -> list[float]:
+        """The lags since the last take (seconds, rounded to 0.1 ms)."""
+        lags, self.lags = self.lags, []
+        return [round(lag, 4) for lag in lags]
+
+
+class StallWatch:
+    """Where the event loop's thread is when the loop is late (a sampling thread, for --stalls)."""
+
+    def __init__(self, threshold: float = 0.1) -> None:
+        import collections
+        import traceback
+
+        self.beat = time.monotonic()
+        self.stacks: collections.Counter[str] = collections.Counter()
+        self._loop_thread = threading.get_ident()
+        self._threshold = threshold
+        self._format = traceback.format_stack
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    async def run(self) -> None:
+        """Beat every 10 ms."""
+        while True:
+            self.beat = time.monotonic()
+            await asyncio.sleep(0.01)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.01)
+            if time.monotonic() - self.beat > self._threshold:
+                frame = sys._current_frames().get(self._loop_thread)
+                if frame is not None:
+                    self.stacks["".join(self._format(frame)[-8:])] += 1
+
+    def report(self) -> str:
+        """The most frequent stacks seen while the loop was late."""
+        total = sum(self.stacks.values())
+        lines = [f"{total} samples (10 ms apart) while the loop was late:"]
+        for stack, count in self.stacks.most_common(8):
+            lines.append(f"--- {count} samples\n{stack}")
+        return "\n".join(lines)
+
+
+class GcWatch:
+    """Garbage-collector runs per generation and their pauses, kept per sample."""
+
+    def __init__(self) -> None:
+        self.runs = [0, 0, 0]
+        self.pause = 0.0
+        self.longest = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        self.runs[info["generation"]] += 1
+        self.pause += pause
+        self.longest = max(self.longest, pause)
+
+    def take(self) -> dict[str, Any]:
+        """Runs, total and longest pause since the last take."""
+        out = {"runs": self.runs, "pause": self.pause, "max": self.longest}
+        self.runs, self.pause, self.longest = [0, 0, 0], 0.0, 0.0
+        return out
+
+
+def _histogram(metric: Any) -> tuple[float, float]:
+    """(count, sum) of an unlabelled prometheus Histogram, read from its own collect()."""
+    count = total = 0.0
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+    return count, total
+
+
+def _trim_recordings(daemon: Any) -> int:
+    """The recording load balancers keep every call they ever got: a test aid that would grow
+    without bound here and count as the daemon's memory. Forget the calls (not the state)."""
+    trimmed = 0
+    lbs = {**getattr(daemon.controller, "_local", {}), **getattr(daemon.controller, "_global", {})}
+    for lb in lbs.values():
+        calls = getattr(lb, "calls", None)
+        if isinstance(calls, list):
+            trimmed += len(calls)
+            calls.clear()
+    return trimmed
+
+
+async def daemon_role(config_path: Path, sample_every: float, stalls: bool = False) -> None:
+    """Run the real daemon; print a hello line, then one JSON sample every ``sample_every``."""
+    from nodevigil.daemon import Daemon
+
+    raise_fd_limit_to(65536)
+    logging.basicConfig(
+        filename=str(config_path.parent / "daemon.log"),
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ticker, gcw = LoopTicker(), GcWatch()
+    daemon = Daemon(config_path, tune_gc=True)  # as ``nodevigil run`` does
+    run = asyncio.create_task(daemon.run(), name="daemon")
+    started = time.monotonic()
+    while getattr(daemon, "controller", None) is None or (
+        daemon.controller.status().last_cycle_at is None
+    ):
+        if run.done():
+            await run  # raises what stopped it
+            return
+        await asyncio.sleep(0.05)
+    print(json.dumps({"pid": os.getpid(), "ready_after": time.monotonic() - started}), flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def stop_on_eof() -> None:
+        await reader.read()
+        daemon.request_stop()
+
+    helpers = [
+        asyncio.create_task(stop_on_eof(), name="stdin"),
+        asyncio.create_task(ticker.run(), name="ticker"),
+    ]
+    stall = StallWatch() if stalls else None
+    if stall is not None:
+        helpers.append(asyncio.create_task(stall.run(), name="stalls"))
+    ticker.take()
+    gcw.take()
+    try:
+        while not run.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(sample_every):
+                    await asyncio.shield(run)
+            if run.done():
+                break
+            cycles, cycle_time = _histogram(daemon.controller.metrics.cycle_seconds)
+            events = daemon.context.events
+            sample = {
+                "t": time.monotonic(),
+                "wall": time.time(),
+                "probes": daemon.monitor.stats(),
+                "lag": ticker.take(),
+                "gc": gcw.take(),
+                "bus": daemon.bus.depth(),
+                "eventlog": events.waiting,
+                "eventlog_dropped": events.dropped,
+                "tasks": len(asyncio.all_tasks()),
+                "cycles": cycles,
+                "cycle_time": cycle_time,
+                "lb_calls": _trim_recordings(daemon),
+            }
+            print(json.dumps(sample), flush=True)
+        await run
+    finally:
+        for task in helpers:
+            task.cancel()
+        if stall is not None:
+            print(stall.report(), file=sys.stderr, flush=True)
+
+
+# --- configuration and flaps -----------------------------------------------------------------
+
+
+def build_config(workdir: Path, ports: list[int], nodes: int) -> Path:
+    """The daemon's configuration file: ``nodes`` nodes on ``ports`` (one each)."""
+    lbs: dict[str, Any] = {f"lb-{s:02d}": {"type": "recording"} for s in range(SITES)}
+    lbs["gslb"] = {"type": "recording"}
+    config = {
+        "vantage": "loadbench",
+        "state_dir": str(workdir / "state"),
+        "api": {"listen": "127.0.0.1:0"},
+        "failover": {"hold_down": "0s"},
+        "load_balancers": lbs,
+        "sites": [
+            {
+                "name": f"s{s:02d}",
+                "address": f"198.51.100.{s + 1}",
+                "local_lb": f"lb-{s:02d}",
+            }
+            for s in range(SITES)
+        ],
+        "services": [
+            {
+                "name": f"svc{v:02d}",
+                "sites": [f"s{2 * v:02d}", f"s{2 * v + 1:02d}"],
+                "global_lb": "gslb",
+                "record": f"svc{v:02d}",
+            }
+            for v in range(SERVICES)
+        ],
+        "nodes": [
+            {
+                "name": f"n{i:05d}",
+                "site": f"s{i % SITES:02d}",
+                "probes": [{"type": "http", "url": f"http://127.0.0.1:{ports[i]}/healthz"}],
+            }
+            for i in range(nodes)
+        ],
+    }
+    path = workdir / "nodevigil.json"  # YAML is a superset of JSON: the loader reads it
+    path.write_text(json.dumps(config))
+    return path
+
+
+@dataclass(frozen=True, order=True)
+class Switch:
+    """A flapping node's target turning failing (``fail``) or healthy at ``at`` (monotonic)."""
+
+    at: float
+    node: str = field(compare=False)
+    port: int = field(compare=False)
+    fail: bool = field(compare=False)
+
+
+def flap_schedule(plan: Plan, ports: list[int], start: float) -> list[Switch]:
+    """Every switch of every flapping node over the run, in time order."""
+    rng = random.Random(plan.seed)
+    count = round(plan.nodes * plan.flap_share)
+    flappers = sorted(rng.sample(range(plan.nodes), count))
+    end = start + plan.seconds + WARMUP
+    switches = []
+    for i in flappers:
+        at = start + rng.uniform(0, PERIOD)  # the first failure
+        while at < end:
+            switches.append(Switch(at, f"n{i:05d}", ports[i], True))
+            if at + DOWN_FOR < end:
+                switches.append(Switch(at + DOWN_FOR, f"n{i:05d}", ports[i], False))
+            at += PERIOD
+    return sorted(switches)
+
+
+# --- the parent: orchestration and measurement -----------------------------------------------
+
+
+class Targets:
+    """The target processes; switches ports and keeps the time each switch took effect."""
+
+    def __init__(self, ports_per_proc: list[int]) -> None:
+        self.children: list[Child] = []
+        self.owner: dict[int, int] = {}
+        self._acks: list[queue.Queue[dict[str, Any]]] = []
+        for count in ports_per_proc:
+            child = start_switchable_targets(count)
+            index = len(self.children)
+            self.children.append(child)
+            for port in child.hello["ports"]:
+                self.owner[port] = index
+            acks: queue.Queue[dict[str, Any]] = queue.Queue()
+            self._acks.append(acks)
+            threading.Thread(target=self._read, args=(child, acks), daemon=True).start()
+
+    @property
+    def ports(self) -> list[int]:
+        """Every port, in process order."""
+        return [p for child in self.children for p in child.hello["ports"]]
+
+    @staticmethod
+    def _read(child: Child, acks: queue.Queue[dict[str, Any]]) -> None:
+        assert child.process.stdout is not None
+        for line in child.process.stdout:
+            with contextlib.suppress(ValueError):
+                acks.put(json.loads(line))
+
+    def switch(self, ports: list[int], fail: bool) -> float:
+        """Switch ``ports``; return the (latest) wall time the switch took effect."""
+        by_proc: dict[int, list[int]] = {}
+        for port in ports:
+            by_proc.setdefault(self.owner[port], []).append(port)
+        at = 0.0
+        for index, group in by_proc.items():
+            stdin = self.children[index].process.stdin
+            assert stdin is not None
+            stdin.write(f"{'fail' if fail else 'ok'} {' '.join(map(str, group))}\n")
+            stdin.flush()
+        for index in by_proc:
+            at = max(at, float(self._acks[index].get(timeout=30)["at"]))
+        return at
+
+    def cpu(self) -> float:
+        """CPU seconds of every target process."""
+        return sum(cpu_seconds(child.pid) for child in self.children)
+
+    def stop(self) -> None:
+        """Stop every target process."""
+        for child in self.children:
+            child.stop()
+
+
+class DaemonChild:
+    """The daemon's child process and the samples it prints."""
+
+    def __init__(self, config: Path) -> None:
+        args = [sys.executable, str(Path(__file__).resolve()), "--role", "daemon"]
+        args += ["--config", str(config), "--sample", str(SAMPLE_EVERY)]
+        if STALLS:
+            args.append("--stalls")
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
+        self.samples: list[dict[str, Any]] = []
+        self.outside: list[dict[str, float]] = []
+        self._hello: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.hello = self._hello.get(timeout=600)
+        self.ps = psutil.Process(self.process.pid)
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        first = True
+        for line in self.process.stdout:
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if first:
+                self._hello.put(data)
+                first = False
+            else:
+                self.samples.append(data)
+        if first:
+            self._hello.put({"error": f"the daemon exited ({self.process.wait()})"})
+
+    def look(self) -> None:
+        """The outside view: CPU seconds, RSS, open files (psutil, all threads)."""
+        times = self.ps.cpu_times()
+        self.outside.append(
+            {
+                "t": time.monotonic(),
+                "cpu": times.user + times.system,
+                "rss": self.ps.memory_info().rss / (1 << 20),
+                "fds": float(self.ps.num_fds()),
+            }
+        )
+
+    def stop(self) -> None:
+        """Ask the daemon to stop (stdin EOF) and wait for it."""
+        assert self.process.stdin is not None
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class RunResult:
+    """What one run measured."""
+
+    plan: Plan
+    samples: list[dict[str, Any]]
+    outside: list[dict[str, float]]
+    switches: list[tuple[Switch, float]]  # each switch and the wall time it took effect
+    events: list[tuple[str, str, float, dict[str, Any]]]
+    start_wall: float
+    start_mono: float
+    ready_after: float
+    target_cpu: float
+    wall: float
+
+
+def run_pipeline(plan: Plan, log: Any) -> RunResult:
+    """Targets, the daemon, the flaps and the samples for one plan."""
+    per_proc = [
+        plan.nodes // plan.target_procs + (i < plan.nodes % plan.target_procs)
+        for i in range(plan.target_procs)
+    ]
+    log(f"  starting {plan.target_procs} target processes ({plan.nodes} ports)")
+    targets = Targets(per_proc)
+    try:
+        with tempfile.TemporaryDirectory(prefix="load-bench-") as tmp:
+            config = build_config(Path(tmp), targets.ports, plan.nodes)
+            log(f"  starting the daemon on {plan.nodes} nodes")
+            daemon = DaemonChild(config)
+            if "error" in daemon.hello:
+                raise RuntimeError(daemon.hello["error"])
+            try:
+                result = _drive(plan, targets, daemon, log)
+            finally:
+                daemon.stop()
+            result.events = read_events(Path(tmp) / "state" / "events.db")
+            result.ready_after = float(daemon.hello["ready_after"])
+            return result
+    finally:
+        targets.stop()
+
+
+def _drive(plan: Plan, targets: Targets, daemon: DaemonChild, log: Any) -> RunResult:
+    start_mono, start_wall = time.monotonic(), time.time()
+    target_cpu0 = targets.cpu()
+    schedule = flap_schedule(plan, targets.ports, start_mono)
+    end = start_mono + WARMUP + plan.seconds
+    switched: list[tuple[Switch, float]] = []
+    next_look = start_mono
+    next_note = start_mono + 60
+    pending = list(reversed(schedule))
+    while time.monotonic() < end:
+        now = time.monotonic()
+        if now >= next_look:
+            daemon.look()
+            next_look += SAMPLE_EVERY
+        if now >= next_note:
+            log(f"  {now - start_mono:.0f}s: {_progress(daemon)}")
+            next_note += 60
+        due: dict[bool, list[Switch]] = {True: [], False: []}
+        while pending and pending[-1].at <= now + 0.002:
+            switch = pending.pop()
+            due[switch.fail].append(switch)
+        for fail, group in due.items():
+            if group:
+                at = targets.switch([s.port for s in group], fail)
+                switched.extend((s, at) for s in group)
+        upcoming = min(next_look, end, pending[-1].at if pending else end)
+        time.sleep(max(0.0, min(upcoming - time.monotonic(), 0.05)))
+    daemon.look()
+    # Heal every target before stopping, so the last samples are not mid-flap.
+    return RunResult(
+        plan=plan,
+        samples=daemon.samples,
+        outside=daemon.outside,
+        switches=switched,
+        events=[],
+        start_wall=start_wall,
+        start_mono=start_mono,
+        ready_after=0.0,
+        target_cpu=targets.cpu() - target_cpu0,
+        wall=time.monotonic() - start_mono,
+    )
+
+
+def _progress(daemon: DaemonChild) -> str:
+    if len(daemon.samples) < 2 or len(daemon.outside) < 2:
+        return "warming up"
+    a, b = daemon.samples[-2], daemon.samples[-1]
+    done = _total(b) - _total(a)
+    o1, o2 = daemon.outside[-2], daemon.outside[-1]
+    cores = (o2["cpu"] - o1["cpu"]) / max(o2["t"] - o1["t"], 1e-9)
+    return (
+        f"{done / (b['t'] - a['t']):.0f} probes/s, {cores:.2f} cores, "
+        f"RSS {o2['rss']:.0f} MiB, loop lag max {max(b['lag'], default=0) * 1000:.0f} ms"
+    )
+
+
+def read_events(path: Path) -> list[tuple[str, str, float, dict[str, Any]]]:
+    """Verdicts and load-balancer actions from the daemon's event log, in time order."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        rows = db.execute(
+            "SELECT kind, subject, at, data FROM events "
+            "WHERE kind IN ('node.down', 'node.up', 'lb.action') ORDER BY at"
+        ).fetchall()
+    return [(kind, subject, at, json.loads(data)) for kind, subject, at, data in rows]
+
+
+# --- analysis --------------------------------------------------------------------------------
+
+
+def _total(sample: dict[str, Any]) -> float:
+    p = sample["probes"]
+    return float(p["success"] + p["failure"] + p["inconclusive"])
+
+
+@dataclass
+class Decision:
+    """One switch and what the daemon made of it."""
+
+    switch: Switch
+    switched_at: float  # wall
+    verdict_at: float | None
+    action_at: float | None
+
+    @property
+    def verdict_lag(self) -> float | None:
+        """Target switched -> verdict, seconds."""
+        return None if self.verdict_at is None else self.verdict_at - self.switched_at
+
+    @property
+    def action_lag(self) -> float | None:
+        """Verdict -> load-balancer action, seconds."""
+        if self.verdict_at is None or self.action_at is None:
+            return None
+        return self.action_at - self.verdict_at
+
+
+def decisions(result: RunResult) -> tuple[list[Decision], list[str]]:
+    """Match each switch with its verdict and action; list the false verdicts."""
+    by_node: dict[str, list[tuple[str, float, dict[str, Any]]]] = {}
+    for kind, subject, at, data in result.events:
+        by_node.setdefault(subject, []).append((kind, at, data))
+    flappers = {s.node for s, _ in result.switches}
+    # A verdict counts for a switch only if it came before the node's next switch: a failure
+    # the daemon missed must not be matched with the next period's verdict.
+    following: dict[tuple[str, float], float] = {}
+    last_at: dict[str, float] = {}
+    for switch, at in sorted(result.switches, key=lambda pair: pair[1], reverse=True):
+        following[(switch.node, at)] = last_at.get(switch.node, float("inf"))
+        last_at[switch.node] = at
+    out = []
+    for switch, at in result.switches:
+        kind = "node.down" if switch.fail else "node.up"
+        wanted = "maint" if switch.fail else "ready"
+        events = by_node.get(switch.node, [])
+        until = following[(switch.node, at)]
+        verdict = next((t for k, t, _ in events if k == kind and at <= t < until), None)
+        action = None
+        if verdict is not None:
+            action = next(
+                (
+                    t
+                    for k, t, d in events
+                    if k == "lb.action" and d.get("new") == wanted and verdict <= t < until
+                ),
+                None,
+            )
+        out.append(Decision(switch, at, verdict, action))
+    false = [
+        f"{subject} {kind} at {at - result.start_wall:.1f}s: {data.get('reason', '')}"
+        for kind, subject, at, data in result.events
+        if kind == "node.down" and subject not in flappers
+    ]
+    return out, false
+
+
+def _in(decision: Decision, window: tuple[float, float], until: float) -> bool:
+    """Whether a switch falls in ``window`` (wall) and had time to be decided before ``until``."""
+    return window[0] <= decision.switched_at < window[1] and decision.switched_at < until - 10
+
+
+def _lags(values: list[float | None]) -> tuple[float, float, float, int]:
+    got = [v for v in values if v is not None]
+    return quantile(got, 0.5), quantile(got, 0.95), max(got, default=float("nan")), len(got)
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) points, per minute."""
+    if len(points) < 3:
+        return float("nan")
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if var == 0:
+        return float("nan")
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var * 60
+
+
+@dataclass
+class Window:
+    """Figures of one stretch of the run (a minute, or the whole measured window)."""
+
+    label: str
+    rate: float
+    ok: float
+    skipped: float
+    cores: float
+    rss: float
+    lag_p50: float
+    lag_p99: float
+    lag_max: float
+    gc_pause: float  # seconds per second
+    gc_max: float
+    bus: float
+    eventlog: float
+    orphaned: float
+    running: float
+    cycles: float  # controller cycles per second
+    cycle_ms: float  # mean cycle duration
+    flaps: int
+    verdict: tuple[float, float, float, int]
+    action: tuple[float, float, float, int]
+    decided: int
+
+
+def window(
+    result: RunResult, label: str, t0: float, t1: float, made: list[Decision]
+) -> Window | None:
+    """Figures between ``t0`` and ``t1`` seconds after the start (monotonic)."""
+    base = result.start_mono
+    samples = [s for s in result.samples if t0 <= s["t"] - base <= t1]
+    outside = [o for o in result.outside if t0 <= o["t"] - base <= t1]
+    if len(samples) < 2 or len(outside) < 2:
+        return None
+    first, last = samples[0], samples[-1]
+    span = last["t"] - first["t"]
+    done = _total(last) - _total(first)
+    ok = last["probes"]["success"] - first["probes"]["success"]
+    cores = (outside[-1]["cpu"] - outside[0]["cpu"]) / (outside[-1]["t"] - outside[0]["t"])
+    later = samples[1:]
+    lags = [lag for s in later for lag in s["lag"]]
+    wall0, wall1 = result.start_wall + t0, result.start_wall + t1
+    end_wall = result.start_wall + result.wall
+    picked = [d for d in made if _in(d, (wall0, wall1), end_wall)]
+    return Window(
+        label=label,
+        rate=done / span,
+        ok=ok / done if done else float("nan"),
+        skipped=(last["probes"]["skipped"] - first["probes"]["skipped"]) / span,
+        cores=cores,
+        rss=outside[-1]["rss"],
+        lag_p50=quantile(lags, 0.5),
+        lag_p99=quantile(lags, 0.99),
+        lag_max=max(lags, default=float("nan")),
+        gc_pause=sum(s["gc"]["pause"] for s in later) / span,
+        gc_max=max(s["gc"]["max"] for s in later),
+        bus=max(s["bus"] for s in later),
+        eventlog=max(s["eventlog"] for s in later),
+        orphaned=max(s["probes"].get("connections_orphaned", 0) for s in later),
+        running=max(s["probes"]["running"] for s in later),
+        cycles=(last["cycles"] - first["cycles"]) / span,
+        cycle_ms=(last["cycle_time"] - first["cycle_time"])
+        / max(last["cycles"] - first["cycles"], 1)
+        * 1000,
+        flaps=len(picked),
+        verdict=_lags([d.verdict_lag for d in picked]),
+        action=_lags([d.action_lag for d in picked]),
+        decided=sum(d.action_at is not None for d in picked),
+    )
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.0f}"
+
+
+def print_table(result: RunResult, made: list[Decision]) -> list[Window]:
+    """One row per minute (the first includes the start-up) and the measured window."""
+    plan = result.plan
+    rows: list[Window] = []
+    total = WARMUP + plan.seconds
+    edges = [0.0, WARMUP, *[WARMUP + 60 * k for k in range(1, int(plan.seconds // 60) + 1)]]
+    if edges[-1] < total - 1:
+        edges.append(total)
+    for i in range(len(edges) - 1):
+        label = "warm-up" if i == 0 else f"min {i}"
+        w = window(result, label, edges[i], edges[i + 1], made)
+        if w is not None:
+            rows.append(w)
+    head = (
+        f"{'window':<9}{'probes/s':>9}{'ok':>7}{'shed/s':>7}{'cores':>6}{'RSS':>6}"
+        f"{'lag50':>6}{'lag99':>6}{'lagmax':>7}{'gc%':>5}{'gcmax':>6}{'bus':>5}{'elog':>5}{'orph':>5}"
+        f"{'run':>5}{'cyc/s':>6}{'cyc ms':>7}{'flaps':>6}{'verdict p50/p95':>16}"
+        f"{'action p50/p95':>15}{'decided':>8}"
+    )
+    print(head)
+    for w in rows:
+        print(
+            f"{w.label:<9}{w.rate:>9.0f}{w.ok:>7.1%}{w.skipped:>7.0f}{w.cores:>6.2f}"
+            f"{w.rss:>6.0f}{_ms(w.lag_p50):>6}{_ms(w.lag_p99):>6}{_ms(w.lag_max):>7}{w.gc_pause:>5.1%}"
+            f"{_ms(w.gc_max):>6}{w.bus:>5.0f}{w.eventlog:>5.0f}{w.orphaned:>5.0f}{w.running:>5.0f}"
+            f"{w.cycles:>6.1f}{w.cycle_ms:>7.1f}"
+            f"{w.flaps:>6}{_ms(w.verdict[0]):>9}/{_ms(w.verdict[1]):<6}"
+            f"{_ms(w.action[0]):>8}/{_ms(w.action[1]):<6}{w.decided:>8}"
+        )
+    return rows
+
+
+def summarize(result: RunResult) -> dict[str, Any]:
+    """The measured window (after the warm-up) and its verdicts, printed and returned."""
+    plan = result.plan
+    made, false = decisions(result)
+    print(f"\n--- {plan.nodes} nodes @ 1s, {plan.flap_share:.0%} flapping, ", end="")
+    print(f"{plan.seconds:.0f}s measured after {WARMUP:.0f}s warm-up ---")
+    print(f"daemon ready (API up, first controller cycle) {result.ready_after:.1f}s after start")
+    rows = print_table(result, made)
+    whole = window(result, "measured", WARMUP, WARMUP + plan.seconds, made)
+    if whole is None:
+        raise RuntimeError("no samples in the measured window")
+    base = result.start_mono
+    steady = [o for o in result.outside if o["t"] - base >= WARMUP]
+    samples = [s for s in result.samples if s["t"] - base >= WARMUP]
+    intervals = list(itertools.pairwise(steady))
+    core_points = [(b["t"] - base, (b["cpu"] - a["cpu"]) / (b["t"] - a["t"])) for a, b in intervals]
+    rss_points = [(o["t"] - base, o["rss"]) for o in steady]
+    lag_points = [(s["t"] - base, quantile(s["lag"], 0.99)) for s in samples[1:]]
+    offered = plan.nodes / 1.0
+    minutes = [w for w in rows if w.label.startswith("min")]
+    first, last = (minutes[0], minutes[-1]) if minutes else (whole, whole)
+    print(
+        f"first vs last minute: probes/s {first.rate:.0f} -> {last.rate:.0f}, cores "
+        f"{first.cores:.2f} -> {last.cores:.2f}, RSS {first.rss:.0f} -> {last.rss:.0f} MiB, "
+        f"lag p99 {_ms(first.lag_p99)} -> {_ms(last.lag_p99)} ms"
+    )
+    print(
+        f"slopes over the measured window: CPU {_slope(core_points):+.3f} cores/min, "
+        f"RSS {_slope(rss_points):+.2f} MiB/min, lag p99 {_slope(lag_points) * 1000:+.2f} ms/min"
+    )
+    settled = [d for d in made if d.switched_at < result.start_wall + result.wall - 10]
+    missing_verdict = sum(d.verdict_at is None for d in settled)
+    missing_action = sum(d.verdict_at is not None and d.action_at is None for d in settled)
+    downs = [d for d in settled if d.switch.fail]
+    ups = [d for d in settled if not d.switch.fail]
+    print(
+        f"decisions over the whole run: {len(settled)} switches, verdict missing "
+        f"{missing_verdict}, action missing {missing_action}; false verdicts (a steady node "
+        f"judged down): {len(false)}"
+    )
+    for name, group in (("failing -> down", downs), ("healthy -> up", ups)):
+        v = _lags([d.verdict_lag for d in group])
+        a = _lags([d.action_lag for d in group])
+        print(
+            f"  {name:<16} verdict p50 {_ms(v[0])} p95 {_ms(v[1])} max {_ms(v[2])} ms; "
+            f"lb action after it p50 {_ms(a[0])} p95 {_ms(a[1])} max {_ms(a[2])} ms"
+        )
+    for line in false[:5]:
+        print(f"  false: {line}")
+    kept = all(w.rate >= KEPT_UP_RATE * offered for w in minutes) and whole.rate >= (
+        KEPT_UP_RATE * offered
+    )
+    per_probe = whole.cores / whole.rate * 1e6 if whole.rate else float("nan")
+    gc_runs = [sum(s["gc"]["runs"][g] for s in samples[1:]) for g in range(3)]
+    print(
+        f"measured window: {whole.rate:.0f} of {offered:.0f} probes/s offered "
+        f"({whole.rate / offered:.1%}), {per_probe:.0f} CPU-us per probe, "
+        f"target processes {result.target_cpu / result.wall:.2f} cores; GC runs by generation "
+        f"{gc_runs}, pause max {_ms(whole.gc_max)} ms; open files "
+        f"{max(o['fds'] for o in steady):.0f}"
+    )
+    print(f"kept up (>= {KEPT_UP_RATE:.0%} of the offered rate every minute): {kept}")
+    return {
+        "nodes": plan.nodes,
+        "whole": whole,
+        "per_probe_us": per_probe,
+        "kept_up": kept,
+        "false": len(false),
+        "missing": missing_verdict + missing_action,
+        "down_verdict": _lags([d.verdict_lag for d in downs]),
+        "up_verdict": _lags([d.verdict_lag for d in ups]),
+        "action": _lags([d.action_lag for d in settled]),
+    }
+
+
+def print_ratios(main: dict[str, Any], peer: dict[str, Any]) -> None:
+    """The main run against the peer (same pipeline, fewer nodes), medians."""
+    m, p = main["whole"], peer["whole"]
+    print(f"\n--- {main['nodes']} nodes against the peer at {peer['nodes']} (same run) ---")
+    rows = [
+        ("CPU-us per probe", main["per_probe_us"], peer["per_probe_us"]),
+        ("loop lag p50 (ms)", m.lag_p50 * 1000, p.lag_p50 * 1000),
+        ("loop lag p99 (ms)", m.lag_p99 * 1000, p.lag_p99 * 1000),
+        ("GC time share", m.gc_pause * 100, p.gc_pause * 100),
+        ("down verdict p50 (ms)", main["down_verdict"][0] * 1000, peer["down_verdict"][0] * 1000),
+        ("up verdict p50 (ms)", main["up_verdict"][0] * 1000, peer["up_verdict"][0] * 1000),
+        ("lb action after verdict p50 (ms)", main["action"][0] * 1000, peer["action"][0] * 1000),
+        ("RSS per 1,000 nodes (MiB)", m.rss / main["nodes"] * 1000, p.rss / peer["nodes"] * 1000),
+    ]
+    print(f"{'':<34}{main['nodes']:>10}{peer['nodes']:>10}{'ratio':>8}")
+    for name, a, b in rows:
+        ratio = a / b if b else float("nan")
+        print(f"{name:<34}{a:>10.1f}{b:>10.1f}{ratio:>7.2f}x")
+
+
+def main_parent(args: argparse.Namespace) -> None:
+    """Run the peer and the main plan, print both and the ratios."""
+    started = time.monotonic()
+    raise_fd_limit_to(65536)
+    seconds = 60.0 * (1 if args.quick else args.minutes)
+    plan = Plan(args.nodes, seconds, args.flap_share, args.target_procs, args.seed)
+    command = "cd /work/main && .venv/bin/python bench/load_bench.py" + " ".join(
+        ["", *sys.argv[1:]]
+    )
+
+    def log(text: str) -> None:
+        print(text, flush=True)
+
+    peer_summary = None
+    if args.peer_nodes:
+        peer = Plan(args.peer_nodes, 30.0 if args.quick else 60.0, args.flap_share, 1, args.seed)
+        log(f"peer: {peer.nodes} nodes for {WARMUP + peer.seconds:.0f}s")
+        peer_summary = summarize(run_pipeline(peer, log))
+    log(f"\nmain: {plan.nodes} nodes for {WARMUP + plan.seconds:.0f}s")
+    main_summary = summarize(run_pipeline(plan, log))
+    if peer_summary is not None:
+        print_ratios(main_summary, peer_summary)
+    print(f"\ncommand: {command}\ntotal time: {time.monotonic() - started:.0f}s")
+
+
+def main() -> None:
+    """Parse arguments; run as the parent or as the daemon child."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 measured minute, short peer")
+    parser.add_argument("--nodes", type=int, default=10_000)
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--peer-nodes", type=int, default=1_000, help="0 skips the peer")
+    parser.add_argument("--flap-share", type=float, default=0.05)
+    parser.add_argument("--target-procs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--stalls", action="store_true", help="the daemon prints where its loop was late"
+    )
+    parser.add_argument("--role", choices=["daemon"], help=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--sample", type=float, default=SAMPLE_EVERY, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "daemon":
+        asyncio.run(daemon_role(args.config, args.sample, args.stalls))
+    else:
+        global STALLS  # noqa: PLW0603 -- passed on to the daemon child
+        STALLS = args.stalls
+        main_parent(args)
+
+
+if __name__ == "__main__":
+    main()
