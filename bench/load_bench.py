@@ -739,7 +739,7 @@ def print_table(result: RunResult, made: list[Decision]) -> list[Window]:
             rows.append(w)
     head = (
         f"{'window':<9}{'probes/s':>9}{'ok':>7}{'shed/s':>7}{'cores':>6}{'RSS':>6}"
-        f"{'lag50':>6}{'lag99':>6}{'lagmax':>7}{'gc%':>5}{'gcmax':>6}{'bus':>5}{'elog':>5}{'orph':>5}"
+        f"{'lag50':>6}{'lag99':>6}{'lagmax':>7}{'gc%':>6}{'gcmax':>6}{'bus':>5}{'elog':>5}{'orph':>5}"
         f"{'run':>5}{'cyc/s':>6}{'cyc ms':>7}{'flaps':>6}{'verdict p50/p95':>16}"
         f"{'action p50/p95':>15}{'decided':>8}"
     )
@@ -747,7 +747,7 @@ def print_table(result: RunResult, made: list[Decision]) -> list[Window]:
     for w in rows:
         print(
             f"{w.label:<9}{w.rate:>9.0f}{w.ok:>7.1%}{w.skipped:>7.0f}{w.cores:>6.2f}"
-            f"{w.rss:>6.0f}{_ms(w.lag_p50):>6}{_ms(w.lag_p99):>6}{_ms(w.lag_max):>7}{w.gc_pause:>5.1%}"
+            f"{w.rss:>6.0f}{_ms(w.lag_p50):>6}{_ms(w.lag_p99):>6}{_ms(w.lag_max):>7}{w.gc_pause:>6.1%}"
             f"{_ms(w.gc_max):>6}{w.bus:>5.0f}{w.eventlog:>5.0f}{w.orphaned:>5.0f}{w.running:>5.0f}"
             f"{w.cycles:>6.1f}{w.cycle_ms:>7.1f}"
             f"{w.flaps:>6}{_ms(w.verdict[0]):>9}/{_ms(w.verdict[1]):<6}"

@@ -28,6 +28,7 @@ import array
 import asyncio
 import contextlib
 import cProfile
+import gc
 import io
 import json
 import logging
@@ -274,6 +275,7 @@ async def run_nodevigil(
     from monitor.heartbeat import HeartbeatBoard
     from monitor.metrics import MonitorMetrics
     from monitor.monitor import Monitor
+    from nodevigil.daemon import freeze_long_lived
     from nodevigil.events import EventBus
     from nodevigil.metrics import DaemonMetrics
 
@@ -293,8 +295,10 @@ async def run_nodevigil(
     )
     async with monitor:
         setup = time.monotonic() - setup_started
+        freeze_long_lived()  # the garbage collector tuned as `nodevigil run` tunes it
         lag_task = asyncio.create_task(daemon_metrics.watch_loop_lag())
         await asyncio.sleep(warmup)
+        gc.freeze()  # as the daemon does once the first rounds opened their connections
         profiler = cProfile.Profile() if profile else None
         clock.recording = True
         start = (time.monotonic(), cpu_seconds(), _results(registry))
