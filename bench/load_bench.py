@@ -79,6 +79,7 @@ class Plan:
     flap_share: float
     target_procs: int
     seed: int
+    scrape_every: float = 15.0
 
 
 # --- the daemon's side (child process) -------------------------------------------------------
@@ -205,14 +206,17 @@ async def daemon_role(config_path: Path, sample_every: float, stalls: bool = Fal
     daemon = Daemon(config_path, tune_gc=True)  # as ``nodevigil run`` does
     run = asyncio.create_task(daemon.run(), name="daemon")
     started = time.monotonic()
-    while getattr(daemon, "controller", None) is None or (
-        daemon.controller.status().last_cycle_at is None
+    while (
+        getattr(daemon, "controller", None) is None
+        or daemon.controller.last_cycle_at is None
+        or daemon.api_port is None
     ):
         if run.done():
             await run  # raises what stopped it
             return
         await asyncio.sleep(0.05)
-    print(json.dumps({"pid": os.getpid(), "ready_after": time.monotonic() - started}), flush=True)
+    hello = {"pid": os.getpid(), "ready_after": time.monotonic() - started}
+    print(json.dumps({**hello, "api_port": daemon.api_port}), flush=True)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -448,6 +452,37 @@ class DaemonChild:
             self.process.wait()
 
 
+class Scraper:
+    """Prometheus' part: GET /metrics every ``every`` seconds, as a scrape job would."""
+
+    def __init__(self, port: int, every: float) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.every = every
+        self.times: list[float] = []
+        self.sizes: list[int] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        if every > 0:
+            self._thread.start()
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(self.every):
+            started = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url, timeout=30) as response:
+                    self.sizes.append(len(response.read()))
+                self.times.append(time.monotonic() - started)
+            except OSError:
+                self.errors += 1
+
+    def stop(self) -> None:
+        """Stop scraping."""
+        self._stop.set()
+
+
 @dataclass
 class RunResult:
     """What one run measured."""
@@ -462,6 +497,9 @@ class RunResult:
     ready_after: float
     target_cpu: float
     wall: float
+    scrapes: list[float] = field(default_factory=list)  # seconds per /metrics scrape
+    scrape_size: int = 0
+    scrape_errors: int = 0
 
 
 def run_pipeline(plan: Plan, log: Any) -> RunResult:
@@ -479,10 +517,15 @@ def run_pipeline(plan: Plan, log: Any) -> RunResult:
             daemon = DaemonChild(config)
             if "error" in daemon.hello:
                 raise RuntimeError(daemon.hello["error"])
+            scraper = Scraper(int(daemon.hello["api_port"]), plan.scrape_every)
             try:
                 result = _drive(plan, targets, daemon, log)
             finally:
+                scraper.stop()
                 daemon.stop()
+            result.scrapes = scraper.times
+            result.scrape_size = max(scraper.sizes, default=0)
+            result.scrape_errors = scraper.errors
             result.events = read_events(Path(tmp) / "state" / "events.db")
             result.ready_after = float(daemon.hello["ready_after"])
             return result
@@ -817,6 +860,13 @@ def summarize(result: RunResult) -> dict[str, Any]:
         f"{gc_runs}, pause max {_ms(whole.gc_max)} ms; open files "
         f"{max(o['fds'] for o in steady):.0f}"
     )
+    if result.scrapes:
+        print(
+            f"/metrics scraped every {plan.scrape_every:g}s: {len(result.scrapes)} scrapes of "
+            f"{result.scrape_size / 1e6:.1f} MB, answered in p50 "
+            f"{_ms(quantile(result.scrapes, 0.5))} max {_ms(max(result.scrapes))} ms, "
+            f"{result.scrape_errors} failed"
+        )
     print(f"kept up (>= {KEPT_UP_RATE:.0%} of the offered rate every minute): {kept}")
     return {
         "nodes": plan.nodes,
@@ -856,7 +906,9 @@ def main_parent(args: argparse.Namespace) -> None:
     started = time.monotonic()
     raise_fd_limit_to(65536)
     seconds = 60.0 * (1 if args.quick else args.minutes)
-    plan = Plan(args.nodes, seconds, args.flap_share, args.target_procs, args.seed)
+    plan = Plan(
+        args.nodes, seconds, args.flap_share, args.target_procs, args.seed, args.scrape_every
+    )
     command = "cd /work/main && .venv/bin/python bench/load_bench.py" + " ".join(
         ["", *sys.argv[1:]]
     )
@@ -866,7 +918,14 @@ def main_parent(args: argparse.Namespace) -> None:
 
     peer_summary = None
     if args.peer_nodes:
-        peer = Plan(args.peer_nodes, 30.0 if args.quick else 60.0, args.flap_share, 1, args.seed)
+        peer = Plan(
+            args.peer_nodes,
+            30.0 if args.quick else 60.0,
+            args.flap_share,
+            1,
+            args.seed,
+            args.scrape_every,
+        )
         log(f"peer: {peer.nodes} nodes for {WARMUP + peer.seconds:.0f}s")
         peer_summary = summarize(run_pipeline(peer, log))
     log(f"\nmain: {plan.nodes} nodes for {WARMUP + plan.seconds:.0f}s")
@@ -886,6 +945,9 @@ def main() -> None:
     parser.add_argument("--flap-share", type=float, default=0.05)
     parser.add_argument("--target-procs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--scrape-every", type=float, default=15.0, help="GET /metrics this often (0: never)"
+    )
     parser.add_argument(
         "--stalls", action="store_true", help="the daemon prints where its loop was late"
     )
