@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from nodevigil.api.auth import token_digest
 from nodevigil.daemon import Daemon
 from tests.brokers import Broker
 from tests.cli import run_cli
+from tests.daemon_process import spawn_daemon
 from tests.failover.daemons import free_port, poll_until
 from tests.notify.receivers import SmtpSink, WebhookReceiver, get_alerts, run_alertmanager
 from tests.test_sla_daemon import Target, start_daemon, stop_daemon
@@ -329,22 +328,6 @@ async def test_a_receiver_failing_five_times_gets_the_notice_once(
             await poll_until(recorded, within=10, what="six attempts recorded")
         finally:
             await stop(daemon, task)
-
-
-async def spawn_daemon(path: Path, log: Path, failpoints: str = "") -> asyncio.subprocess.Process:
-    env = dict(os.environ, NODEVIGIL_FAILPOINTS=failpoints)
-    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "nodevigil.cli",
-            "run",
-            "-c",
-            str(path),
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
 
 
 async def test_killed_between_outbox_write_and_delivery_it_still_delivers_once(

@@ -5,58 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-import yaml
 
 from failover.lb import ServerState
-from failover.lb.haproxy import HAProxyLoadBalancer
-from nodevigil.api.auth import token_digest
 from nodevigil.daemon import Daemon
 from tests.cli import run_cli
 from tests.failover.daemons import HAProxyInstance, poll_until
+from tests.failover.haproxy_daemon import admin_states, write_haproxy_daemon_config
 
 TOKEN = "e2e-admin-token"
-
-
-def write_config(path: Path, haproxy: HAProxyInstance) -> None:
-    data: dict[str, Any] = {
-        "state_dir": str(path.parent / "state"),
-        "api": {
-            "listen": "127.0.0.1:0",
-            "tokens": [{"name": "ops", "role": "admin", "sha256": token_digest(TOKEN)}],
-        },
-        "defaults": {"interval": "200ms", "timeout": "150ms"},
-        "failover": {"cycle": "200ms", "hold_down": "1s"},
-        "load_balancers": {
-            "sh-haproxy": {
-                "type": "haproxy",
-                "socket": str(haproxy.socket_path),
-                "backend": haproxy.backend,
-            }
-        },
-        "sites": [{"name": "sh", "address": "192.0.2.10", "local_lb": "sh-haproxy"}],
-        "nodes": [
-            {
-                "name": f"sh-{name}",
-                "site": "sh",
-                "lb_server": name,
-                "probes": [{"type": "http", "url": f"http://127.0.0.1:{node.port}/"}],
-            }
-            for name, node in haproxy.nodes.items()
-        ],
-        "services": [{"name": "web", "sites": ["sh"]}],
-    }
-    path.write_text(yaml.safe_dump(data))
-
-
-async def admin_states(haproxy: HAProxyInstance) -> dict[str, ServerState]:
-    lb = HAProxyLoadBalancer(name="check", socket_path=haproxy.socket_path)
-    try:
-        return {n: s.admin for n, s in (await lb.servers(haproxy.backend)).items()}
-    finally:
-        await lb.close()
 
 
 async def cli(*args: str) -> tuple[int, str]:
@@ -68,7 +26,9 @@ async def test_killed_node_is_drained_and_requests_keep_succeeding(
     tmp_path: Path, haproxy: HAProxyInstance
 ) -> None:
     path = tmp_path / "nodevigil.yaml"
-    write_config(path, haproxy)
+    write_haproxy_daemon_config(
+        path, haproxy, admin_token=TOKEN, defaults={"interval": "200ms", "timeout": "150ms"}
+    )
     daemon = Daemon(path)
     task = asyncio.create_task(daemon.run())
     try:

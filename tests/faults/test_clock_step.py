@@ -11,9 +11,7 @@ node that dies after the steps is still judged down and taken out within interva
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 import yaml
 
 from nodevigil.api.auth import token_digest
+from tests.daemon_process import spawn_daemon, wait_daemon_ready
 from tests.failover.daemons import free_port, poll_until
 from tests.test_incidents_daemon import Api
 from tests.test_sla_daemon import Target
@@ -72,7 +71,6 @@ class Faked:
 
     def env(self) -> dict[str, str]:
         return dict(
-            os.environ,
             LD_PRELOAD=str(LIBFAKETIME),
             FAKETIME_TIMESTAMP_FILE=str(self.offset_file),
             FAKETIME_CACHE_DURATION="1",  # re-read the offset every second, not every call
@@ -110,23 +108,9 @@ async def test_a_wall_clock_step_neither_fires_nor_suppresses_verdicts(
     write_config(path, port, targets)
     faked = Faked(tmp_path, port)
     log = tmp_path / "daemon.log"
-    with log.open("ab") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nodevigil.cli", "run", "-c", str(path),
-            stdout=out, stderr=asyncio.subprocess.STDOUT, env=faked.env(),
-        )  # fmt: skip
+    proc = await spawn_daemon(path, log, env=faked.env())
     try:
-
-        async def ready() -> bool:
-            if proc.returncode is not None:
-                raise AssertionError(log.read_text())
-            try:
-                code, _ = await faked.api.call("GET", "/readyz", token=None)
-            except OSError:
-                return False
-            return code == 200
-
-        await poll_until(ready, within=20, what="the daemon ready")
+        await wait_daemon_ready(proc, faked.api.base, log)
 
         async def all_in() -> bool:
             nodes = (await faked.status())["nodes"]

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,13 +20,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from failover.controller import Book, NodeBook, Outage, SiteBook, SqliteStore
 from failover.lb import ServerState
-from failover.lb.haproxy import HAProxyLoadBalancer
-from nodevigil.api.auth import token_digest
+from tests.daemon_process import spawn_daemon
 from tests.failover.daemons import HAPROXY, HAProxyInstance, free_port, poll_until, run_haproxy
+from tests.failover.haproxy_daemon import admin_states, write_haproxy_daemon_config
 
 TOKEN = "kill-admin-token"
 
@@ -40,60 +37,6 @@ async def haproxy(tmp_path: Path) -> AsyncIterator[HAProxyInstance]:
         pytest.skip(f"{HAPROXY} is missing: install the Debian package haproxy")
     async with run_haproxy(tmp_path / "haproxy", ["n1", "n2", "n3"]) as instance:
         yield instance
-
-
-def write_config(path: Path, haproxy: HAProxyInstance, port: int) -> None:
-    data: dict[str, Any] = {
-        "state_dir": str(path.parent / "state"),
-        "api": {
-            "listen": f"127.0.0.1:{port}",
-            "tokens": [{"name": "ops", "role": "admin", "sha256": token_digest(TOKEN)}],
-        },
-        "defaults": {"interval": "200ms", "timeout": "150ms", "rise": 1, "fall": 1},
-        "failover": {"cycle": "200ms", "hold_down": "1s"},
-        "load_balancers": {
-            "sh-haproxy": {
-                "type": "haproxy",
-                "socket": str(haproxy.socket_path),
-                "backend": haproxy.backend,
-            }
-        },
-        "sites": [{"name": "sh", "address": "192.0.2.10", "local_lb": "sh-haproxy"}],
-        "nodes": [
-            {
-                "name": f"sh-{name}",
-                "site": "sh",
-                "lb_server": name,
-                "probes": [{"type": "http", "url": f"http://127.0.0.1:{node.port}/"}],
-            }
-            for name, node in haproxy.nodes.items()
-        ],
-        "services": [{"name": "web", "sites": ["sh"]}],
-    }
-    path.write_text(yaml.safe_dump(data))
-
-
-async def admin_states(haproxy: HAProxyInstance) -> dict[str, ServerState]:
-    """Every server's admin state, read from HAProxy itself."""
-    lb = HAProxyLoadBalancer(name="check", socket_path=haproxy.socket_path)
-    return {n: s.admin for n, s in (await lb.servers(haproxy.backend)).items()}
-
-
-async def spawn_daemon(path: Path, log: Path, failpoints: str = "") -> asyncio.subprocess.Process:
-    """``python -m nodevigil.cli run -c PATH`` with the given failpoints armed."""
-    env = dict(os.environ, NODEVIGIL_FAILPOINTS=failpoints)
-    with log.open("ab") as out:  # the child keeps its own copy of the descriptor
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "nodevigil.cli",
-            "run",
-            "-c",
-            str(path),
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-        )
 
 
 async def api_get(port: int, route: str) -> Any:
@@ -168,7 +111,7 @@ async def test_killed_around_a_drain_converges_once_after_restart(
 ) -> None:
     port = free_port()
     path = tmp_path / "nodevigil.yaml"
-    write_config(path, haproxy, port)
+    write_haproxy_daemon_config(path, haproxy, listen=f"127.0.0.1:{port}", admin_token=TOKEN)
     log = tmp_path / "daemon.log"
     await haproxy.nodes["n2"].stop()  # dead from the start: the first decision drains it
 

@@ -20,9 +20,10 @@ from typing import Any
 
 from nodevigil.sla_bridge import UNKNOWN_AFTER
 from nodevigil.statedir import ALIVE_EVERY
+from tests.daemon_process import spawn_daemon, wait_daemon_ready
 from tests.failover.daemons import free_port, poll_until
 from tests.notify.receivers import WebhookReceiver
-from tests.test_incidents_daemon import Api, accepted_of, spawn_daemon, write_config
+from tests.test_incidents_daemon import Api, accepted_of, write_config
 from tests.test_sla_daemon import Target
 
 
@@ -66,17 +67,7 @@ async def test_killed_with_an_outage_open_it_loses_no_minute_and_counts_none_twi
         api = Api(f"http://127.0.0.1:{port}")
         proc = await spawn_daemon(path, log)
         try:
-
-            async def ready() -> bool:
-                if proc.returncode is not None:
-                    raise AssertionError(log.read_text())
-                try:
-                    code, _ = await api.call("GET", "/readyz", token=None)
-                except OSError:
-                    return False
-                return code == 200
-
-            await poll_until(ready, within=20, what="the daemon ready")
+            await wait_daemon_ready(proc, api.base, log)
             target.healthy = False
             await hook.wait_for(lambda: bool(accepted_of(hook, "incident.opened")), timeout=20)
 
@@ -99,7 +90,7 @@ async def test_killed_with_an_outage_open_it_loses_no_minute_and_counts_none_twi
             await asyncio.sleep(UNKNOWN_AFTER + 1.5)
             restarted_at = time.time()
             proc = await spawn_daemon(path, log)
-            await poll_until(ready, within=20, what="the daemon ready again")
+            await wait_daemon_ready(proc, api.base, log)
 
             intervals = await ledger()
             provider = [i for i in intervals if i["cause"] == "provider"]

@@ -19,7 +19,6 @@ from typing import Any
 
 import dns.rcode
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry
 
 from failover.controller import Controller, SqliteStore
@@ -27,10 +26,8 @@ from failover.lb import (
     LoadBalancerRejected,
     LoadBalancerUnavailable,
     RetryPolicy,
-    ServerState,
     build_global,
 )
-from failover.lb.haproxy import HAProxyLoadBalancer
 from failover.lb.rfc2136 import Rfc2136LoadBalancer
 from nodevigil.clock import SystemClock
 from nodevigil.config.schema import Config
@@ -50,6 +47,7 @@ from tests.failover.daemons import (
     tsig_secret,
 )
 from tests.failover.daemons.process import spawn, wait_ready
+from tests.failover.haproxy_daemon import admin_states, write_haproxy_daemon_config
 
 A, B = "192.0.2.1", "192.0.2.2"
 
@@ -81,36 +79,6 @@ async def restart_haproxy(h: HAProxyInstance) -> None:
     await wait_ready(h.daemon, ready)
 
 
-async def admin_states(h: HAProxyInstance) -> dict[str, ServerState]:
-    """Every server's admin state, read from HAProxy itself."""
-    lb = HAProxyLoadBalancer(name="check", socket_path=h.socket_path)
-    return {n: s.admin for n, s in (await lb.servers(h.backend)).items()}
-
-
-def write_daemon_config(path: Path, h: HAProxyInstance) -> None:
-    data: dict[str, Any] = {
-        "state_dir": str(path.parent / "state"),
-        "api": {"listen": "127.0.0.1:0"},
-        "defaults": {"interval": "200ms", "timeout": "150ms", "rise": 1, "fall": 1},
-        "failover": {"cycle": "200ms", "hold_down": "1s"},
-        "load_balancers": {
-            "sh-haproxy": {"type": "haproxy", "socket": str(h.socket_path), "backend": h.backend}
-        },
-        "sites": [{"name": "sh", "address": "192.0.2.10", "local_lb": "sh-haproxy"}],
-        "nodes": [
-            {
-                "name": f"sh-{name}",
-                "site": "sh",
-                "lb_server": name,
-                "probes": [{"type": "http", "url": f"http://127.0.0.1:{node.port}/"}],
-            }
-            for name, node in h.nodes.items()
-        ],
-        "services": [{"name": "web", "sites": ["sh"]}],
-    }
-    path.write_text(yaml.safe_dump(data))
-
-
 def of_kind(events: list[Event], kind: str, **data: object) -> list[Event]:
     """Events of ``kind`` whose data has every item of ``data``."""
     return [
@@ -127,7 +95,7 @@ async def test_haproxy_gone_then_restarted_without_its_drains_is_repaired(
 ) -> None:
     caplog.set_level(logging.INFO, logger="failover.controller.loop")
     path = tmp_path / "nodevigil.yaml"
-    write_daemon_config(path, haproxy)
+    write_haproxy_daemon_config(path, haproxy)
     daemon = Daemon(path)
     events: list[Event] = []
     daemon.bus.add_sink(events.append)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -107,12 +108,20 @@ class Program:
             await self.process.wait()
 
 
-async def spawn(name: str, argv: list[str], log_path: Path, cwd: Path) -> Program:
-    """Start ``argv`` in ``cwd`` with stdout and stderr appended to ``log_path``."""
+async def spawn(
+    name: str, argv: list[str], log_path: Path, cwd: Path, env: Mapping[str, str] | None = None
+) -> Program:
+    """Start ``argv`` in ``cwd`` with stdout and stderr appended to ``log_path`` (and ``env``
+    added to this process's environment)."""
     log = await asyncio.to_thread(log_path.open, "ab")
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, cwd=cwd
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=cwd,
+            env=None if env is None else {**os.environ, **env},
         )
     finally:
         log.close()
