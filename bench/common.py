@@ -58,10 +58,13 @@ class _Responder(asyncio.Protocol):
             self._buffer = buffer[-_MAX_BUFFER:]
             return
         end = buffer.rfind(b"\r\n\r\n") + 4
-        self._transport.write(RESPONSE * heads)
+        self._transport.write(self._answer() * heads)
         self._buffer = buffer[end:]
         if b"connection: close" in buffer[:end].lower():
             self._transport.close()
+
+    def _answer(self) -> bytes:
+        return RESPONSE
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -105,16 +108,8 @@ class _SwitchableResponder(_Responder):
         super().__init__()
         self._failing = failing
 
-    def data_received(self, data: bytes) -> None:
-        assert self._transport is not None
-        buffer = self._buffer + data
-        heads = buffer.count(b"\r\n\r\n")
-        if not heads:
-            self._buffer = buffer[-_MAX_BUFFER:]
-            return
-        end = buffer.rfind(b"\r\n\r\n") + 4
-        self._transport.write((FAILING if self._failing[0] else RESPONSE) * heads)
-        self._buffer = buffer[end:]
+    def _answer(self) -> bytes:
+        return FAILING if self._failing[0] else RESPONSE
 
 
 async def _serve_switchable(ports: int, max_seconds: float) -> None:
