@@ -10,3 +10,4 @@ for bench in probe_bench failover_bench sla_bench; do
     fi
 done
 echo "=== bench/notify_bench.py"; .venv/bin/python bench/notify_bench.py
+echo "=== bench/load_bench.py"; .venv/bin/python bench/load_bench.py
