@@ -12,6 +12,7 @@ from nodevigil import __version__
 from nodevigil.config import load_config
 from nodevigil.durations import parse_duration
 from nodevigil.errors import ConfigError, NodevigilError
+from nodevigil.signals import EarlySignals
 
 DEFAULT_CONFIG = "/etc/nodevigil/nodevigil.yaml"
 
@@ -136,9 +137,17 @@ def _check_config(path: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, early: EarlySignals | None = None) -> int:
+    """Run one command; ``early`` holds the signals caught since the process began."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:
+        if early is not None:
+            early.release()
+        raise
+    if early is not None and args.command != "run":
+        early.release()  # only the daemon defers signals; every other command gets them back
+        early = None
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -150,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             from nodevigil.daemon import serve
 
-            return asyncio.run(serve(args.config))
+            return asyncio.run(serve(args.config, early=early))
         if args.command == "sla":
             from sla import cli as sla_cli
 
@@ -190,4 +199,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(early=EarlySignals()))

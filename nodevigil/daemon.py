@@ -8,8 +8,9 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,11 @@ from nodevigil.api.auth import TokenBook
 from nodevigil.clock import Clock, SystemClock
 from nodevigil.config import Config, load_config, read_secret
 from nodevigil.config.schema import split_host_port
-from nodevigil.errors import ConfigError, StateError
+from nodevigil.errors import ConfigError, StartError, StateError
 from nodevigil.eventlog import EventLog
 from nodevigil.events import EventBus
 from nodevigil.metrics import DaemonMetrics
+from nodevigil.signals import EarlySignals
 from nodevigil.sla_bridge import SlaBridge, utc
 from nodevigil.statedir import StateDirWatch
 from sla.ledger import Ledger
@@ -87,6 +89,8 @@ class Daemon:
         self._status_cache: tuple[float, dict[str, Any]] | None = None
         self._last_cycle_seen: float | None = None
         self._last_progress = self.clock.monotonic()
+        self.started = False  # True once the API serves and the background tasks run
+        self.on_started: Callable[[], None] | None = None
 
     def request_stop(self) -> None:
         """Ask the daemon to stop cleanly."""
@@ -156,6 +160,10 @@ class Daemon:
         log.info("stopped")
 
     async def _run(self, config: Config, stack: contextlib.AsyncExitStack) -> None:
+        # The API's port is taken before anything acts: a port already in use must stop the
+        # start with one clear line, not after HAProxy and DNS have been written.
+        api_socket = bind_api(config.api.listen)
+        stack.callback(api_socket.close)
         events = EventLog(config.state_dir / "events.db")
         await events.open()
         stack.push_async_callback(events.close)
@@ -267,7 +275,7 @@ class Daemon:
         app[incident_routes.INCIDENT_STORE] = incident_store
         app[incident_routes.DISPATCHER] = self.dispatcher
         app[status_page.SNAPSHOT] = self.status_snapshot
-        await self._serve(app, config, stack)
+        await self._serve(app, config, api_socket, stack)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(events.run(), name="event-log")
@@ -295,23 +303,30 @@ class Daemon:
                 if self._tune_gc:
                     tg.create_task(self._freeze_after_first_rounds(), name="gc-freeze")
                 self.context.ready = True
+                self.started = True
+                if self.on_started is not None:
+                    self.on_started()
                 await self._stop.wait()
                 raise _Stop
         except* _Stop:
             pass
         finally:
+            self.started = False
             self.context.ready = False
 
     async def _serve(
-        self, app: web.Application, config: Config, stack: contextlib.AsyncExitStack
+        self,
+        app: web.Application,
+        config: Config,
+        api_socket: socket.socket,
+        stack: contextlib.AsyncExitStack,
     ) -> None:
         self.api_app = app
         runner = api_runner(app, config.api)  # with the api section's request limits
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        host, port = split_host_port(config.api.listen)
-        await web.TCPSite(runner, host, port).start()
-        self.api_port = int(runner.addresses[0][1]) if runner.addresses else port
+        await web.SockSite(runner, api_socket).start()
+        host, self.api_port = api_socket.getsockname()[:2]
         log.info("API listening on http://%s:%d", host, self.api_port)
 
     @contextlib.asynccontextmanager
@@ -490,6 +505,17 @@ class Daemon:
             log.info("pruned %d records older than the retention period", removed)
 
 
+def bind_api(listen: str) -> socket.socket:
+    """The API's listening socket, bound now; a clear StartError when the address is taken."""
+    host, port = split_host_port(listen)
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family, backlog=128, reuse_port=False)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StartError(f"api.listen: cannot listen on {listen}: {reason}") from exc
+
+
 def restart_only_changes(old: Config, new: Config) -> list[str]:
     """The changed settings a reload cannot apply (the process opened or built them at start)."""
     changed = [
@@ -526,14 +552,49 @@ class _Stop(Exception):
     """Raised inside the task group to end every background task."""
 
 
-async def serve(config_path: Path) -> int:
-    """Run the daemon with signal handling: SIGTERM/SIGINT stop, SIGHUP reloads."""
-    daemon = Daemon(config_path, tune_gc=True)
+async def serve(config_path: Path, *, early: EarlySignals | None = None) -> int:
+    """Run the daemon with signal handling: SIGTERM/SIGINT stop, SIGHUP reloads.
+
+    The handlers are installed before the configuration is read (at 10,000 nodes that takes
+    seconds), so a SIGHUP during start-up never kills the daemon: it reloads once the daemon
+    has started. ``early`` carries the signals the command line caught before this.
+    """
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
-    loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    daemon: Daemon | None = None
+    stop_requested = reload_pending = False
+
+    def on_stop() -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        if daemon is not None:
+            daemon.request_stop()
+
+    def on_hup() -> None:
+        nonlocal reload_pending
+        if daemon is not None and daemon.started:
+            daemon.reload()
+        else:
+            reload_pending = True
+            log.info("SIGHUP during start-up: reloading once started")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if early is not None:  # read after the loop's handlers took over: nothing falls between
+        stop_requested, reload_pending = early.stop or stop_requested, early.hup or reload_pending
     try:
+        daemon = Daemon(config_path, tune_gc=True)
+        if stop_requested:
+            return 0
+
+        def started() -> None:
+            nonlocal reload_pending
+            if reload_pending:
+                reload_pending = False
+                assert daemon is not None
+                daemon.reload()
+
+        daemon.on_started = started
         await daemon.run()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -21,6 +21,10 @@ class StateError(NodevigilError):
     """Durable state under ``state_dir`` cannot be used (locked, unwritable, corrupt)."""
 
 
+class StartError(NodevigilError):
+    """The daemon cannot start: something it must hold first (its API port) is taken."""
+
+
 class AdapterError(NodevigilError):
     """A load balancer, notifier or store adapter failed; the message names the adapter."""
 

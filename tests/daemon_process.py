@@ -1,4 +1,4 @@
-"""The nodevigil daemon as a real process (``python -m nodevigil.cli run``), for crash tests."""
+"""The nodevigil daemon as a real process (``python -m nodevigil run``), for crash tests."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ async def spawn_daemon(
     ``failpoints`` arms ``NODEVIGIL_FAILPOINTS`` (nodevigil/failpoints.py); ``env`` adds to the
     environment (libfaketime's variables, say).
     """
-    argv = [sys.executable, "-m", "nodevigil.cli", "run", "-c", str(path)]
+    argv = [sys.executable, "-m", "nodevigil", "run", "-c", str(path)]
     extra = {"NODEVIGIL_FAILPOINTS": failpoints, **(env or {})}
     return (await spawn("nodevigil", argv, log, path.parent, env=extra)).process
 
