@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from failover.controller.decide import site_backend
+from failover.controller.release import Release
 from failover.controller.state import Action, Observed, SetAddresses, SetServerState
 from failover.controller.store import ActionRecord
 from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer, ServerState
@@ -195,6 +196,62 @@ async def apply(
 
     await asyncio.gather(*(run(group) for group in by_lb.values()))
     return results
+
+
+RELEASE_WHY = "no longer in the configuration: back to ready, no longer managed"
+
+
+async def release(
+    pending: list[Release],
+    local_lbs: Mapping[str, LocalLoadBalancer],
+    seconds: float,
+    report: Report,
+) -> tuple[list[Applied], list[Release]]:
+    """Set each released server that is still out back to ready; return the results and the
+    releases to retry next cycle (a read or a set failed)."""
+    by_backend: dict[tuple[str, str], list[Release]] = {}
+    for r in pending:
+        by_backend.setdefault((r.lb, r.backend), []).append(r)
+    applied: list[Applied] = []
+    retry: list[Release] = []
+    for (lb_name, backend), group in by_backend.items():
+        lb = local_lbs.get(lb_name)
+        if lb is None:
+            continue  # adapters are fixed at start, so this cannot happen; nothing to undo
+        try:
+            got = await _bounded(lb.servers(backend), seconds)
+        except LoadBalancerNotFound:
+            continue  # the operator removed the backend too: nothing left to undo
+        except Exception as exc:
+            failure = _failure(exc, lb_name, seconds)
+            report(read_key(lb_name, backend), lb_name, "read", f"backend {backend}", failure)
+            retry += group
+            continue
+        assert isinstance(got, dict)
+        actions = tuple(
+            SetServerState(
+                lb_name,
+                backend,
+                r.server,
+                r.node,
+                r.site,
+                status.admin,
+                ServerState.READY,
+                RELEASE_WHY,
+            )
+            for r in group
+            # A server gone from HAProxy, or already in, has nothing of nodevigil's to undo.
+            if (status := got.get(r.server)) is not None and status.admin is not ServerState.READY
+        )
+        results = await apply(actions, local_lbs, {}, seconds, report)
+        failed = {
+            a.action.server
+            for a in results
+            if a.error is not None and isinstance(a.action, SetServerState)
+        }
+        retry += [r for r in group if r.server in failed]
+        applied += results
+    return applied, retry
 
 
 def describe_applied(result: Applied, wall: float) -> tuple[str, dict[str, Any], ActionRecord]:

@@ -26,9 +26,12 @@ from failover.controller.lbio import (
     describe_applied,
     failure_fields,
     read_back,
+    release,
     unreadable,
 )
 from failover.controller.metrics import ControllerMetrics
+from failover.controller.overrides import Overrides
+from failover.controller.release import Release, releases, still_released
 from failover.controller.state import (
     Book,
     ControllerState,
@@ -94,7 +97,12 @@ class Controller:
         self.vantage = vantage or config.vantage
         self.metrics = ControllerMetrics(registry)
         self._lb_timeout = lb_timeout
-        self._overrides: dict[tuple[OverrideKind, str], Override] = {}
+        self._overrides = Overrides(
+            store,
+            emit=self._emit,
+            store_failed=lambda what, exc: self._report("store", "store", "delete", what, exc),
+        )
+        self._releases: list[Release] = []  # servers a reload let go of, still to put back
         self._book = Book()
         self._saved_book: Book | None = None
         self._reasons: dict[str, str] = {}
@@ -119,7 +127,7 @@ class Controller:
             self._sub = self._bus.subscribe(("node.",))
         if not self._loaded:
             stored = await self._store.load()
-            self._overrides = dict(stored.overrides)
+            self._overrides.load(stored.overrides)
             # Stored times are wall-clock; bookkeeping runs on the monotonic clock.
             self._book = shift_book(stored.book, self._clock.monotonic() - self._clock.wall())
             self._saved_book = self._book
@@ -182,8 +190,16 @@ class Controller:
             self._reasons[event.subject] = reason
 
     def update_config(self, config: Config) -> None:
-        """Use ``config`` from the next cycle on (adapters are fixed; missing ones are refused)."""
+        """Use ``config`` from the next cycle on (adapters are fixed; missing ones are refused).
+
+        The next cycle resolves what the old configuration leaves behind (``release.py``):
+        servers nodevigil held out and no longer manages go back to ready, and overrides of
+        nodes and sites no longer configured are dropped.
+        """
         check_adapters(config, self._local, self._global)
+        let_go = releases(self._config, config, self._last)
+        known = {r.key for r in let_go}
+        self._releases = [r for r in self._releases if r.key not in known] + let_go
         self._config = config
         self._poke.set()
 
@@ -198,7 +214,8 @@ class Controller:
             for event in self._sub.drain():  # a burst of verdicts becomes one decision
                 self._note(event)
             config = self._config
-            await self._expire_overrides()
+            await self._overrides.drop_orphaned(config, self._clock.wall())
+            await self._overrides.expire(self._clock.wall(), config.failover.drain_max)
             observed, complete = await read_back(
                 config, self._local, self._global, self._lb_timeout, self._report
             )
@@ -206,7 +223,7 @@ class Controller:
             state = ControllerState(
                 verdicts=dict(self._source.verdicts()),
                 observed=observed,
-                overrides=dict(self._overrides),
+                overrides=self._overrides.snapshot(),
                 book=self._book,
                 reasons=dict(self._reasons),
             )
@@ -223,17 +240,23 @@ class Controller:
             if applied:
                 failpoint("controller.after_apply")
             self._observed = after_applied(observed, applied)
+            released = await self._release_servers(config)
             self._last = decision
             self._last_cycle_at = wall
-            await self._publish(decision, applied, state, wall)
-            self._update_metrics(decision, applied, complete, wall, started)
+            await self._publish(decision, applied, released, state, wall)
+            self._update_metrics(decision, [*applied, *released], complete, wall, started)
             return decision
 
     async def _publish(
-        self, decision: Decision, applied: list[Applied], state: ControllerState, wall: float
+        self,
+        decision: Decision,
+        applied: list[Applied],
+        released: list[Applied],
+        state: ControllerState,
+        wall: float,
     ) -> None:
         records = []
-        for result in applied:
+        for result in [*applied, *released]:
             subject, data, record = describe_applied(result, wall)
             key = (record.lb, record.target, record.new)
             if result.error is None:
@@ -246,9 +269,11 @@ class Controller:
             records.append(record)
         for notice in decision.notices:
             self._emit(notice.kind, notice.subject, notice.data)
-        text = decision.text
+        phrases = [decision.text] if decision.text else []
+        phrases += [r.action.describe() for r in released]
+        text = "; ".join(phrases)
         if text:
-            failed = sum(1 for r in applied if r.error is not None)
+            failed = sum(1 for r in [*applied, *released] if r.error is not None)
             line = text + (f" [{failed} failed, retrying]" if failed else "")
             log.info("failover: %s", line)
             # Evidence: the nodes acted on and every node not up (not the whole fleet).
@@ -261,7 +286,12 @@ class Controller:
             self._emit(
                 "controller.decision",
                 self.vantage,
-                {"decision": line, "actions": len(applied), "failed": failed, "evidence": evidence},
+                {
+                    "decision": line,
+                    "actions": len(applied) + len(released),
+                    "failed": failed,
+                    "evidence": evidence,
+                },
             )
         if records:
             try:
@@ -356,15 +386,22 @@ class Controller:
 
     async def undrain_node(self, name: str, *, who: str = "operator") -> bool:
         """Lift a node drain; return whether there was one."""
-        return await self._clear_override("node", name, who, "override.cleared")
+        return await self._clear_override("node", name, who)
 
     async def undrain_site(self, name: str, *, who: str = "operator") -> bool:
         """Lift a site drain; return whether there was one."""
-        return await self._clear_override("site", name, who, "override.cleared")
+        return await self._clear_override("site", name, who)
 
     def overrides(self) -> list[Override]:
         """Every override in force, sorted by kind and name."""
-        return [self._overrides[k] for k in sorted(self._overrides)]
+        return self._overrides.sorted()
+
+    async def _clear_override(self, kind: OverrideKind, name: str, who: str) -> bool:
+        await self.start()
+        cleared = await self._overrides.clear(kind, name, who)
+        if cleared:
+            self._poke.set()
+        return cleared
 
     async def _set_override(
         self,
@@ -377,44 +414,35 @@ class Controller:
         who: str,
     ) -> Override:
         wall = self._clock.wall()
+        longest = self._config.failover.drain_max
         if until is not None and duration is not None:
             raise ValueError("give until or duration, not both")
         if duration is not None:
             if duration <= 0:
                 raise ValueError("duration must be positive")
             until = wall + duration
-        if until is not None and until <= wall:
+        if until is None:
+            until = wall + longest  # every drain is time-boxed (failover.drain_max)
+        if until <= wall:
             raise ValueError("until is in the past")
+        if until - wall > longest:
+            raise ValueError(f"a drain may last at most failover.drain_max, {longest:g}s")
         await self.start()
         override = Override(kind, name, reason, who, wall, until)
-        await self._store.put_override(override)  # durable before it takes effect
-        self._overrides[(kind, name)] = override
-        self._emit("override.set", name, override.as_dict())
+        await self._overrides.put(override)
         self._poke.set()
         return override
 
-    async def _clear_override(self, kind: OverrideKind, name: str, who: str, event: str) -> bool:
-        await self.start()
-        override = self._overrides.get((kind, name))
-        if override is None:
-            return False
-        await self._store.delete_override(kind, name)
-        del self._overrides[(kind, name)]
-        self._emit(event, name, {**override.as_dict(), "cleared_by": who})
-        self._poke.set()
-        return True
-
-    async def _expire_overrides(self) -> None:
-        wall = self._clock.wall()
-        for o in [o for o in self._overrides.values() if o.expired(wall)]:
-            try:
-                await self._clear_override(o.kind, o.name, "expiry", "override.expired")
-            except NodevigilError as exc:
-                # The store refused (a full disk): the override ends all the same, since an
-                # expired row left on disk expires again at the next start. Failover goes on.
-                self._overrides.pop((o.kind, o.name), None)
-                self._emit("override.expired", o.name, {**o.as_dict(), "cleared_by": "expiry"})
-                self._report("store", "store", "delete", f"override {o.kind} {o.name}", exc)
+    async def _release_servers(self, config: Config) -> list[Applied]:
+        """Put back the servers a reload let go of (see ``release.py``); retry failures."""
+        pending = still_released(self._releases, config)
+        if not pending:
+            self._releases = []
+            return []
+        applied, self._releases = await release(
+            pending, self._local, self._lb_timeout, self._report
+        )
+        return applied
 
     # --- read-only views ---------------------------------------------------------------------
 
@@ -434,7 +462,7 @@ class Controller:
             last=self._last,
             observed=self._observed,
             verdicts=dict(self._source.verdicts()),
-            overrides=self._overrides,
+            overrides=self._overrides.snapshot(),
             mono_to_wall=self._clock.wall() - self._clock.monotonic(),
             last_cycle_at=self._last_cycle_at,
         )

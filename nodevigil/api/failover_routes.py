@@ -12,17 +12,15 @@ from failover.controller import Controller, UnknownNameError
 from nodevigil.api.app import (
     CONTEXT,
     ApiError,
-    json_body,
     principal,
     require_admin,
     require_operator,
 )
 from nodevigil.api.openapi_schemas import DURATION_PATTERN, MAX_REASON
-from nodevigil.api.params import check_keys, limit
-from nodevigil.durations import parse_duration
+from nodevigil.api.params import check_keys, json_object, limit
+from nodevigil.durations import format_duration, parse_duration
 
 CONTROLLER = web.AppKey("controller", Controller)
-MAX_DRAIN = 365 * 86400.0  # a longer time box is a mistake; drain without one instead
 _DURATION = re.compile(DURATION_PATTERN)
 
 
@@ -30,7 +28,8 @@ def _controller(request: web.Request) -> Controller:
     return request.app[CONTROLLER]
 
 
-def _parse_override(body: dict[str, Any]) -> tuple[float | None, str]:
+def _parse_override(body: dict[str, Any], longest: float) -> tuple[float | None, str]:
+    """``for`` and ``reason``; ``for`` at most ``longest`` (failover.drain_max), absent: that."""
     check_keys(body, {"for", "reason"})
     duration = None
     raw = body.get("for")
@@ -38,8 +37,12 @@ def _parse_override(body: dict[str, Any]) -> tuple[float | None, str]:
         if not isinstance(raw, str) or not _DURATION.fullmatch(raw):
             raise ApiError(400, "for: write a duration such as '30m' or '1h30m'")
         duration = parse_duration(raw)
-        if not 0 < duration <= MAX_DRAIN:
-            raise ApiError(422, "for: must be longer than 0s and at most 365d")
+        if not 0 < duration <= longest:
+            raise ApiError(
+                422,
+                f"for: must be longer than 0s and at most {format_duration(longest)} "
+                "(failover.drain_max)",
+            )
     reason = body.get("reason", "")
     if not isinstance(reason, str) or len(reason) > MAX_REASON:
         raise ApiError(400, f"reason: must be a string of at most {MAX_REASON} characters")
@@ -86,7 +89,8 @@ def _drain(kind: str) -> Any:
     async def handler(request: web.Request) -> web.Response:
         who = require_admin(request)
         name = request.match_info["name"]
-        duration, reason = _parse_override(await json_body(request, optional=True))
+        longest = request.app[CONTEXT].config.failover.drain_max
+        duration, reason = _parse_override(await json_object(request, optional=True), longest)
         controller = _controller(request)
         drain = controller.drain_node if kind == "node" else controller.drain_site
         try:

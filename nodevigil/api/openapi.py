@@ -247,7 +247,8 @@ def _operations() -> dict[str, dict[str, Any]]:
         **{
             f"/api/v1/{kind}s/{{name}}/undrain": {
                 "post": _op(
-                    f"Clear an operator drain of a {kind}",
+                    f"Clear an operator drain of a {kind} (idempotent: `cleared` is false "
+                    "when no drain was in force, e.g. a racing second undrain)",
                     "failover",
                     ref("OverrideCleared"),
                     role="admin",

@@ -311,7 +311,10 @@ SCHEMAS: dict[str, Schema] = {
                 {
                     "type": "string",
                     "pattern": DURATION_PATTERN,
-                    "description": "a time box (30m, 1h30m; longer than 0s, at most 365d)",
+                    "description": (
+                        "a time box (30m, 1h30m; longer than 0s, at most failover.drain_max, "
+                        "24h unless configured: longer is a 422); absent: failover.drain_max"
+                    ),
                 }
             ),
             "reason": {"type": "string", "maxLength": MAX_REASON},

@@ -7,6 +7,7 @@ RFC 3339 times with an offset, ``YYYY-MM-DD`` dates, finite numbers.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import UTC, date, datetime
@@ -123,3 +124,44 @@ def text(body: dict[str, Any], key: str, *, max_length: int, required: bool = Fa
     if required and not value.strip():
         raise ApiError(422, f"{key}: is blank")
     return value.strip()
+
+
+async def json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object body (``{}`` when optional and empty), else a 400.
+
+    A key given twice at any depth is refused with a 400 naming it: parsers disagree on which
+    one wins (Python keeps the last, others the first), so a duplicate is ambiguous.
+    """
+    raw = await request.read()
+    if optional and not raw:
+        return {}
+    try:
+        body = json.loads(
+            raw.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys
+        )
+    except _DuplicateKey as exc:
+        raise ApiError(400, f"the body gives the key {str(exc)[:64]!r} more than once") from None
+    except (ValueError, RecursionError):  # RecursionError: nested a few thousand deep
+        raise ApiError(400, "the body is not valid JSON (UTF-8)") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return body
+
+
+class _DuplicateKey(Exception):
+    """A JSON object gave one key twice (not a ValueError, so the caller can tell it apart)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN and Infinity

@@ -352,6 +352,9 @@ class FailoverSettings(Frozen):
     hold_down: Duration = 30.0
     hold_down_max: Duration = 600.0
     site_hold_down: Duration = 30.0
+    # Every operator drain is time-boxed: a drain without ``for`` ends after this, and a longer
+    # ``for`` is refused (422), so a forgotten drain cannot keep capacity out for ever.
+    drain_max: Annotated[Duration, Field(gt=0, le=365 * 86400)] = 86400.0
 
 
 # --- daemon surfaces ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from failover.lb.base import ServerState
 from failover.lb.errors import LoadBalancerUnavailable
 from nodevigil.events import Verdict, VerdictChange
 from tests.failover.controller_helpers import SH, Rig, WakeOnlyClock, wait_for
+from tests.failover.daemons import poll_until
 
 
 def _change(node: str, new: Verdict, reason: str) -> VerdictChange:
@@ -136,6 +137,10 @@ async def test_action_failure_is_retried_and_the_loop_keeps_running(tmp_path: Pa
         assert len(rig.kinds("failover.failed")) == 1
         rig.bus.publish(_change("bj-2", Verdict.DOWN, "tcp refused").to_event())
         await wait_for(lambda: rig.record() == {SH})
-    records = await rig.controller.actions()
-    assert [r.result for r in records if r.what == "set_addresses"] == ["error", "ok"]
+
+        async def logged() -> bool:  # the cycle records its actions just after applying them
+            records = await rig.controller.actions()
+            return [r.result for r in records if r.what == "set_addresses"] == ["error", "ok"]
+
+        await poll_until(logged, within=10, what="the action log")
     await rig.store.close()
