@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 
 from monitor.heartbeat import FIGURES
 from nodevigil.events import Verdict
+from nodevigil.resources import PROBES, LocalTrouble
 
 if TYPE_CHECKING:
     from monitor.heartbeat import HeartbeatBoard
@@ -75,6 +76,7 @@ class MonitorMetrics:
             "Probe rounds under way now.",
             registry=registry,
         )
+        registry.register(LocalErrorCollector(PROBES))
 
     def set_verdict(self, node: str, site: str, verdict: Verdict) -> None:
         """Mark ``verdict`` as the node's current one."""
@@ -109,12 +111,14 @@ class AgentCollector(Collector):
         )
         dropped = CounterMetricFamily(
             "nodevigil_mqtt_payloads_dropped",
-            "MQTT payloads refused (malformed, too large, unknown topic) since start.",
+            "MQTT payloads refused since start, by reason: topic, too_large, malformed, "
+            "unknown_agent, unsigned, bad_mac, wrong_node, replayed, clock_skew.",
             labels=["reason"],
         )
         link = GaugeMetricFamily(
             "nodevigil_mqtt_connected", "1 while the daemon is connected to the MQTT broker."
         )
+        # Only configured agents are on the board: a client cannot add series here.
         for agent, state in list(self._board.agents.items()):
             for key, value in state.figures.items():
                 families[key].add_metric([agent], value)
@@ -127,3 +131,22 @@ class AgentCollector(Collector):
         yield seen
         yield dropped
         yield link
+
+
+class LocalErrorCollector(Collector):
+    """Probe tries that failed for want of nodevigil's own resources (EMFILE, ENOBUFS...),
+    by errno; such tries never count against a node. Never raises during a scrape."""
+
+    def __init__(self, trouble: LocalTrouble) -> None:
+        self._trouble = trouble
+
+    def collect(self) -> Iterator[Metric]:
+        """One counter, labelled by errno name."""
+        family = CounterMetricFamily(
+            "nodevigil_probe_local_errors",
+            "Probe tries that failed for want of nodevigil's own resources (inconclusive).",
+            labels=["errno"],
+        )
+        for name, count in sorted(list(self._trouble.counts.items())):
+            family.add_metric([name], count)
+        yield family

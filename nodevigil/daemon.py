@@ -48,6 +48,7 @@ from nodevigil.errors import ConfigError, StartError, StateError
 from nodevigil.eventlog import EventLog
 from nodevigil.events import EventBus
 from nodevigil.metrics import DaemonMetrics
+from nodevigil.resources import raise_descriptor_limit
 from nodevigil.signals import EarlySignals
 from nodevigil.sla_bridge import SlaBridge, utc
 from nodevigil.statedir import StateDirWatch
@@ -583,6 +584,7 @@ async def serve(config_path: Path, *, early: EarlySignals | None = None) -> int:
     if early is not None:  # read after the loop's handlers took over: nothing falls between
         stop_requested, reload_pending = early.stop or stop_requested, early.hup or reload_pending
     try:
+        raise_descriptor_limit()  # soft up to hard, as LimitNOFILE does (containers: 1,024)
         daemon = Daemon(config_path, tune_gc=True)
         if stop_requested:
             return 0

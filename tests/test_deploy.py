@@ -150,6 +150,27 @@ def test_dockerfile_runs_nodevigil_as_non_root_with_state_on_a_volume() -> None:
     assert entry + cmd == ["nodevigil", "run", "-c", CONFIG_PATH]  # exec form: PID 1 gets signals
 
 
+def test_the_container_and_kubernetes_kit_raise_the_descriptor_limit_as_the_unit_does() -> None:
+    """Issue 12, item 3: under a 1,024 descriptor limit 2,000 API connections starved the
+    probes. The unit sets LimitNOFILE; the image documents the same --ulimit, and the daemon
+    itself raises its soft limit to the hard one (what a pod spec cannot set)."""
+    found = re.search(r"^LimitNOFILE=(\d+)$", UNIT.read_text(), re.MULTILINE)
+    assert found is not None
+    limit = found.group(1)
+    assert f"--ulimit nofile={limit}:{limit}" in DOCKERFILE.read_text()
+    manifest = (KUBERNETES / "deployment.yaml").read_text()
+    assert "raises its soft limit to the hard limit" in manifest
+    code = (
+        "import resource; from nodevigil.resources import raise_descriptor_limit as r; "
+        "print(*r(), *resource.getrlimit(resource.RLIMIT_NOFILE))"
+    )
+    argv = ["sh", "-c", 'ulimit -Sn 512 && ulimit -Hn 4096 && exec "$@"', "sh"]
+    done = subprocess.run(
+        [*argv, sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.split() == ["512", "4096", "4096", "4096"], done.stdout + done.stderr
+
+
 def test_dockerfile_copies_only_what_dockerignore_lets_in() -> None:
     steps = dockerfile_instructions(DOCKERFILE.read_text())
     allowed = {

@@ -14,6 +14,7 @@ from failover.lb.base import (
 )
 from failover.lb.errors import (
     LoadBalancerInvalid,
+    LoadBalancerLocalError,
     LoadBalancerNotFound,
     LoadBalancerRejected,
     LoadBalancerTimeout,
@@ -35,6 +36,7 @@ __all__ = [
     "GlobalLoadBalancer",
     "LoadBalancerError",
     "LoadBalancerInvalid",
+    "LoadBalancerLocalError",
     "LoadBalancerNotFound",
     "LoadBalancerRejected",
     "LoadBalancerTimeout",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nodevigil.errors import LoadBalancerError
+from nodevigil.resources import explain, local_errno
 
 
 class LoadBalancerUnavailable(LoadBalancerError, ConnectionError):
@@ -33,3 +34,32 @@ class LoadBalancerRejected(LoadBalancerError):
 
 class LoadBalancerInvalid(LoadBalancerError, ValueError):
     """A call's argument cannot be sent at all (a name with spaces, an address that is not IP)."""
+
+
+class LoadBalancerLocalError(LoadBalancerError):
+    """nodevigil itself ran out of a resource (descriptors, buffers, ports) before the call
+    reached the load balancer, so it says nothing about the load balancer's state. Not retried
+    within the call (the same process would run out again): the controller's cycle reads and
+    changes nothing for that load balancer (fail static) and tries again next cycle."""
+
+    def __init__(self, message: str, *, errno_name: str) -> None:
+        super().__init__(message)
+        self.errno_name = errno_name
+
+
+def local_failure(
+    exc: BaseException, lb: str, endpoint: str, *, unix: bool = False
+) -> LoadBalancerLocalError | None:
+    """``exc`` as a LoadBalancerLocalError when it is nodevigil's own exhaustion, else None.
+
+    ``unix``: on a Unix socket EAGAIN means the server's listen backlog is full, which is the
+    load balancer being busy, not nodevigil running out.
+    """
+    name = local_errno(exc)
+    if name is None or (unix and name == "EAGAIN"):
+        return None
+    return LoadBalancerLocalError(
+        f"{lb}: {endpoint} not reached: nodevigil is {explain(name)}; the load balancer's "
+        "state is unknown and nothing was changed",
+        errno_name=name,
+    )

@@ -14,6 +14,7 @@ from failover.lb.errors import (
     LoadBalancerRejected,
     LoadBalancerTimeout,
     LoadBalancerUnavailable,
+    local_failure,
 )
 from failover.lb.retry import RetryPolicy, call_with_retries
 
@@ -184,6 +185,10 @@ class HAProxyLoadBalancer:
                 f"{self.endpoint} (is HAProxy running?)"
             ) from exc
         except OSError as exc:
+            unix = self._socket_path is not None
+            local = local_failure(exc, self._name, f"HAProxy at {self.endpoint}", unix=unix)
+            if local is not None:
+                raise local from exc
             raise LoadBalancerUnavailable(
                 f"{self._name}: HAProxy at {self.endpoint}: {exc.strerror or exc}"
             ) from exc

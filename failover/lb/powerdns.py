@@ -14,6 +14,7 @@ from failover.lb.errors import (
     LoadBalancerRejected,
     LoadBalancerTimeout,
     LoadBalancerUnavailable,
+    local_failure,
 )
 from failover.lb.retry import RetryPolicy, call_with_retries
 from nodevigil.errors import LoadBalancerError
@@ -130,6 +131,9 @@ class PowerDnsLoadBalancer:
                 f"{self._name}: PowerDNS API {method} did not answer in {self._timeout:g}s"
             ) from exc
         except aiohttp.ClientConnectionError as exc:
+            local = local_failure(exc, self._name, "the PowerDNS API")
+            if local is not None:
+                raise local from exc
             raise LoadBalancerUnavailable(f"{self._name}: PowerDNS API {method}: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise LoadBalancerError(f"{self._name}: PowerDNS API {method}: {exc}") from exc

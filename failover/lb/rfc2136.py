@@ -20,6 +20,7 @@ from failover.lb.errors import (
     LoadBalancerRejected,
     LoadBalancerTimeout,
     LoadBalancerUnavailable,
+    local_failure,
 )
 from failover.lb.retry import RetryPolicy, call_with_retries
 from nodevigil.errors import LoadBalancerError
@@ -178,6 +179,9 @@ class Rfc2136LoadBalancer:
                 f"{self._name}: DNS server {self.endpoint} refused the connection (is it running?)"
             ) from exc
         except OSError as exc:
+            local = local_failure(exc, self._name, f"DNS server {self.endpoint}")
+            if local is not None:
+                raise local from exc
             raise LoadBalancerUnavailable(
                 f"{self._name}: DNS server {self.endpoint}: {exc.strerror or exc}"
             ) from exc

@@ -13,6 +13,7 @@ from typing import Generic, Protocol, TypeVar
 
 from monitor.timers import Timers, loop_timers
 from nodevigil.config.schema import ProbeBase as ProbeSpec
+from nodevigil.resources import PROBES, LocalTrouble, explain, local_errno
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,14 +194,23 @@ def describe(exc: BaseException) -> str:
 
 
 async def hedged(
-    attempt: Callable[[], Awaitable[str] | Try], *, budget: float, attempts: int
-) -> tuple[bool, str]:
+    attempt: Callable[[], Awaitable[str] | Try],
+    *,
+    budget: float,
+    attempts: int,
+    trouble: LocalTrouble = PROBES,
+) -> tuple[bool | None, str]:
     """Run ``attempt`` up to ``attempts`` times within ``budget`` seconds, hedging slow tries.
 
     A new try starts when the previous one failed, or every ``budget / attempts`` while
     earlier tries are still outstanding (a lost SYN is then covered by the next try instead
     of eating the whole budget). The first success wins; a ProbeFailure ends the round, and
     so does a refused connection: nothing listens, which no lost packet can fake.
+
+    A try that failed for want of nodevigil's own resources (EMFILE and the like, see
+    ``nodevigil.resources``) never reached the node: the next try still runs, and a round
+    without a definite answer that had such a try is inconclusive (None), not failed. Such
+    errors are counted and logged by ``trouble``, once per episode.
     """
     # This runs 10,000 times a second at scale: one waiter future and one shared-heap timer
     # per wait, woken by the tries' done callbacks, cost a fraction of asyncio.wait's sets,
@@ -213,7 +223,14 @@ async def hedged(
     launched = 0
     next_launch = loop.time()
     last_error = "timed out"
+    local: str | None = None  # errno name of a try that failed for want of our own resources
     waiter: asyncio.Future[None] | None = None
+
+    def undecided(error: str) -> tuple[bool | None, str]:
+        if local is not None:
+            return None, f"not judged: nodevigil is {explain(local)}"
+        trouble.clear()  # every try had its socket: an episode of local trouble is over
+        return False, error
 
     def wake(_: object = None) -> None:
         if waiter is not None and not waiter.done():
@@ -223,7 +240,7 @@ async def hedged(
         while True:
             now = loop.time()
             if now >= deadline:
-                return False, f"{last_error} (no answer within {budget * 1000:g}ms)"
+                return undecided(f"{last_error} (no answer within {budget * 1000:g}ms)")
             if launched < attempts and (not pending or now >= next_launch):
                 made = attempt()
                 started = made if isinstance(made, Try) else asyncio.ensure_future(made)
@@ -232,7 +249,7 @@ async def hedged(
                 launched += 1
                 next_launch = now + spacing
             if not pending:
-                return False, last_error
+                return undecided(last_error)
             wake_at = deadline if launched >= attempts else min(deadline, next_launch)
             waiter = loop.create_future()
             timer = timers.call_at(wake_at, wake)
@@ -248,13 +265,21 @@ async def hedged(
             outcomes = [(task.exception(), task) for task in done]
             for exc, finished in outcomes:
                 if exc is None:
+                    trouble.clear()
                     return True, finished.result()
             for exc, _ in outcomes:
                 if isinstance(exc, ProbeFailure):
+                    trouble.clear()
                     return False, str(exc)
                 if isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
+                    trouble.clear()
                     return False, describe(exc)
-                last_error = describe(exc) if exc is not None else last_error
+                name = local_errno(exc)
+                if name is not None:
+                    trouble.hit(name)
+                    local = name
+                else:
+                    last_error = describe(exc) if exc is not None else last_error
     finally:
         for left in pending:
             left.remove_done_callback(wake)

@@ -18,6 +18,7 @@ import icmplib
 from monitor.probes.base import HedgedProber, ProbeFailure, describe
 from nodevigil.config import DnsProbe, IcmpProbe, TcpProbe, TlsProbe
 from nodevigil.config.schema import split_host_port
+from nodevigil.resources import PROBES, explain, local_errno
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -128,10 +129,16 @@ class IcmpProber:
                 timeout=self.spec.timeout,
                 privileged=self._privileged,
             )
-        except icmplib.ICMPLibError as exc:
-            return False, f"ping failed: {type(exc).__name__}: {exc}", False
-        except OSError as exc:
+        except (icmplib.ICMPLibError, OSError) as exc:
+            local = local_errno(exc)  # icmplib wraps the socket's OSError: look beneath
+            if local is not None:
+                PROBES.hit(local)
+                return None, f"not judged: nodevigil is {explain(local)}", False
+            PROBES.clear()
+            if isinstance(exc, icmplib.ICMPLibError):
+                return False, f"ping failed: {type(exc).__name__}: {exc}", False
             return False, f"ping failed: {describe(exc)}", False
+        PROBES.clear()
         if not host.is_alive:
             return False, f"no echo reply ({host.packets_sent} sent)", False
         return True, f"echo reply in {host.avg_rtt:.1f}ms", False

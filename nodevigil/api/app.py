@@ -7,7 +7,6 @@ Hostile input is bounded before any route runs (``limits.py``); the OpenAPI docu
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,11 +16,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from nodevigil.api.auth import Principal, TokenBook
+from nodevigil.api.connections import CONNECTIONS, ConnectionCollector, cap_for
 from nodevigil.api.errors import ApiError, json_error
 from nodevigil.api.limits import api_runner, read_body_in_time
 from nodevigil.api.openapi import DOCUMENT_JSON, query_names
 from nodevigil.api.openapi import PATH as OPENAPI_PATH
-from nodevigil.api.params import finite_number, limit
+from nodevigil.api.params import finite_number, json_object, limit
 from nodevigil.clock import Clock, SystemClock
 from nodevigil.config import Config
 from nodevigil.eventlog import EventLog
@@ -161,21 +161,9 @@ def require_admin(request: web.Request) -> Principal:
 
 
 async def json_body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    """The request's JSON object body (``{}`` when optional and empty), else a 400."""
-    raw = await request.read()
-    if optional and not raw:
-        return {}
-    try:
-        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (ValueError, RecursionError):  # RecursionError: nested a few thousand deep
-        raise ApiError(400, "the body is not valid JSON (UTF-8)") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return body
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN and Infinity
+    """The request's JSON object body (``{}`` when optional and empty), else a 400; a key
+    given twice is a 400 too (``params.json_object``)."""
+    return await json_object(request, optional=optional)
 
 
 async def text_body(request: web.Request) -> str:
@@ -250,11 +238,21 @@ def build_app(context: ApiContext, routes: list[web.RouteDef] | None = None) -> 
     The ``api`` section's limits are read here and by ``api_runner`` once, at start.
     """
     api = context.config.api
+    cap = cap_for(api)
     app = web.Application(
-        middlewares=[errors_as_json, bearer_auth, known_query, read_body_in_time(api)],
+        # mark_busy first: a connection is busy from the moment its request enters a route.
+        middlewares=[
+            cap.mark_busy,
+            errors_as_json,
+            bearer_auth,
+            known_query,
+            read_body_in_time(api),
+        ],
         client_max_size=api.max_body,
     )
     app[CONTEXT] = context
+    app[CONNECTIONS] = cap
+    context.registry.register(ConnectionCollector(cap))
     app.add_routes(
         [
             web.get("/healthz", healthz),

@@ -11,7 +11,10 @@ What aiohttp 3.14 offers, and what is added here:
 - a slow body: aiohttp has none (a handler's ``await request.read()`` waits forever), so
   ``read_body_in_time`` reads every body before its route, within ``api.body_timeout``;
 - a large body: ``client_max_size`` (``api.max_body``) counts bytes after decompression, so a
-  gzip bomb stops at the limit; a declared Content-Length over it is refused unread.
+  gzip bomb stops at the limit; a declared Content-Length over it is refused unread;
+- many connections: none in aiohttp; ``connections.py`` caps them (``api.max_connections``)
+  and closes the oldest idle one to make room. Idle keep-alive connections, and connections
+  that never send a head, are closed after ``api.header_timeout`` by the keep-alive timer.
 
 aiohttp logs each malformed request at ERROR with a traceback; one client could fill the log.
 ``QuietClientErrors`` turns those into one WARNING line at most every ``LOG_EVERY`` seconds.
@@ -27,6 +30,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
 
+from nodevigil.api.connections import ACCEPT_FILTER, CONNECTIONS, CappedRunner
 from nodevigil.api.errors import json_error
 from nodevigil.config.schema import Api
 
@@ -103,9 +107,13 @@ HTTP_LOG.addFilter(QuietClientErrors())
 
 
 def api_runner(app: web.Application, api: Api) -> web.AppRunner:
-    """The runner that serves ``app`` with the request-head limits of the ``api`` section."""
-    return web.AppRunner(
+    """The runner that serves ``app`` with the request-head limits of the ``api`` section and
+    its connection cap (``connections.py``; ``build_app`` made the cap)."""
+    # One line per episode instead of a traceback per failed accept (connections.py).
+    logging.getLogger("asyncio").addFilter(ACCEPT_FILTER)
+    return CappedRunner(
         app,
+        cap=app[CONNECTIONS],
         access_log=None,
         handle_signals=False,
         logger=HTTP_LOG,

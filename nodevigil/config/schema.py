@@ -370,7 +370,10 @@ class ApiToken(Frozen):
 
 
 class Api(Frozen):
-    """The HTTP API, /metrics, /healthz and /readyz; the address and limits apply at start."""
+    """The HTTP API, /metrics, /healthz and /readyz; the address and limits apply at start.
+    max_connections (default: a quarter of the descriptor limit, at most 256) caps the open
+    connections: past it the oldest idle one is closed to make room. Idle keep-alive
+    connections close after header_timeout."""
 
     listen: Address = "127.0.0.1:9470"
     tokens: list[ApiToken] = Field(default_factory=list)
@@ -381,6 +384,10 @@ class Api(Frozen):
     body_timeout: Annotated[Duration, Field(gt=0, le=3600)] = 10.0  # to receive a whole body
     max_header_size: int = Field(default=8190, ge=1024, le=65536)  # bytes per header line
     max_headers: int = Field(default=64, ge=16, le=1024)
+    # Connections open at once. Past it the oldest idle one is closed for the new one (so
+    # /healthz still gets in), or the new one when all are busy. Default: a quarter of the
+    # descriptor limit, at most 256, so clients can never take the probes' descriptors.
+    max_connections: int | None = Field(default=None, ge=8, le=1_000_000)
 
 
 class Mqtt(Frozen):

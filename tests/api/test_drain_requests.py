@@ -29,3 +29,14 @@ def test_a_drain_longer_than_drain_max_is_a_422(world: World) -> None:
     status, answer = world.call("POST", DRAIN, json={"for": "2d"})
     assert status == 422, answer  # before the fix: accepted (anything up to 365d)
     assert answer["error"] == "for: must be longer than 0s and at most 1d (failover.drain_max)"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/maintenance", "/api/v1/sla/exclusions", "/api/v1/sla/intervals/1/cause"],
+)
+def test_every_json_route_refuses_a_key_given_twice(world: World, path: str) -> None:
+    body = b'{"note": "a", "cause": "force_majeure", "note": "b"}'
+    status, answer = world.call("POST", path, data=body)
+    assert status == 400, answer
+    assert answer == {"error": "the body gives the key 'note' more than once"}
