@@ -18,6 +18,7 @@ from failover.controller.store import ActionRecord
 from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer, ServerState
 from failover.lb.errors import (
     LoadBalancerInvalid,
+    LoadBalancerLocalError,
     LoadBalancerNotFound,
     LoadBalancerRejected,
     LoadBalancerTimeout,
@@ -53,6 +54,7 @@ def _failure(exc: BaseException, lb: str, seconds: float) -> BaseException:
 def failure_fields(error: BaseException) -> dict[str, str]:
     """What kind of trouble ``error`` is, for events: ``kind`` and, when known, ``code``."""
     kinds: list[tuple[type[BaseException], str]] = [
+        (LoadBalancerLocalError, "local"),  # nodevigil's own trouble, not the LB's
         (LoadBalancerTimeout, "timeout"),
         (LoadBalancerUnavailable, "unreachable"),
         (LoadBalancerRejected, "rejected"),
