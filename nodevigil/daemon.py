@@ -259,6 +259,7 @@ class Daemon:
             clock=self.clock,
             registry=self.registry,
             vantage=config.vantage,
+            stopping=self._stop.is_set,  # only a requested stop leaves a clean mark
         )
         await state_watch.mark()
         app = build_app(

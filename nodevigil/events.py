@@ -46,6 +46,7 @@ EVENT_KINDS = frozenset(
         "sla.unknown",
         "state.error",
         "state.recovered",
+        "clock.stepped",
     }
 )
 

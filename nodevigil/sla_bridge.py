@@ -2,7 +2,8 @@
 
 Event-driven for exact times, and level-triggered as a safety net: every few seconds the ledger's
 open intervals are compared with the controller's view, so a missed event heals by itself.
-Time when nodevigil itself was not running is recorded as ``unknown``.
+Time when nodevigil itself was not running is recorded as ``unknown``: after a crash however
+short it was, after a clean stop only past ``UNKNOWN_AFTER``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from nodevigil.backlog import Backlog
 from nodevigil.clock import Clock
 from nodevigil.errors import StateError
 from nodevigil.events import Event, EventBus
-from nodevigil.statedir import read_alive
+from nodevigil.statedir import AliveMark, boot_id, read_alive
 from sla.ledger import Ledger
 
 if TYPE_CHECKING:
@@ -31,10 +32,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The "alive" mark is written every second (nodevigil.statedir); a silence longer than this
-# was nodevigil not running (a quick restart under it is not worth an operator's review).
+# The "alive" mark is written every second (nodevigil.statedir); after a clean stop, a silence
+# longer than this was nodevigil not running (a quick planned restart is not worth a review).
+# After a crash every gap counts: a crash loop must not hide an outage in gaps under this.
 UNKNOWN_AFTER = 5.0
 UPKEEP_EVERY = 5.0  # maintenance exclusions, reconcile, settlement, the minutes gauge
+FIRST_RECONCILE_EVERY = 0.5  # until the controller has judged once (a crash loop is short)
 
 
 def utc(seconds: float) -> datetime:
@@ -105,17 +108,63 @@ class SlaBridge:
         )
 
     async def record_downtime(self) -> None:
-        """If nodevigil was not running for a while, record that time as ``unknown``."""
-        last = await asyncio.to_thread(read_alive, self._state_dir)
-        if last is None:
-            return  # first start: nothing to account for
+        """Record the time since the previous process's last sign of life as ``unknown``.
+
+        After a crash (the mark is not a clean one) however short the gap was; after a clean
+        stop only when longer than ``UNKNOWN_AFTER``. Then the services the ledger holds open
+        (an outage the previous process saw) are handed to the incidents at once.
+        """
+        mark = await asyncio.to_thread(read_alive, self._state_dir)
+        if mark is not None:
+            await self._record_gap(mark)
+        await self._resume_outages()
+
+    async def _record_gap(self, mark: AliveMark) -> None:
         now = self._clock.wall()
-        if now - last > UNKNOWN_AFTER and self._services():
-            await self._ledger.record_unknown(utc(last), utc(now), self._services())
-            log.warning(
-                "nodevigil was not running for %.0fs; recorded as unknown for review", now - last
-            )
-            self._bus.publish(Event("sla.unknown", "nodevigil", now, "", {"from": last, "to": now}))
+        services = self._services()
+        start, end = mark.wall, now
+        if end < start:
+            # The wall clock stepped back across the restart: this timeline starts before the
+            # previous one ended. Count the gap where it lies on the previous timeline.
+            elapsed = mark.elapsed(self._clock.monotonic(), await asyncio.to_thread(boot_id))
+            end = start + (elapsed or 0.0)
+        if not services or (mark.clean and end - start <= UNKNOWN_AFTER):
+            return
+        await self._ledger.record_unknown(utc(start), utc(end), services)
+        how = "stopped cleanly" if mark.clean else "did not stop cleanly"
+        log.warning(
+            "nodevigil was not running for %.1fs (the previous process %s); recorded as unknown "
+            "for review",
+            end - start,
+            how,
+        )
+        data = {"from": start, "to": end, "clean": mark.clean}
+        self._bus.publish(Event("sla.unknown", "nodevigil", now, "", data))
+
+    async def _resume_outages(self) -> None:
+        """An outage the previous process saw goes on: the ledger and the incidents agree.
+
+        An open incident without a ledger interval gets one from the incident's start; an open
+        interval without an incident gets its incident (and the customers their notice). The
+        controller's saved bookkeeping carries the outage too, but only once it has judged, and
+        a process in a crash loop may die sooner.
+        """
+        if self._incidents is None:
+            return
+        configured = set(self._services())
+        open_now = {e.service: e for e in await self._ledger.open_intervals()}
+        for incident in self._incidents.open_incidents():
+            if incident.service in configured and incident.service not in open_now:
+                start = incident.started_at if incident.openings == 1 else incident.opened_at
+                await self._ledger.open_interval(
+                    incident.service,
+                    utc(start),
+                    cause=self._cause(incident.service, start),
+                    evidence={"resumed": f"incident {incident.id}"},
+                )
+        for service, entry in open_now.items():
+            if service in configured:
+                await self._incidents.service_down(service, entry.start.timestamp())
 
     async def run(self) -> None:
         """Consume service events, reconcile and settle, until cancelled."""
@@ -178,11 +227,12 @@ class SlaBridge:
             await self._incidents.window_excluded(window, exclusion)
 
     async def _periodic(self) -> None:
+        judged = False
         while True:
             try:
                 if await self._backlog.replay():  # never reconcile past refused events
                     await self.exclude_maintenance()
-                    await self.reconcile()
+                    judged = await self.reconcile()
                     for row in await self._ledger.settle():
                         self._settled.labels(row.currency).inc(float(row.credit))
                     self.minutes.totals = await self._ledger.unavailable_minutes_total()
@@ -193,13 +243,18 @@ class SlaBridge:
                 if not self._failing:  # once per streak, not every few seconds
                     self._failing = True
                     log.exception("ledger upkeep failed; retrying")
-            await asyncio.sleep(UPKEEP_EVERY)
+            # Soon after start, an outage the controller's saved bookkeeping carries reaches the
+            # ledger within a second, not five: a process in a crash loop lives only seconds.
+            await asyncio.sleep(UPKEEP_EVERY if judged else FIRST_RECONCILE_EVERY)
 
-    async def reconcile(self) -> None:
-        """Open what the controller says is down, close what it says is back."""
+    async def reconcile(self) -> bool:
+        """Open what the controller says is down, close what it says is back.
+
+        Whether the controller had judged (nothing is done before it has).
+        """
         wanted = self._unavailable()
         if wanted is None:
-            return  # the controller has not judged yet: closing now would end real outages
+            return False  # the controller has not judged: closing now would end real outages
         open_now = {entry.service for entry in await self._ledger.open_intervals()}
         for service, since in wanted.items():
             if service not in open_now:
@@ -211,3 +266,4 @@ class SlaBridge:
                 )
         for service in open_now - set(wanted):
             await self._ledger.close_interval(service, utc(self._clock.wall()))
+        return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -244,7 +245,8 @@ async def test_time_nodevigil_was_down_is_recorded_as_unknown(
     await stop_daemon(daemon, task)
     # Pretend the daemon last ran ten minutes ago.
     alive = tmp_path / "state" / "alive"
-    alive.write_text(repr(float(alive.read_text()) - 600))
+    mark = json.loads(alive.read_text())
+    alive.write_text(json.dumps({**mark, "wall": mark["wall"] - 600}))
     daemon, task, api = await start_daemon(path)
     try:
         _, body = await api.call("GET", "/api/v1/sla/ledger")

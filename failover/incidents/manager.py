@@ -19,7 +19,7 @@ from failover.incidents.model import Incident, IncidentState, Outgoing, Window
 from failover.incidents.store import IncidentStore
 from failover.notify.metrics import NotifyMetrics
 from nodevigil.backlog import Backlog
-from nodevigil.clock import Clock
+from nodevigil.clock import Clock, Timeline
 from nodevigil.config import Config
 from nodevigil.errors import NodevigilError, StateError
 from nodevigil.events import Event, EventBus
@@ -56,7 +56,9 @@ class IncidentManager:
         self._store = store
         self._config = config
         self._bus = bus
-        self._clock = clock
+        # The process's timeline already; with any other clock, the same timeline the outbox
+        # keeps, so the due times written here and compared there cannot part.
+        self._clock = Timeline(clock)
         # service -> unavailable since (wall), per the controller; None before its first cycle
         self._unavailable = unavailable
         self._metrics = metrics
@@ -96,6 +98,10 @@ class IncidentManager:
         self._open = {i.service: i for i in await self._store.incidents(open_only=True)}
         await self.sync_config_windows()
         self._metrics.incidents_open.set(len(self._open))
+
+    def open_incidents(self) -> list[Incident]:
+        """The incidents open now, one per service at most."""
+        return list(self._open.values())
 
     async def run(self) -> None:
         """Follow service events, alerts and the safety-net reconcile until cancelled."""

@@ -326,10 +326,14 @@ class IncidentStore:
                 "UPDATE incidents SET state = ?, resolved_at = ? WHERE id = ?",
                 (IncidentState.RESOLVED.value, resolved_at, incident),
             )
+            # Only steps due after the resolution, and never one due by the incident's own
+            # (re)opening: a resolution stamped earlier than the opening (a clock stepped back
+            # under a process that does not keep a timeline) must not cancel the first notice.
             cancelled = conn.execute(
                 "UPDATE outbox SET state = 'cancelled', last_error = 'incident resolved first' "
-                "WHERE incident = ? AND state = 'pending' AND step LIKE 's%' AND not_before > ?",
-                (incident, at),
+                "WHERE incident = ? AND state = 'pending' AND step LIKE 's%' AND not_before > "
+                "MAX(?, (SELECT opened_at FROM incidents WHERE id = ?))",
+                (incident, at, incident),
             ).rowcount
             current = _get(conn, incident)
             _add_update(conn, incident, at, current.state.value, message=message, author=author)

@@ -6,6 +6,11 @@ until the notification is ``max_age`` old; then it is dead-lettered, counted and
 API. A receiver answering 410 Gone disables its notifier until an operator enables it again.
 A crash at any point loses nothing: at worst a delivery whose acknowledgement was not yet
 written is sent again, with the same id, so the receiver can deduplicate.
+
+Due times and ages are compared on a timeline carried by the monotonic clock (``Timeline``),
+never on a raw wall clock: a step back cannot make a due notification wait (or a resolution
+cancel a first notice it delayed), and a step forward cannot fire an escalation early or make a
+fresh notification look older than ``max_age``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from failover.incidents.model import OutboxRow
 from failover.incidents.store import IncidentStore
 from failover.notify.base import Delivery, Transport
 from failover.notify.metrics import NotifyMetrics
-from nodevigil.clock import Clock
+from nodevigil.clock import Clock, Timeline
 from nodevigil.config.schema import Notifications
 from nodevigil.errors import NodevigilError
 from nodevigil.events import Event, EventBus
@@ -29,7 +34,7 @@ from nodevigil.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
-IDLE_CHECK = 1.0  # re-read the outbox at least this often (a clock step cannot stall it long)
+IDLE_CHECK = 1.0  # re-read the outbox at least this often
 SEND_LIMIT = 120.0  # a transport that hangs past its own timeout is abandoned after this
 MAX_IN_FLIGHT = 500  # notifications held by this dispatcher at once (across notifiers)
 GAUGES_EVERY = 1.0  # outbox depth and age are recounted at most this often
@@ -61,7 +66,8 @@ class Dispatcher:
         self._store = store
         self._transports = dict(transports)
         self._settings = settings
-        self._clock = clock
+        # The process's timeline already; this keeps the schedule sound with any clock given.
+        self._clock = Timeline(clock)
         self._metrics = metrics
         self._bus = bus
         self._vantage = vantage

@@ -11,6 +11,7 @@ counted are exactly the outage less the unknown time, rounded as the contract sa
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import signal
 import time
@@ -128,6 +129,89 @@ async def test_killed_with_an_outage_open_it_loses_no_minute_and_counts_none_twi
 
             ids = [d.id for d in hook.accepted]
             assert len(ids) == len(set(ids)) == 2, ids  # opened once, resolved once
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(proc.wait(), 15) == 0, log.read_text()
+            await target.stop()
+
+
+def alive_pid(state_dir: Path) -> int | None:
+    """Which process wrote the alive mark (None before the first mark or in the old format)."""
+    try:
+        return int(json.loads((state_dir / "alive").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+async def test_a_crash_loop_forgets_no_outage_and_hides_no_gap(tmp_path: Path) -> None:
+    """The service goes down and the process dies as the incident is committed, before anyone
+    is told or anything else hears of it; two more processes are killed a few seconds after
+    they start. The one that stays up has the incident and the ledger interval from the
+    outage's true start, the customer is told, and every gap between two processes is
+    ``unknown``, however short."""
+    target = Target()
+    await target.start()
+    async with WebhookReceiver() as hook:
+        port = free_port()
+        path = tmp_path / "nodevigil.yaml"
+        write_config(path, target=target.url, hook=hook, listen=f"127.0.0.1:{port}")
+        log = tmp_path / "daemon.log"
+        api = Api(f"http://127.0.0.1:{port}")
+        # Dies right after the incident and its notices are committed, before any event.
+        proc = await spawn_daemon(path, log, failpoints="incident.opened")
+        gaps: list[tuple[float, float]] = []
+        try:
+            await wait_daemon_ready(proc, api.base, log)
+            down_at = time.time()
+            target.healthy = False
+            assert await asyncio.wait_for(proc.wait(), 15) == -signal.SIGKILL
+            died_at = time.time()
+            for crash in range(3):
+                proc = await spawn_daemon(path, log)
+                gaps.append((died_at, time.time()))
+                if crash == 2:
+                    break
+                await wait_daemon_ready(proc, api.base, log)
+                pid = proc.pid
+
+                async def marked(pid: int = pid) -> bool:
+                    return alive_pid(tmp_path / "state") == pid
+
+                await poll_until(marked, within=10, what="the new process's alive mark")
+                proc.send_signal(signal.SIGKILL)
+                assert await asyncio.wait_for(proc.wait(), 10) == -signal.SIGKILL
+                died_at = time.time()
+            await wait_daemon_ready(proc, api.base, log)
+
+            async def ledger() -> list[dict[str, Any]]:
+                _, body = await api.call("GET", "/api/v1/sla/ledger")
+                return list(body["intervals"])
+
+            async def recorded() -> bool:
+                intervals = await ledger()
+                return any(i["cause"] == "provider" for i in intervals) and (
+                    sum(i["cause"] == "unknown" for i in intervals) >= len(gaps)
+                )
+
+            await poll_until(recorded, within=15, what="the outage and the gaps in the ledger")
+            intervals = await ledger()
+            [outage] = [i for i in intervals if i["cause"] == "provider"]
+            assert outage["end"] is None
+            assert down_at <= ts(outage["start"]) <= died_at - 0.0, (outage, down_at)
+            unknown = sorted(
+                (ts(i["start"]), ts(i["end"])) for i in intervals if i["cause"] == "unknown"
+            )
+            assert len(unknown) == len(gaps), intervals
+            for (start, end), (dead, restarted) in zip(unknown, gaps, strict=True):
+                # From the dead process's last alive mark to the new process's start.
+                assert dead - 3 * ALIVE_EVERY <= start <= dead, (start, dead)
+                assert restarted <= end <= restarted + 10, (end, restarted)
+            await hook.wait_for(lambda: bool(accepted_of(hook, "incident.opened")), timeout=10)
+            _, incidents = await api.call("GET", "/api/v1/incidents")
+            [incident] = incidents["incidents"]
+            assert incident["state"] != "resolved"
+            assert abs(ts(incident["started_at"]) - ts(outage["start"])) < 0.01, incident
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
