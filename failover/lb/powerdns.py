@@ -19,6 +19,9 @@ from failover.lb.errors import (
 from failover.lb.retry import RetryPolicy, call_with_retries
 from nodevigil.errors import LoadBalancerError
 
+# The zone with its records; a big zone is a few MiB. An answer past this is not PowerDNS's.
+MAX_ANSWER = 64 * 2**20
+
 
 class _ServerError(LoadBalancerUnavailable):
     """A 5xx answer: PowerDNS' backend may recover, so it is retried like a refusal."""
@@ -124,7 +127,7 @@ class PowerDnsLoadBalancer:
     ) -> Any:
         try:
             async with self._http().request(method, url, params=params, json=body) as response:
-                text = await response.text()
+                raw = await _read_bounded(response)
                 status = response.status
         except TimeoutError as exc:
             raise LoadBalancerTimeout(
@@ -137,8 +140,20 @@ class PowerDnsLoadBalancer:
             raise LoadBalancerUnavailable(f"{self._name}: PowerDNS API {method}: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise LoadBalancerError(f"{self._name}: PowerDNS API {method}: {exc}") from exc
+        if len(raw) > MAX_ANSWER:
+            raise LoadBalancerError(
+                f"{self._name}: PowerDNS API {method} answered more than "
+                f"{MAX_ANSWER // 2**20} MiB; not read"
+            )
+        text = raw.decode("utf-8", "replace")
         if status < 300:
-            return json.loads(text) if text.strip() else None
+            try:
+                return json.loads(text) if text.strip() else None
+            except ValueError:
+                raise LoadBalancerError(
+                    f"{self._name}: PowerDNS API {method} answered {status} with a body that "
+                    "is not JSON"
+                ) from None
         detail = _api_error(text)
         message = (
             f"{self._name}: PowerDNS API {method} zone {self._zone} answered {status}: {detail}"
@@ -148,6 +163,16 @@ class PowerDnsLoadBalancer:
         if status == 404:
             raise LoadBalancerNotFound(message)
         raise LoadBalancerRejected(message, code=str(status))
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, or its first MAX_ANSWER + 1 bytes when it is longer."""
+    raw = bytearray()
+    async for chunk in response.content.iter_chunked(256 * 1024):
+        raw += chunk
+        if len(raw) > MAX_ANSWER:
+            break
+    return bytes(raw)
 
 
 def _api_error(text: str) -> str:

@@ -228,7 +228,10 @@ class Dispatcher:
             return
         settings = self._settings()
         age = now - message.created_at
-        delay = max(result.retry_after or 0.0, backoff(attempts, settings, self._rng))
+        # A receiver's Retry-After is honoured up to backoff_max: a receiver cannot push its
+        # own customer's notice past notifications.max_age (dead-lettered) with one header.
+        asked = min(result.retry_after or 0.0, settings.backoff_max)
+        delay = max(asked, backoff(attempts, settings, self._rng))
         if age + delay > settings.max_age:
             await self._dead(row, attempts, f"gave up after {attempts} attempts: {result.detail}")
             return

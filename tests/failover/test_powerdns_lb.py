@@ -141,3 +141,44 @@ async def test_stopped_server_is_unavailable(powerdns_server: PowerDnsInstance) 
             await lb.set_addresses("www", {"192.0.2.1"})
     finally:
         await lb.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"<html>a proxy's error page</html>", "not JSON"),
+        (b"[" + b" " * (65 * 2**20) + b"]", "more than 64 MiB"),
+    ],
+)
+async def test_an_answer_that_is_not_powerdns_is_a_clear_error(
+    unused_tcp_port: int, body: bytes, reason: str
+) -> None:
+    """Whatever answers at the API's address (a captive proxy, a hostile host), the adapter
+    reads a bounded answer and says what was wrong: never a ValueError, never 100 MiB in
+    memory. (No real PowerDNS answers this way, so a stand-in answers here.)"""
+    from aiohttp import web
+
+    from failover.lb import LoadBalancerError
+
+    async def answer(_: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    lb = PowerDnsLoadBalancer(
+        name="gslb-pdns",
+        url=f"http://127.0.0.1:{unused_tcp_port}",
+        zone="example.test.",
+        api_key="k",
+        timeout=5.0,
+        retry=FAST,
+    )
+    try:
+        with pytest.raises(LoadBalancerError, match=reason):
+            await lb.addresses("www")
+    finally:
+        await lb.close()
+        await runner.cleanup()

@@ -116,3 +116,34 @@ async def test_a_resolution_stamped_before_the_opening_keeps_the_first_notice(
         assert await state_of(store, "s1") == "cancelled"
     finally:
         await store.close()
+
+
+async def test_a_receivers_retry_after_cannot_push_a_notice_past_backoff_max(
+    tmp_path: Path,
+) -> None:
+    """A receiver answering ``Retry-After: 30 days`` is a receiver, not an operator: it is
+    honoured up to ``backoff_max``, so the notice is neither dead-lettered at once (its age plus
+    the delay would pass ``max_age``) nor parked for a month."""
+    store = IncidentStore(tmp_path / "o.db")
+    await store.open()
+    clock = ManualClock()
+    hook = Recorder("hook", script=[Delivery.retry("busy", after=30 * 86400.0)])
+    dispatcher = Dispatcher(
+        store,
+        {"hook": hook},
+        settings=lambda: fast(backoff_max="2s", max_age="1h"),
+        clock=clock,
+        metrics=NotifyMetrics(CollectorRegistry()),
+        bus=EventBus(),
+        vantage=lambda: "test",
+    )
+    try:
+        await store.enqueue([outgoing("notice", clock.wall())])
+        await one_pass(dispatcher)
+        assert await state_of(store, "notice") == "pending"  # before: dead at the first answer
+        clock.advance(2)
+        await one_pass(dispatcher)
+        assert await state_of(store, "notice") == "delivered"
+        assert [m.id for m in hook.sent] == ["notice", "notice"]
+    finally:
+        await store.close()
