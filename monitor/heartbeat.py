@@ -6,48 +6,79 @@ import asyncio
 import json
 import logging
 import math
-import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-import aiomqtt
-
+from monitor.agentauth import (
+    MAX_COUNT,
+    Position,
+    Stamp,
+    derive_key,
+    read_stamp,
+    secret_problem,
+    verify,
+)
 from nodevigil.clock import Clock
 from nodevigil.config import MqttProbe
-from nodevigil.config.schema import Mqtt
+from nodevigil.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MAX_PAYLOAD = 64 * 1024  # a heartbeat is a few hundred bytes; anything huge is hostile
+MAX_PAYLOAD = 8 * 1024  # a heartbeat is a few hundred bytes; anything bigger is hostile
 FIGURES = ("cpu_percent", "memory_percent", "disk_percent", "load1")
 
 
 @dataclass(slots=True)
 class AgentState:
-    """What the daemon last heard from one node agent."""
+    """What the daemon last heard from one configured node agent."""
 
     last_seen: float | None = None  # monotonic
     last_wall: float | None = None
     offline: bool = False  # the agent's last-will (or clean goodbye) was announced
     figures: dict[str, float] = field(default_factory=dict)
     seq: int = 0
-    alive_marks: int = 0  # bumped by every heartbeat and "online": newer than a pending will
+    alive_marks: int = 0  # bumped by every accepted heartbeat and "online"
+    position: Position = field(default_factory=Position)  # newest authenticated stamp
 
 
 # Agents reconnect with jittered backoff capped at 10 s (x1.5 jitter); after our own reconnect
 # they get that long, on top of max_silence, to be heard again before silence counts.
 AGENT_MAX_BACKOFF = 15.0
 WILL_CONFIRM = 0.25  # seconds our own link must survive a last-will before we believe it
+REFUSAL_LOG_EVERY = 600.0  # a refusal that goes on is logged again after this long
+UNSIGNED = (b"online", b"offline")  # the status of agents without a key (and of old agents)
+REASONS = {
+    "topic": "not a topic of the form PREFIX/nodes/AGENT/(heartbeat|status)",
+    "too_large": "payload larger than 8 KiB",
+    "malformed": "malformed payload",
+    "unknown_agent": "no mqtt probe names this agent",
+    "unsigned": "not signed, and mqtt.agent_secret is set",
+    "bad_mac": "signature does not verify (wrong key, or forged)",
+    "wrong_node": "signed for another node than its topic names",
+    "replayed": "not newer than the last message accepted (replayed or stale)",
+    "clock_skew": "a new boot whose sent_at is too far from the daemon's clock",
+    "unknown_connection": "a will before any other message of the agent since our start",
+}
 
 
 def _call_later(delay: float, callback: Callable[[], None]) -> None:
     asyncio.get_running_loop().call_later(delay, callback)
 
 
+def _shown(name: str) -> str:
+    """A name from the wire, bounded for a log line."""
+    return repr(name[:64] + ("..." if len(name) > 64 else ""))
+
+
 class HeartbeatBoard:
-    """Latest heartbeat per agent, the broker link's state, and counters for dropped payloads."""
+    """Latest heartbeat per configured agent, the broker link's state, and refusal counters.
+
+    Only agents named by a configured mqtt probe (``expect``) are tracked: messages for any
+    other name are counted and dropped, so a client cannot grow the daemon's memory or its
+    metrics. With an agent secret (``trust``) only messages signed with the node's key and
+    newer than the last accepted one count; see ``monitor.agentauth``.
+    """
 
     def __init__(
         self,
@@ -55,6 +86,9 @@ class HeartbeatBoard:
         *,
         schedule: Callable[[float, Callable[[], None]], None] = _call_later,
         will_confirm: float = WILL_CONFIRM,
+        agents: Iterable[str] = (),
+        agent_secret: str | None = None,
+        max_clock_skew: float = 120.0,
     ) -> None:
         self._clock = clock
         self._schedule = schedule
@@ -64,7 +98,42 @@ class HeartbeatBoard:
         self.connected_since: float | None = None  # monotonic time of the last (re)connect
         self.link_epoch = 0  # bumped on every link change, to tell stale wills apart
         self.dropped: dict[str, int] = {}
+        # Called with the agent's name when its will is believed: the monitor confirms it.
         self.on_offline: Callable[[str], None] | None = None
+        self._secret: str | None = None
+        self._keys: dict[str, bytes] = {}
+        self._max_skew = max_clock_skew
+        self._logged: dict[tuple[str, str], float] = {}  # (agent or "", reason) -> monotonic
+        self.trust(agent_secret, max_clock_skew=max_clock_skew)
+        self.expect(agents)
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether agents must sign their messages (an agent secret is configured)."""
+        return self._secret is not None
+
+    def expect(self, agents: Iterable[str]) -> None:
+        """Track exactly these agents (the configured mqtt probes'); forget the others."""
+        wanted = set(agents)
+        self.agents = {a: self.agents.get(a) or AgentState() for a in sorted(wanted)}
+        self._keys = {a: k for a, k in self._keys.items() if a in wanted}
+        self._logged = {k: t for k, t in self._logged.items() if k[0] in wanted or not k[0]}
+
+    def trust(self, agent_secret: str | None, *, max_clock_skew: float) -> None:
+        """Require messages signed with keys derived from ``agent_secret`` (None: any)."""
+        problem = secret_problem(agent_secret) if agent_secret is not None else ""
+        if problem:
+            raise ConfigError([problem])
+        self._secret = agent_secret
+        self._keys = {}
+        self._max_skew = max_clock_skew
+
+    def _key(self, agent: str) -> bytes:
+        key = self._keys.get(agent)
+        if key is None:
+            assert self._secret is not None
+            key = self._keys[agent] = derive_key(self._secret, agent)
+        return key
 
     def link_up(self) -> None:
         """The daemon (re)connected to the broker: silence is measured from now on."""
@@ -77,70 +146,160 @@ class HeartbeatBoard:
         self.connected = False
         self.link_epoch += 1
 
-    def drop(self, reason: str) -> None:
-        """Count a payload that was refused."""
+    def drop(self, reason: str, agent: str = "", *, heard: str = "") -> None:
+        """Count a payload that was refused; log it once per agent and reason, not per message.
+
+        ``agent`` is a configured agent; ``heard`` a name from the wire, shown (bounded) in
+        the first log line only: names nobody configured never key anything.
+        """
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        now = self._clock.monotonic()
+        last = self._logged.get((agent, reason))
+        if last is not None and now - last < REFUSAL_LOG_EVERY:
+            return
+        self._logged[(agent, reason)] = now
+        if reason in ("unknown_agent", "topic"):
+            log.warning(
+                "dropping MQTT messages (%s), first from %s; counted in "
+                "nodevigil_mqtt_payloads_dropped_total, not logged again for %gs",
+                REASONS[reason],
+                _shown(heard) if heard else "an unparsable topic",
+                REFUSAL_LOG_EVERY,
+            )
+        else:
+            log.warning(
+                "dropping MQTT messages for agent %s: %s; counted in "
+                "nodevigil_mqtt_payloads_dropped_total, not logged again for %gs",
+                agent,
+                REASONS[reason],
+                REFUSAL_LOG_EVERY,
+            )
 
     def handle(self, topic: str, payload: bytes, prefix: str, *, retained: bool = False) -> None:
-        """Take one MQTT message; malformed ones are counted and dropped, never raised."""
-        parts = topic.split("/")
+        """Take one MQTT message; refused ones are counted and dropped, never raised."""
+        parts = topic.split("/", 64)
         base = prefix.strip("/").split("/")
         if len(parts) != len(base) + 3 or parts[: len(base)] != base or parts[-3] != "nodes":
             self.drop("topic")
             return
         agent, kind = parts[-2], parts[-1]
+        if kind not in ("status", "heartbeat"):
+            self.drop("topic")
+            return
+        if agent not in self.agents:
+            self.drop("unknown_agent", heard=agent)
+            return
         if len(payload) > MAX_PAYLOAD:
-            self.drop("too_large")
+            self.drop("too_large", agent)
             return
         if kind == "status":
-            self._status(agent, payload, retained)
-        elif kind == "heartbeat":
-            self._heartbeat(agent, payload)
+            if not retained:  # a retained status is from before our (re)connect: old news
+                self._status(agent, payload)
         else:
-            self.drop("topic")
+            self._heartbeat(agent, payload)
 
-    def _status(self, agent: str, payload: bytes, retained: bool) -> None:
-        text = payload.decode("utf-8", "replace").strip()
-        state = self.agents.setdefault(agent, AgentState())
-        if text == "offline":
-            if retained:
-                return  # a will from before our (re)connect: silence will judge the agent
-            # A broker that shuts down publishes every client's will, ours included; believe
-            # the will only if our own link is still up a moment later.
-            epoch, mark = self.link_epoch, state.alive_marks
-            self._schedule(self._will_confirm, lambda: self._confirm_offline(agent, epoch, mark))
-        elif text == "online":
-            state.offline = False
-            state.alive_marks += 1
-        elif text:  # an empty retained payload just clears the topic
-            self.drop("malformed")
+    def _decode(self, agent: str, kind: str, payload: bytes) -> tuple[dict[str, Any], Stamp | None]:
+        """Parse and authenticate a JSON message; raise _Refused with the drop reason."""
+        try:
+            data = json.loads(payload)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise _Refused("malformed") from None
+        if not isinstance(data, dict):
+            raise _Refused("malformed")
+        if data.get("node", agent) != agent:
+            raise _Refused("wrong_node")
+        stamp = read_stamp(data)
+        if self._secret is None:
+            return data, stamp  # no key to check: the old, trusting behaviour
+        if "mac" not in data:
+            raise _Refused("unsigned")
+        if not verify(self._key(agent), kind, data):
+            raise _Refused("bad_mac")
+        if stamp is None:
+            raise _Refused("malformed")
+        return data, stamp
+
+    def _in_order(self, state: AgentState, stamp: Stamp | None, *, will: bool) -> None:
+        """Refuse a signed message that is not newer than the last accepted one."""
+        if self._secret is None or stamp is None:
+            return
+        problem = state.position.problem(stamp, self._clock.wall(), self._max_skew, will=will)
+        if problem:
+            raise _Refused(problem)
+        state.position.accept(stamp, will=will)
+
+    def _status(self, agent: str, payload: bytes) -> None:
+        state = self.agents[agent]
+        text = payload.strip()
+        if not text:
+            return  # an empty payload just clears a retained topic
+        try:
+            if text in UNSIGNED:
+                if self._secret is not None:
+                    raise _Refused("unsigned")
+                status, stamp = text.decode(), None
+            else:
+                data, stamp = self._decode(agent, "status", text)
+                said = data.get("status")
+                if said not in ("online", "offline"):
+                    raise _Refused("malformed")
+                status = str(said)
+            self._in_order(state, stamp, will=status == "offline")
+        except _Refused as refused:
+            self.drop(refused.reason, agent)
+            return
+        if status == "online":
+            self._alive(state)
+            return
+        # A broker that shuts down publishes every client's will, ours included; believe
+        # the will only if our own link is still up a moment later.
+        epoch, mark = self.link_epoch, state.alive_marks
+        self._schedule(self._will_confirm, lambda: self._confirm_offline(agent, epoch, mark))
+
+    def _alive(self, state: AgentState) -> None:
+        state.offline = False
+        state.alive_marks += 1
 
     def _confirm_offline(self, agent: str, epoch: int, mark: int) -> None:
-        state = self.agents.setdefault(agent, AgentState())
-        if not self.connected or epoch != self.link_epoch or state.alive_marks != mark:
-            return  # our link changed, or the agent spoke again since its will
-        state.offline = True
+        state = self.agents.get(agent)
+        if state is None or not self.connected or epoch != self.link_epoch:
+            return  # the agent is no longer configured, or our link changed since its will
+        spoke = state.alive_marks != mark
+        if spoke and self._secret is not None:
+            return  # a signed message from a later connection: the agent is back
+        # Unauthenticated, anyone can say "online": the will is confirmed by the node's other
+        # probes whatever was said since, and only the mqtt probe's own state follows it.
+        if not spoke:
+            state.offline = True
         if self.on_offline is not None:
             self.on_offline(agent)
 
+    def doubt(self, agent: str) -> None:
+        """Forget an unsigned will the node's other probes contradicted: silence judges now."""
+        state = self.agents.get(agent)
+        if state is not None and self._secret is None:
+            state.offline = False
+
     def _heartbeat(self, agent: str, payload: bytes) -> None:
+        state = self.agents[agent]
         try:
-            data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            self.drop("malformed")
+            data, stamp = self._decode(agent, "heartbeat", payload)
+            figures = _figures(data)
+            if figures is None:
+                raise _Refused("malformed")
+            self._in_order(state, stamp, will=False)
+        except _Refused as refused:
+            self.drop(refused.reason, agent)
             return
-        figures = _figures(data)
-        if figures is None:
-            self.drop("malformed")
-            return
-        state = self.agents.setdefault(agent, AgentState())
         state.last_seen = self._clock.monotonic()
         state.last_wall = self._clock.wall()
-        state.offline = False
-        state.alive_marks += 1
+        self._alive(state)
         state.figures = figures
         seq = data.get("seq")
-        state.seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else state.seq + 1
+        if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= MAX_COUNT:
+            state.seq = seq
+        else:
+            state.seq += 1
 
     def judge(self, spec: MqttProbe, agent: str, grace: float | None) -> tuple[bool | None, str]:
         """The mqtt probe: (ok, detail); None while the daemon's own broker link is in doubt."""
@@ -166,6 +325,14 @@ class HeartbeatBoard:
         if over:
             return False, over
         return True, f"heartbeat {silence:.1f}s ago"
+
+
+class _Refused(Exception):
+    """A message to drop, with the reason it is counted under."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _figures(data: Any) -> dict[str, float] | None:
@@ -204,67 +371,25 @@ class MqttProber:
         self._grace = grace
 
     async def check(self) -> tuple[bool | None, str, bool]:
-        """Judge the agent's heartbeat; a last-will is decisive."""
+        """Judge the agent's heartbeat; never decisive alone (the monitor confirms a will)."""
         ok, detail = self._board.judge(self.spec, self._agent, self._grace)
-        decisive = ok is False and detail.startswith("agent announced offline")
-        return ok, detail, decisive
+        return ok, detail, False
 
 
-class HeartbeatListener:
-    """Subscribes to every agent's heartbeat and status, reconnecting with jittered backoff."""
+# The broker link lives in monitor.mqttlink; these names stay importable from here.
+from monitor.mqttlink import (  # noqa: E402
+    BrokerUrl,
+    HeartbeatListener,
+    aiomqtt_url,
+    tls_parameters,
+)
 
-    def __init__(self, settings: Mqtt, board: HeartbeatBoard, password: str | None = None):
-        self._settings = settings
-        self._board = board
-        self._password = password
-
-    async def run(self) -> None:
-        """Listen until cancelled."""
-        url = aiomqtt_url(self._settings.url)
-        prefix = self._settings.topic_prefix.strip("/")
-        delay = 0.5
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    url.host,
-                    url.port,
-                    username=self._settings.username,
-                    password=self._password,
-                    identifier=f"nodevigil-{random.getrandbits(32):08x}",
-                    keepalive=10,
-                    tls_params=aiomqtt.TLSParameters() if url.tls else None,
-                ) as client:
-                    await client.subscribe(f"{prefix}/nodes/+/heartbeat", qos=0)
-                    await client.subscribe(f"{prefix}/nodes/+/status", qos=1)
-                    self._board.link_up()
-                    log.info("connected to MQTT broker %s:%d", url.host, url.port)
-                    delay = 0.5
-                    async for message in client.messages:
-                        payload = message.payload
-                        if not isinstance(payload, bytes | bytearray):
-                            payload = str(payload).encode()
-                        self._board.handle(
-                            str(message.topic), bytes(payload), prefix, retained=message.retain
-                        )
-            except aiomqtt.MqttError as exc:
-                if self._board.connected:
-                    log.warning("lost the MQTT broker: %s; reconnecting", exc)
-                self._board.link_down()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 10.0)
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerUrl:
-    """A parsed ``mqtt://host:port`` (or ``mqtts://``)."""
-
-    host: str
-    port: int
-    tls: bool
-
-
-def aiomqtt_url(url: str) -> BrokerUrl:
-    """Split an ``mqtt(s)://host[:port]`` URL."""
-    parts = urlsplit(url)
-    tls = parts.scheme == "mqtts"
-    return BrokerUrl(parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls)
+__all__ = [
+    "AgentState",
+    "BrokerUrl",
+    "HeartbeatBoard",
+    "HeartbeatListener",
+    "MqttProber",
+    "aiomqtt_url",
+    "tls_parameters",
+]

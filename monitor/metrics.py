@@ -112,7 +112,8 @@ class AgentCollector(Collector):
         dropped = CounterMetricFamily(
             "nodevigil_mqtt_payloads_dropped",
             "MQTT payloads refused since start, by reason: topic, too_large, malformed, "
-            "unknown_agent, unsigned, bad_mac, wrong_node, replayed, clock_skew.",
+            "unknown_agent, unsigned, bad_mac, wrong_node, replayed, clock_skew, "
+            "unknown_connection.",
             labels=["reason"],
         )
         link = GaugeMetricFamily(

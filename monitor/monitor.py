@@ -8,7 +8,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from types import TracebackType
 from typing import Any, Self
@@ -21,7 +21,7 @@ from monitor.probes.httpclient import ProbeSession
 from monitor.timers import Entry, Timers, clock_timers, loop_timers
 from monitor.verdict import NodeJudge, Transition
 from nodevigil.clock import Clock
-from nodevigil.config import Config, HttpProbe, Node
+from nodevigil.config import Config, HttpProbe, MqttProbe, Node
 from nodevigil.events import EventBus, Verdict, VerdictChange
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class Monitor:
         self._watched: dict[str, _Watched] = {}
         self._session: ProbeSession | None = None
         self._flapping: set[str] = set()
+        self._confirming: set[tuple[str, str]] = set()  # (node, mqtt probe) confirming a will
         self._overloaded_until = 0.0
         self._lags: deque[tuple[float, float]] = deque()  # (monotonic, lag) within the hold
         self._lag_task: asyncio.Task[None] | None = None
@@ -208,6 +209,13 @@ class Monitor:
             if node.name not in old:
                 old[node.name] = self._start(node)
         self._watched = {n.name: old[n.name] for n in config.nodes}
+        # Only the agents of configured mqtt probes are heard; messages for others are dropped.
+        self._board.expect(
+            spec.agent or node.name
+            for node in config.nodes
+            for spec in node.probes
+            if isinstance(spec, MqttProbe)
+        )
 
     def _start(self, node: Node) -> _Watched:
         d = self._config.defaults
@@ -305,6 +313,11 @@ class Monitor:
 
     async def run_probe(self, watched: _Watched, probe: str, prober: Prober, kind: str) -> None:
         """Run one probe once and feed its result to the node's judge."""
+        result = await self._check(watched, probe, prober)
+        self._record(watched, probe, kind, result)
+
+    async def _check(self, watched: _Watched, probe: str, prober: Prober) -> ProbeResult:
+        """Run one probe once; its failures are not trusted while the loop is stalled."""
         started = time.perf_counter()
         try:
             ok, detail, decisive = await prober.check()
@@ -314,9 +327,11 @@ class Monitor:
         duration = time.perf_counter() - started
         if ok is False and not decisive and self._stalled_for(watched.budgets[probe]):
             ok, detail = None, f"not trusted, the monitor is overloaded: {detail}"
-        result = ProbeResult(
-            ok, detail, duration, self._clock.wall(), self._config.vantage, decisive
-        )
+        return ProbeResult(ok, detail, duration, self._clock.wall(), self._config.vantage, decisive)
+
+    def _record(self, watched: _Watched, probe: str, kind: str, result: ProbeResult) -> None:
+        """Count a result and feed it to the node's judge; publish the change it causes."""
+        ok = result.ok
         outcome = "inconclusive" if ok is None else ("success" if ok else "failure")
         self.outcomes[outcome] += 1
         counter = watched.counters.get((probe, outcome))
@@ -327,7 +342,7 @@ class Monitor:
         histogram = self._durations.get(kind)
         if histogram is None:
             histogram = self._durations[kind] = self._metrics.probe_duration.labels(kind)
-        histogram.observe(duration)
+        histogram.observe(result.duration)
         transition = watched.judge.observe(probe, result, self._clock.monotonic())
         if transition is not None:
             self._publish(watched.node, transition)
@@ -401,12 +416,51 @@ class Monitor:
                 was = now
 
     def _agent_offline(self, agent: str) -> None:
-        """An agent's last-will arrived: judge its mqtt probes now, not at the next tick."""
+        """An agent's last-will was believed: confirm it with its nodes' other probes, now."""
         for watched in self._watched.values():
             for spec in watched.node.probes:
-                if spec.type == "mqtt" and (spec.agent or watched.node.name) == agent:
-                    prober = watched.probers[spec.label]
-                    asyncio.get_running_loop().create_task(
-                        self.run_probe(watched, spec.label, prober, "mqtt"),
-                        name=f"last-will:{watched.node.name}",
-                    )
+                if spec.type != "mqtt" or (spec.agent or watched.node.name) != agent:
+                    continue
+                key = (watched.node.name, spec.label)
+                if key in self._confirming:
+                    continue  # one round in flight answers every will that came meanwhile
+                self._confirming.add(key)
+                asyncio.get_running_loop().create_task(
+                    self._confirm_will(watched, spec.label, agent),
+                    name=f"last-will:{watched.node.name}",
+                )
+
+    async def _confirm_will(self, watched: _Watched, mqtt_probe: str, agent: str) -> None:
+        """One immediate round of the node's other probes decides what the will is worth.
+
+        The node goes down at once only when every other probe fails in this round: then
+        their failures and the mqtt probe's are decisive. When any passes (or cannot tell),
+        each result counts as an ordinary one, so a will alone never drains a serving node:
+        a client that can publish to the broker is not trusted with traffic. A node with no
+        other probe has only its agent's word: it is believed when the word is signed
+        (``mqtt.agent_secret``), and counts as one ordinary failure when it is not.
+        """
+        try:
+            await self._confirm_round(watched, mqtt_probe, agent)
+        finally:
+            self._confirming.discard((watched.node.name, mqtt_probe))
+
+    async def _confirm_round(self, watched: _Watched, mqtt_probe: str, agent: str) -> None:
+        others = [label for label in watched.probers if label != mqtt_probe]
+        results = await asyncio.gather(
+            *(self._check(watched, label, watched.probers[label]) for label in others)
+        )
+        mqtt = await self._check(watched, mqtt_probe, watched.probers[mqtt_probe])
+        agreed = all(r.ok is False for r in results) if others else self._board.authenticated
+        if self._watched.get(watched.node.name) is not watched:
+            return  # the node was removed or changed while we probed
+        kinds = {spec.label: spec.type for spec in watched.node.probes}
+        for label, result in zip(others, results, strict=True):
+            self._record(watched, label, kinds[label], replace(result, decisive=agreed))
+        if agreed and mqtt.ok is False:
+            mqtt = replace(mqtt, decisive=True)
+        self._record(watched, mqtt_probe, "mqtt", mqtt)
+        if not agreed and not self._board.authenticated:
+            # An unsigned will the node's probes contradict may be anyone's: it cost the mqtt
+            # probe this one failure; from now on silence judges the agent again.
+            self._board.doubt(agent)

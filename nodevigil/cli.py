@@ -48,6 +48,25 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--interval", default="2s", type=_duration, help="heartbeat period")
     agent.add_argument("--topic-prefix", default="nodevigil")
     agent.add_argument("--disk", default="/", help="the filesystem whose usage is reported")
+    agent.add_argument(
+        "--key-file", type=Path, help="this node's agent key (from `nodevigil agent-key`)"
+    )
+    agent.add_argument("--username", help="broker login (default with a password: the node)")
+    agent.add_argument(
+        "--password-file", type=Path, help="broker password (default: $NODEVIGIL_MQTT_PASSWORD)"
+    )
+    agent.add_argument("--tls-ca", type=Path, help="CA file for mqtts:// (default: system CAs)")
+    agent.add_argument("--tls-cert", type=Path, help="client certificate for mqtts://")
+    agent.add_argument("--tls-key", type=Path, help="the client certificate's private key")
+
+    agent_key = sub.add_parser(
+        "agent-key", help="print (or write) a node's agent key, derived from mqtt.agent_secret"
+    )
+    agent_key.add_argument("node", help="the agent's name (an mqtt probe's agent or node)")
+    agent_key.add_argument("-c", "--config", default=DEFAULT_CONFIG, type=Path)
+    agent_key.add_argument(
+        "--out", type=Path, help="write the key to this file (mode 0600) instead of stdout"
+    )
 
     from sla import cli as sla_cli
 
@@ -174,17 +193,13 @@ def main(argv: list[str] | None = None, *, early: EarlySignals | None = None) ->
 
             return demo_main(demo_options.from_args(args), args.log_level)
         if args.command == "agent":
-            from monitor.agent import NodeAgent
+            from nodevigil.agentcli import run_agent
 
-            agent = NodeAgent(
-                url=args.mqtt,
-                node=args.node,
-                interval=args.interval,
-                topic_prefix=args.topic_prefix,
-                disk_path=args.disk,
-            )
-            asyncio.run(agent.run())
-            return 0
+            return run_agent(args)
+        if args.command == "agent-key":
+            from nodevigil.agentcli import agent_key
+
+            return agent_key(args.config, args.node, args.out)
     except ConfigError as exc:
         where = f"{exc.source}: " if exc.source else ""
         for problem in exc.problems or ["invalid configuration"]:

@@ -293,7 +293,15 @@ class Daemon:
                         if (config.mqtt.password)
                         else None
                     )
-                    listener = HeartbeatListener(config.mqtt, self.board, password)
+                    agent_secret = (
+                        read_secret(config.mqtt.agent_secret, self.base_dir)
+                        if config.mqtt.agent_secret
+                        else None
+                    )
+                    self.board.trust(agent_secret, max_clock_skew=config.mqtt.max_clock_skew)
+                    listener = HeartbeatListener(
+                        config.mqtt, self.board, password, base_dir=self.base_dir
+                    )
                     tg.create_task(listener.run(), name="mqtt-heartbeats")
                 interval = systemd.watchdog_interval()
                 if interval is not None:

@@ -300,6 +300,13 @@ def _people_problems(config: Config) -> Iterator[str]:
             yield f"api.tokens[{i}].customer: only a customer token names a customer"
     if config.mqtt is not None and config.mqtt.password is not None:
         yield from _secret_problems("mqtt.password", config.mqtt.password)
+    if config.mqtt is not None and config.mqtt.agent_secret is not None:
+        yield from _secret_problems("mqtt.agent_secret", config.mqtt.agent_secret)
+    if config.mqtt is not None and config.mqtt.tls is not None:
+        if not config.mqtt.url.startswith("mqtts://"):
+            yield "mqtt.tls: TLS settings need an mqtts:// url"
+        if (config.mqtt.tls.cert_file is None) != (config.mqtt.tls.key_file is None):
+            yield "mqtt.tls: give cert_file and key_file together"
 
 
 def _notification_problems(config: Config) -> Iterator[str]:

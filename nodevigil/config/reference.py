@@ -32,6 +32,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("api", schema.Api),
     ("api.tokens[]", schema.ApiToken),
     ("mqtt", schema.Mqtt),
+    ("mqtt.tls", schema.MqttTls),
     ("defaults", schema.Defaults),
     ("defaults.flap", schema.FlapDamping),
     ("failover", schema.FailoverSettings),
@@ -62,7 +63,10 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("maintenance[]", schema.MaintenanceWindow),
     ("incidents", schema.Incidents),
     ("notifications", schema.Notifications),
-    ("secrets (tsig, api_key, mqtt.password, webhook, smtp.password)", schema.SecretRef),
+    (
+        "secrets (tsig, api_key, mqtt.password, mqtt.agent_secret, webhook, smtp.password)",
+        schema.SecretRef,
+    ),
     ("sla", schema.Sla),
     ("records", schema.Records),
 ]
@@ -152,7 +156,22 @@ EXAMPLES: dict[str, Example] = {
           topic_prefix: nodevigil
           username: nodevigil
           password: {secret_file: /etc/nodevigil/mqtt-password}
+          tls: {ca_file: /etc/nodevigil/mqtt-ca.pem}
+          agent_secret: {secret_file: /etc/nodevigil/agent-secret}  # signed heartbeats and wills
+          max_clock_skew: 2m                 # how far an agent's clock may be from ours
           reconnect_grace: 30s               # after the daemon reconnects, before silence counts
+        """,
+    ),
+    "mqtt.tls": _example(
+        "mqtt",
+        "tls",
+        text="""
+        mqtt:
+          url: mqtts://mqtt.example.net:8883
+          tls:
+            ca_file: /etc/nodevigil/mqtt-ca.pem  # default: the system's trusted CAs
+            cert_file: /etc/nodevigil/mqtt-client.pem  # only if the broker asks for one
+            key_file: /etc/nodevigil/mqtt-client.key
         """,
     ),
     "defaults": _example(
@@ -565,7 +584,7 @@ EXAMPLES: dict[str, Example] = {
           concurrency: 4                     # deliveries in flight per notifier
         """,
     ),
-    "secrets (tsig, api_key, mqtt.password, webhook, smtp.password)": _example(
+    "secrets (tsig, api_key, mqtt.password, mqtt.agent_secret, webhook, smtp.password)": _example(
         "mqtt",
         "password",
         text="""
@@ -605,6 +624,7 @@ _DURATION_FIELDS = {
     "hold_down_max",
     "site_hold_down",
     "reconnect_grace",
+    "max_clock_skew",
     "settlement_delay",
     "retention",
     "resolve_after",

@@ -390,6 +390,14 @@ class Api(Frozen):
     max_connections: int | None = Field(default=None, ge=8, le=1_000_000)
 
 
+class MqttTls(Frozen):
+    """TLS towards the broker (``mqtts://``): the CA to trust, optionally a client certificate."""
+
+    ca_file: Path | None = None  # default: the system's trusted CAs
+    cert_file: Path | None = None  # a client certificate, for brokers that require one
+    key_file: Path | None = None  # its private key (with cert_file)
+
+
 class Mqtt(Frozen):
     """The MQTT broker the node agents publish their heartbeats to."""
 
@@ -397,6 +405,12 @@ class Mqtt(Frozen):
     topic_prefix: str = "nodevigil"
     username: str | None = None
     password: SecretRef | None = None
+    tls: MqttTls | None = None  # only with mqtts://; default: the system's CAs, no client cert
+    # The installation secret every node's agent key derives from (``nodevigil agent-key``).
+    # Set, the daemon believes only heartbeats and wills signed with the node's key; unset,
+    # any client that can publish to the broker can speak for any node.
+    agent_secret: SecretRef | None = None
+    max_clock_skew: Duration = Field(default=120.0, gt=0)  # agent vs daemon clock, new boots
     reconnect_grace: Duration | None = None  # default: each probe's max_silence + 15s
 
 

@@ -80,6 +80,9 @@ class Endpoints:
     tsig_key_file: Path | None
     mqtt_url: str | None
     webhook_url: str
+    mqtt_username: str | None = None  # the daemon's broker login, when the broker wants one
+    mqtt_password_file: str | None = None
+    agent_secret_file: str | None = None  # the agents' keys derive from it (signed heartbeats)
 
 
 def demo_config(
@@ -161,7 +164,14 @@ def demo_config(
         "notifications": {"backoff_initial": ms(t.scaled(0.5)), "backoff_max": ms(t.scaled(5))},
     }
     if endpoints.mqtt_url is not None:
-        config["mqtt"] = {"url": endpoints.mqtt_url}
+        mqtt: dict[str, Any] = {"url": endpoints.mqtt_url}
+        if endpoints.mqtt_username is not None:
+            mqtt["username"] = endpoints.mqtt_username
+        if endpoints.mqtt_password_file is not None:
+            mqtt["password"] = {"secret_file": endpoints.mqtt_password_file}
+        if endpoints.agent_secret_file is not None:
+            mqtt["agent_secret"] = {"secret_file": endpoints.agent_secret_file}
+        config["mqtt"] = mqtt
     return config
 
 

@@ -17,6 +17,7 @@ import yaml
 from failover.controller.status import ControllerStatus
 from failover.lb.haproxy import HAProxyLoadBalancer
 from monitor.agent import NodeAgent
+from monitor.agentauth import derive_key
 from nodevigil.daemon import Daemon
 from nodevigil.demo.receiver import CustomerReceiver
 from nodevigil.demo.servers import (
@@ -30,6 +31,7 @@ from nodevigil.demo.servers import (
     run_mosquitto,
     start_haproxy,
 )
+from nodevigil.demo.servers.mosquitto import AGENT_ACL, DAEMON_USER
 from nodevigil.demo.settings import (
     CONFIG_HEADER,
     RECORD,
@@ -103,6 +105,10 @@ class World:
         self._task: asyncio.Task[None] | None = None
         self._stack = contextlib.AsyncExitStack()
         self._standin_dns: set[str] = set()  # the recording global LB's record, from its events
+        self._agent_secret = secrets.token_hex(32)  # every node agent's key derives from it
+        self._mqtt_users = {DAEMON_USER: secrets.token_urlsafe(16)}
+        for site in SITES:
+            self._mqtt_users.update({n: secrets.token_urlsafe(16) for n in node_names(site)})
 
     # --- building and tearing down ------------------------------------------------------------
 
@@ -151,8 +157,16 @@ class World:
                 run_bind(self.workdir / "bind", zone=ZONE, program=self.programs.named)
             )
         if self.programs.mosquitto is not None:
+            # As docs/operations.md sets a broker up: a login per node agent and one for
+            # nodevigil, the agents' ACL, and heartbeats signed with per-node keys.
+            login = self._mqtt_users if self._can_make_passwords() else None
             self.broker = await stack.enter_async_context(
-                run_mosquitto(self.workdir / "mosquitto", program=self.programs.mosquitto)
+                run_mosquitto(
+                    self.workdir / "mosquitto",
+                    program=self.programs.mosquitto,
+                    users=login,
+                    acl=AGENT_ACL.format(prefix="nodevigil", daemon=DAEMON_USER) if login else None,
+                )
             )
             stack.push_async_callback(self._stop_agents)
             for name in self.nodes:
@@ -163,10 +177,22 @@ class World:
         self._task = asyncio.create_task(self.daemon.run(), name="nodevigil-daemon")
         stack.push_async_callback(self._stop_daemon)
 
+    def _can_make_passwords(self) -> bool:
+        assert self.programs.mosquitto is not None
+        beside = self.programs.mosquitto.with_name("mosquitto_passwd")
+        return beside.exists() or shutil.which("mosquitto_passwd") is not None
+
+    def _write_secret(self, name: str, value: str) -> str:
+        path = self.workdir / name
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+        return path.name
+
     def _write_config(self) -> None:
         secret_file = self.workdir / "acme.whsec"
         secret_file.write_text(self.receiver.secret + "\n")
         secret_file.chmod(0o600)
+        users = self.broker.users if self.broker is not None else None
         endpoints = Endpoints(
             node_ports={name: node.port for name, node in self.nodes.items()},
             haproxy_sockets=(
@@ -178,6 +204,13 @@ class World:
             tsig_key_file=self.bind.key_file if self.bind else None,
             mqtt_url=self.broker.url if self.broker else None,
             webhook_url=self.receiver.url,
+            mqtt_username=DAEMON_USER if users else None,
+            mqtt_password_file=self._write_secret("mqtt-password", users[DAEMON_USER])
+            if users
+            else None,
+            agent_secret_file=self._write_secret("agent-secret", self._agent_secret)
+            if self.broker
+            else None,
         )
         data = demo_config(endpoints, self.timings, self.admin_token, secret_file.name)
         header = CONFIG_HEADER.format(
@@ -215,10 +248,14 @@ class World:
     def _start_agent(self, name: str) -> None:
         if self.broker is None or name in self._agents:
             return
+        users = self.broker.users or {}
         agent = NodeAgent(
             url=self.broker.url,
             node=name,
             interval=self.timings.agent_interval,
+            username=name if name in users else None,
+            password=users.get(name),
+            key=derive_key(self._agent_secret, name),
             disk_path=str(self.workdir),
         )
         self._agents[name] = asyncio.create_task(agent.run(), name=f"agent-{name}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -15,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from monitor.agent import NodeAgent
+from monitor.agentauth import derive_key, format_key
 from monitor.heartbeat import HeartbeatBoard, HeartbeatListener
 from monitor.metrics import AgentCollector, MonitorMetrics
 from monitor.monitor import Monitor
@@ -23,6 +26,7 @@ from nodevigil.config import Config, parse_config
 from nodevigil.events import Event, EventBus, Verdict
 from tests.brokers import Broker
 from tests.failover.daemons import poll_until
+from tests.leakcheck import register
 
 
 def mqtt_config(broker: Broker, **probe: Any) -> Config:
@@ -64,7 +68,7 @@ async def watching(
 
 
 async def test_agent_heartbeats_reach_the_daemon(mosquitto: Broker) -> None:
-    board = HeartbeatBoard(SystemClock())
+    board = HeartbeatBoard(SystemClock(), agents=["n1"])
     config = mqtt_config(mosquitto)
     assert config.mqtt is not None
     agent = NodeAgent(url=mosquitto.url, node="n1", interval=0.2)
@@ -80,8 +84,15 @@ async def test_agent_heartbeats_reach_the_daemon(mosquitto: Broker) -> None:
     assert registry.get_sample_value("nodevigil_agent_memory_percent", {"node": "n1"}) is not None
 
 
-async def test_killed_agent_is_judged_down_by_its_last_will(mosquitto: Broker) -> None:
-    board = HeartbeatBoard(SystemClock())
+async def test_killed_agent_is_judged_down_by_its_last_will(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """A node whose only probe is mqtt drains on its agent's signed will at once."""
+    secret = secrets.token_hex(32)
+    register("mqtt agent secret", secret)
+    key_file = tmp_path / "n1.key"
+    key_file.write_text(format_key(derive_key(secret, "n1")))
+    board = HeartbeatBoard(SystemClock(), agent_secret=secret)
     # max_silence is long: only the broker's last-will can explain a quick verdict.
     config = mqtt_config(mosquitto, max_silence="60s")
     agent = await asyncio.create_subprocess_exec(
@@ -95,6 +106,8 @@ async def test_killed_agent_is_judged_down_by_its_last_will(mosquitto: Broker) -
         "n1",
         "--interval",
         "200ms",
+        "--key-file",
+        str(key_file),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -183,6 +196,7 @@ async def test_broker_restart_does_not_mark_nodes_down(mosquitto: Broker) -> Non
         ("nodevigil/nodes/n1/heartbeat", b'{"disk_percent": "full"}', "malformed"),
         ("nodevigil/nodes/n1/heartbeat", b'{"load1": -1}', "malformed"),
         ("nodevigil/nodes/n1/heartbeat", b"{" + b" " * 70_000 + b"}", "too_large"),
+        ("nodevigil/nodes/n1/heartbeat", b'{"node": "n2", "seq": 1}', "wrong_node"),
         ("nodevigil/nodes/n1/status", b"exploded", "malformed"),
         ("nodevigil/nodes/n1/x/heartbeat", b"{}", "topic"),
     ],
@@ -190,14 +204,14 @@ async def test_broker_restart_does_not_mark_nodes_down(mosquitto: Broker) -> Non
 def test_malformed_payloads_are_counted_and_dropped(
     topic: str, payload: bytes, reason: str
 ) -> None:
-    board = HeartbeatBoard(SystemClock())
+    board = HeartbeatBoard(SystemClock(), agents=["n1"])
     board.handle(topic, payload, "nodevigil")
     assert board.dropped == {reason: 1}
     assert all(s.last_seen is None for s in board.agents.values())
 
 
 async def test_malformed_payloads_over_a_real_broker(mosquitto: Broker) -> None:
-    board = HeartbeatBoard(SystemClock())
+    board = HeartbeatBoard(SystemClock(), agents=["n1"])
     config = mqtt_config(mosquitto)
     assert config.mqtt is not None
     async with background(HeartbeatListener(config.mqtt, board).run()):
@@ -216,21 +230,25 @@ async def test_malformed_payloads_over_a_real_broker(mosquitto: Broker) -> None:
 
 def test_a_will_is_believed_only_if_our_link_survives_it() -> None:
     later: list[Any] = []
-    board = HeartbeatBoard(SystemClock(), schedule=lambda _delay, fn: later.append(fn))
+    board = HeartbeatBoard(
+        SystemClock(), schedule=lambda _delay, fn: later.append(fn), agents="abcd"
+    )
     seen: list[str] = []
     board.on_offline = seen.append
     board.link_up()
     board.handle("nodevigil/nodes/a/status", b"offline", "nodevigil")
     board.handle("nodevigil/nodes/b/status", b"offline", "nodevigil")
-    board.handle("nodevigil/nodes/b/heartbeat", b"{}", "nodevigil")  # b came back at once
+    board.handle("nodevigil/nodes/b/heartbeat", b"{}", "nodevigil")  # b spoke again at once
     board.handle("nodevigil/nodes/c/status", b"offline", "nodevigil", retained=True)
     for fn in later:
         fn()
-    assert seen == ["a"]
+    # Unsigned, anyone could have said b's heartbeat: b's will is still confirmed by its
+    # node's other probes, but b's own mqtt probe follows what b said last.
+    assert seen == ["a", "b"]
     assert board.agents["a"].offline and not board.agents["b"].offline
     later.clear()
     board.handle("nodevigil/nodes/d/status", b"offline", "nodevigil")
     board.link_down()  # the broker is shutting down and sent everyone's will
     for fn in later:
         fn()
-    assert seen == ["a"]
+    assert seen == ["a", "b"]
