@@ -43,7 +43,7 @@ from nodevigil.api.app import ApiContext, api_runner, build_app
 from nodevigil.api.auth import TokenBook
 from nodevigil.clock import Clock, SystemClock
 from nodevigil.config import Config, load_config, read_secret
-from nodevigil.config.schema import split_host_port
+from nodevigil.config.schema import SecretRef, split_host_port
 from nodevigil.errors import ConfigError, StartError, StateError
 from nodevigil.eventlog import EventLog
 from nodevigil.events import EventBus
@@ -165,6 +165,9 @@ class Daemon:
         # start with one clear line, not after HAProxy and DNS have been written.
         api_socket = bind_api(config.api.listen)
         stack.callback(api_socket.close)
+        # Secrets too: an unreadable one is a ConfigError naming its key, before anything acts.
+        listener = self._heartbeat_listener(config)
+        transports = self._build_transports(config)
         events = EventLog(config.state_dir / "events.db")
         await events.open()
         stack.push_async_callback(events.close)
@@ -214,7 +217,7 @@ class Daemon:
         notify_metrics = NotifyMetrics(self.registry)
         self.dispatcher = Dispatcher(
             incident_store,
-            self._build_transports(config),
+            transports,
             settings=lambda: self.config.notifications,
             clock=self.clock,
             metrics=notify_metrics,
@@ -287,21 +290,7 @@ class Daemon:
                 tg.create_task(bridge.run(), name="sla-ledger")
                 tg.create_task(self.dispatcher.run(), name="outbox")
                 tg.create_task(self.incidents.run(), name="incidents")
-                if config.mqtt is not None:
-                    password = (
-                        read_secret(config.mqtt.password, self.base_dir)
-                        if (config.mqtt.password)
-                        else None
-                    )
-                    agent_secret = (
-                        read_secret(config.mqtt.agent_secret, self.base_dir)
-                        if config.mqtt.agent_secret
-                        else None
-                    )
-                    self.board.trust(agent_secret, max_clock_skew=config.mqtt.max_clock_skew)
-                    listener = HeartbeatListener(
-                        config.mqtt, self.board, password, base_dir=self.base_dir
-                    )
+                if listener is not None:
                     tg.create_task(listener.run(), name="mqtt-heartbeats")
                 interval = systemd.watchdog_interval()
                 if interval is not None:
@@ -394,6 +383,25 @@ class Daemon:
         if cycle is None:
             return True  # still starting: TimeoutStartSec covers a start that never ends
         return now - self._last_progress < max(5 * self.config.failover.cycle, 10.0)
+
+    def _heartbeat_listener(self, config: Config) -> HeartbeatListener | None:
+        """The MQTT listener with its secrets read, or None without an ``mqtt`` section."""
+        if config.mqtt is None:
+            return None
+        mqtt = config.mqtt
+        password = self._secret(mqtt.password, "mqtt.password")
+        secret = self._secret(mqtt.agent_secret, "mqtt.agent_secret")
+        self.board.trust(secret, max_clock_skew=mqtt.max_clock_skew)
+        return HeartbeatListener(mqtt, self.board, password, base_dir=self.base_dir)
+
+    def _secret(self, ref: SecretRef | None, key: str) -> str | None:
+        """The secret ``ref`` points at (None when unset); a ConfigError names ``key``."""
+        if ref is None:
+            return None
+        try:
+            return read_secret(ref, self.base_dir)
+        except ConfigError as exc:
+            raise ConfigError([f"{key}: {p}" for p in exc.problems], exc.source) from None
 
     def _build_transports(self, config: Config) -> dict[str, Transport]:
         """One transport per notifier; an unreadable or malformed secret is a ConfigError."""

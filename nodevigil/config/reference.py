@@ -623,6 +623,7 @@ _DURATION_FIELDS = {
     "hold_down",
     "hold_down_max",
     "site_hold_down",
+    "drain_max",
     "reconnect_grace",
     "max_clock_skew",
     "settlement_delay",

@@ -160,3 +160,26 @@ async def test_a_taken_api_port_stops_the_start_before_anything_acts(
     # Nothing was opened, let alone acted on: no event log, no failover state, no ledger.
     state = tmp_path / "state"
     assert not any(state.glob("*.db")), sorted(p.name for p in state.iterdir())
+
+
+async def test_an_unreadable_mqtt_secret_stops_the_start_naming_its_key(
+    tmp_path: Path, target: Target
+) -> None:
+    data = config(free_port(), target.url)
+    data["mqtt"] = {
+        "url": "mqtt://127.0.0.1:1",
+        "agent_secret": {"secret_file": "missing-agent.secret"},
+    }
+    path = tmp_path / "nodevigil.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nodevigil", "run", "-c", str(path),
+        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert "Traceback" not in text, text
+    assert "mqtt.agent_secret: cannot read secret file" in text, text
+    state = tmp_path / "state"
+    assert not any(state.glob("*.db")), "a bad secret must stop the start before anything acts"
