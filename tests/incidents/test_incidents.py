@@ -379,7 +379,8 @@ async def test_retry_after_is_honoured(tmp_path: Path) -> None:
     store = IncidentStore(tmp_path / "o.db")
     await store.open()
     hook = Recorder("hook", [Delivery.retry("HTTP 429", after=120.0)])
-    _, task, _ = await run_dispatcher(store, {"hook": hook}, fast())
+    # Honoured up to backoff_max (a longer one is capped there: test_clock_steps.py).
+    _, task, _ = await run_dispatcher(store, {"hook": hook}, fast(backoff_max="10m"))
     try:
         message_id = await queue_one(store)
         await poll_until(lambda: _attempted(store, message_id), within=10, what="first attempt")
