@@ -33,8 +33,8 @@ from failover.lb.rfc2136 import Rfc2136LoadBalancer
 from monitor.probes.base import ProbeResult
 from monitor.probes.http import HttpProber, make_session
 from monitor.verdict import NodeJudge
-from nodevigil.config.schema import Defaults, HttpProbe
-from nodevigil.events import Verdict
+from monitor.verdicts import Verdict
+from nodevigil.core.config.schema import Defaults, HttpProbe
 from tests.failover.daemons import (
     HAProxyInstance,
     dns_query,

@@ -10,7 +10,7 @@ stops by itself when the benchmark goes away.
    per node, so that every node is its own keep-alive connection as in a real fleet. The
    benchmark switches a port to ``503`` and back over the process's stdin; the process
    acknowledges each switch with the wall time it took effect. Their CPU is reported apart.
-2. The daemon: ``nodevigil.daemon.Daemon`` (monitor, controller, event log, SLA bridge,
+2. The daemon: ``nodevigil.app.daemon.Daemon`` (monitor, controller, event log, SLA bridge,
    incidents, outbox, API) in a child process, as ``nodevigil run`` runs it (garbage collector
    tuned), on a generated configuration: N nodes with one http probe each at the probe
    defaults (1 s interval, and the defaults' timeout, hedged attempts, rise, fall and flap
@@ -194,7 +194,7 @@ def _trim_recordings(daemon: Any) -> int:
 
 async def daemon_role(config_path: Path, sample_every: float, stalls: bool = False) -> None:
     """Run the real daemon; print a hello line, then one JSON sample every ``sample_every``."""
-    from nodevigil.daemon import Daemon
+    from nodevigil.app.daemon import Daemon
 
     raise_fd_limit_to(65536)
     logging.basicConfig(

@@ -3,7 +3,7 @@
 Run as ``.venv/bin/python bench/notify_bench.py`` (``--quick`` for fewer rounds and messages).
 
 1. **Outage to customer notice** (contract clause VIII.6: "immediately"). The real daemon runs
-   in this process (``nodevigil.daemon.Daemon``) with one node, an HTTP target this benchmark
+   in this process (``nodevigil.app.daemon.Daemon``) with one node, an HTTP target this benchmark
    switches between 200 and 503, one site, one service and one customer whose contingency plan
    sends a signed webhook at once and on resolution. Probes every 200 ms, timeout 100 ms,
    fall 2, rise 1; controller cycle 200 ms; flap damping out of the way; ``reopen_window: 0s``
@@ -16,7 +16,7 @@ Run as ``.venv/bin/python bench/notify_bench.py`` (``--quick`` for fewer rounds 
    incident and its outbox rows are committed) and from the receiver's clock (same process).
    Peer: a bare signed POST of the same body from this process (one aiohttp session, no outbox),
    timed from before signing to the receiver's arrival stamp, a few per round.
-2. **Outbox throughput**. K notifications enqueued in an ``IncidentStore`` (temp dir on disk,
+2. **Outbox throughput**. K notifications enqueued in an ``SqliteIncidentStore`` (temp dir on disk,
    ``synchronous=FULL``) and delivered by ``Dispatcher`` through the real ``WebhookTransport``;
    against ``WebhookTransport.send`` called directly and a bare signed aiohttp POST, both with
    the same concurrency (``notifications.concurrency``, 4). The receiver is the light 200-ok
@@ -59,16 +59,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import LOOPBACK, median, start_targets
 from failover.incidents.model import OutboxRow, Outgoing
-from failover.incidents.store import IncidentStore
 from failover.notify.base import Message
 from failover.notify.metrics import NotifyMetrics
 from failover.notify.outbox import Dispatcher
 from failover.notify.webhook import WebhookTransport
-from nodevigil.clock import SystemClock
-from nodevigil.config.schema import Notifications, WebhookNotifier
-from nodevigil.daemon import Daemon
-from nodevigil.durations import parse_duration
-from nodevigil.events import Event, EventBus
+from nodevigil.app.daemon import Daemon
+from nodevigil.core.clock import SystemClock
+from nodevigil.core.config.schema import Notifications, WebhookNotifier
+from nodevigil.core.durations import parse_duration
+from nodevigil.core.events import Event, EventBus
+from nodevigil.state.sqlite.incidents import SqliteIncidentStore
 
 INTERVAL = "200ms"
 TIMEOUT = "100ms"
@@ -507,7 +507,7 @@ async def measure_notice(rounds: int, seed: int) -> NoticeResult:
 # --- 2. outbox throughput ---------------------------------------------------------------------
 
 
-class CountingStore(IncidentStore):
+class CountingStore(SqliteIncidentStore):
     """The real store, counting the dispatcher's reads of the outbox."""
 
     reads = 0

@@ -214,7 +214,7 @@ class LatenessClock:
 
 def bench_config(targets: list[str], nodes: int, interval: float) -> Any:
     """A validated Config of ``nodes`` nodes, each with one http probe on a target."""
-    from nodevigil.config import parse_config
+    from nodevigil.core.config import parse_config
 
     data = {
         "vantage": "bench",
@@ -275,9 +275,9 @@ async def run_nodevigil(
     from monitor.heartbeat import HeartbeatBoard
     from monitor.metrics import MonitorMetrics
     from monitor.monitor import Monitor
-    from nodevigil.daemon import freeze_long_lived
-    from nodevigil.events import EventBus
-    from nodevigil.metrics import DaemonMetrics
+    from nodevigil.app.gctuning import freeze_long_lived
+    from nodevigil.app.metrics import DaemonMetrics
+    from nodevigil.core.events import EventBus
 
     # A collapsing monitor logs one line per node judged down: thousands, and not what we measure.
     logging.disable(logging.WARNING)

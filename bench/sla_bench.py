@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from sla.ledger import Ledger
+from nodevigil.state.sqlite.ledger import open_sqlite_ledger
 from sla.model import MINUTE_US, US, Cause, Charge, Exclusion, Interval, Rounding, to_us
 from sla.rule import BillingCalendar, load_zone, unavailable_minutes
 
@@ -90,7 +90,7 @@ def rule_benchmark() -> None:
 async def ledger_case(db: Path, count: int, charged_services: int) -> tuple[float, float, int]:
     """Fill a year of ledger, then time the year's credits and per-service minutes."""
     clock = [datetime(2027, 1, 3, tzinfo=UTC)]  # the whole of 2026 is final
-    async with await Ledger.open(db, timezone=ZONE.key, now=lambda: clock[0]) as ledger:
+    async with await open_sqlite_ledger(db, timezone=ZONE.key, now=lambda: clock[0]) as ledger:
         store = ledger._core.store
         history = outages(count, 365)
 

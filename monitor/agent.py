@@ -21,8 +21,9 @@ import aiomqtt
 import psutil
 
 from monitor.agentauth import KEY_BYTES, sign
-from monitor.mqttlink import aiomqtt_url, tls_parameters
+from monitor.mqttlink import tls_parameters
 from nodevigil import __version__
+from nodevigil.core.mqtturl import aiomqtt_url
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from monitor.agentauth import (
     secret_problem,
     verify,
 )
-from nodevigil.clock import Clock
-from nodevigil.config import MqttProbe
-from nodevigil.errors import ConfigError
+from nodevigil.core.clock import Clock
+from nodevigil.core.config import MqttProbe
+from nodevigil.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -377,19 +377,12 @@ class MqttProber:
 
 
 # The broker link lives in monitor.mqttlink; these names stay importable from here.
-from monitor.mqttlink import (  # noqa: E402
-    BrokerUrl,
-    HeartbeatListener,
-    aiomqtt_url,
-    tls_parameters,
-)
+from monitor.mqttlink import HeartbeatListener, tls_parameters  # noqa: E402
 
 __all__ = [
     "AgentState",
-    "BrokerUrl",
     "HeartbeatBoard",
     "HeartbeatListener",
     "MqttProber",
-    "aiomqtt_url",
     "tls_parameters",
 ]

@@ -11,8 +11,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from monitor.heartbeat import FIGURES
-from nodevigil.events import Verdict
-from nodevigil.resources import PROBES, LocalTrouble
+from monitor.verdicts import Verdict
+from nodevigil.core.resources import PROBES, LocalTrouble
 
 if TYPE_CHECKING:
     from monitor.heartbeat import HeartbeatBoard

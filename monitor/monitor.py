@@ -20,9 +20,10 @@ from monitor.probes.base import Prober, ProbeResult
 from monitor.probes.httpclient import ProbeSession
 from monitor.timers import Entry, Timers, clock_timers, loop_timers
 from monitor.verdict import NodeJudge, Transition
-from nodevigil.clock import Clock
-from nodevigil.config import Config, HttpProbe, MqttProbe, Node
-from nodevigil.events import EventBus, Verdict, VerdictChange
+from monitor.verdicts import Verdict, VerdictChange
+from nodevigil.core.clock import Clock
+from nodevigil.core.config import Config, HttpProbe, MqttProbe, Node
+from nodevigil.core.events import EventBus
 
 log = logging.getLogger(__name__)
 

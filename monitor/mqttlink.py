@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import aiomqtt
 
-from nodevigil.config.schema import Mqtt, MqttTls
+from nodevigil.core.config.schema import Mqtt, MqttTls
+from nodevigil.core.mqtturl import aiomqtt_url
 
 if TYPE_CHECKING:
     from monitor.heartbeat import HeartbeatBoard
@@ -82,22 +81,6 @@ class HeartbeatListener:
                 self._board.link_down()
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 10.0)
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerUrl:
-    """A parsed ``mqtt://host:port`` (or ``mqtts://``)."""
-
-    host: str
-    port: int
-    tls: bool
-
-
-def aiomqtt_url(url: str) -> BrokerUrl:
-    """Split an ``mqtt(s)://host[:port]`` URL."""
-    parts = urlsplit(url)
-    tls = parts.scheme == "mqtts"
-    return BrokerUrl(parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls)
 
 
 def tls_parameters(

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from nodevigil.clock import Clock, SystemClock
+from nodevigil.core.clock import Clock, SystemClock
 
 GRANULARITY = 0.001  # a millisecond early is within any event loop's own jitter
 

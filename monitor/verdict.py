@@ -9,8 +9,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from monitor.probes.base import ProbeResult
-from nodevigil.config.schema import FlapDamping
-from nodevigil.events import Verdict
+from monitor.verdicts import Verdict
+from nodevigil.core.config.schema import FlapDamping
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
 """The ``nodevigil`` command (and ``python -m nodevigil``): signals are caught first.
 
-Only the standard library and ``nodevigil.signals`` are imported before the handlers are in
+Only the standard library and ``nodevigil.core.signals`` are imported before the handlers are in
 place; the command line, the configuration and the daemon come after.
 """
 
@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sys
 
-from nodevigil.signals import EarlySignals
+from nodevigil.core.signals import EarlySignals
 
 
 def main() -> int:
     """Entry point of the console script."""
     early = EarlySignals()
-    from nodevigil.cli import main as cli_main
+    from nodevigil.app.cli import main as cli_main
 
     return cli_main(early=early)
 

@@ -15,6 +15,8 @@ DEBIAN_PACKAGES=(
     chromium                       # headless browser: the status-page test
     iproute2 nftables              # fault tests: a network namespace that drops packets
     faketime                       # fault tests: a wall clock stepped under a running daemon
+    postgresql                     # shared state for a cluster (tests start their own server)
+    etcd-server                    # the leader lease of a cluster (tests start their own members)
 )
 
 missing=()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nodevigil.errors import NodevigilError
+from nodevigil.core.errors import NodevigilError
 
 
 class SlaError(NodevigilError):

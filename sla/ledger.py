@@ -1,9 +1,11 @@
 """The durable ledger inside the daemon: intervals as they happen, settlement, adjustments.
 
-Every store call runs on one worker thread, so SQLite never blocks the event loop and one
-connection is used by one thread only. Credits are always recomputed from the intervals; a day
-becomes final at local midnight + ``settlement_delay`` (clause V.4) and from then on a change to
-its credit is recorded as an adjustment, never a silent rewrite.
+Every store call runs on one worker thread, so the database never blocks the event loop and
+one connection is used by one thread only; the store itself (``sla.store.LedgerStore``) is
+built by whoever opens the ledger (the state layer: ``open_sqlite_ledger``). Credits are
+always recomputed from the intervals; a day becomes final at local midnight +
+``settlement_delay`` (clause V.4) and from then on a change to its credit is recorded as an
+adjustment, never a silent rewrite.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
@@ -21,7 +22,6 @@ from sla.errors import SlaError, SlaInputError
 from sla.ledger_core import LedgerCore, LedgerEntry
 from sla.model import Cause, Charge, CreditRow, Rounding
 from sla.rule import load_zone
-from sla.sqlite_store import SqliteStore
 from sla.store import Adjustment, LedgerStore
 
 P = ParamSpec("P")
@@ -35,7 +35,7 @@ def _seconds(value: timedelta | float) -> timedelta:
 
 
 class Ledger:
-    """Async face of the ledger; open with ``await Ledger.open(path, ...)`` or ``async with``."""
+    """Async face of the ledger; open with ``await Ledger.open(store, ...)``, use ``async with``."""
 
     def __init__(self, core: LedgerCore, worker: ThreadPoolExecutor) -> None:
         self._core = core
@@ -44,15 +44,15 @@ class Ledger:
     @classmethod
     async def open(
         cls,
-        path: Path | str,
+        store: Callable[[], LedgerStore],
         *,
         timezone: str = "UTC",
         rounding: Rounding = "per-outage",
         settlement_delay: timedelta | float = timedelta(hours=24),
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        store: Callable[[Path | str], LedgerStore] = SqliteStore,
     ) -> Ledger:
-        """Open (creating if needed) the ledger at ``path``; the store is built on the worker."""
+        """Open the ledger on the store ``store()`` builds, called on the worker thread (a
+        backend's connection then belongs to the one thread that uses it)."""
         zone = load_zone(timezone)
         delay = _seconds(settlement_delay)
         if delay < timedelta(0):
@@ -60,7 +60,7 @@ class Ledger:
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sla-ledger")
         loop = asyncio.get_running_loop()
         try:
-            opened = await loop.run_in_executor(worker, store, path)
+            opened = await loop.run_in_executor(worker, store)
         except BaseException:
             worker.shutdown(wait=False)
             raise

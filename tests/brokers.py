@@ -1,4 +1,4 @@
-"""A real Mosquitto broker for tests: re-exported from ``nodevigil.demo.servers.mosquitto``."""
+"""A real Mosquitto broker for tests: re-exported from ``nodevigil.app.demo.servers.mosquitto``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import trustme
 
-from nodevigil.demo.servers import mosquitto
-from nodevigil.demo.servers.mosquitto import AGENT_ACL, DAEMON_USER, Broker, BrokerTls
-from nodevigil.demo.servers.process import locate
+from nodevigil.app.demo.servers import mosquitto
+from nodevigil.app.demo.servers.mosquitto import AGENT_ACL, DAEMON_USER, Broker, BrokerTls
+from nodevigil.app.demo.servers.process import locate
 from tests.leakcheck import register
 
 MOSQUITTO = locate("mosquitto") or mosquitto.MOSQUITTO

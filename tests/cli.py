@@ -15,7 +15,7 @@ async def run_cli(*args: str, token: str | None = None) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "nodevigil.cli",
+        "nodevigil",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
-from nodevigil.demo.servers.process import Program, spawn, wait_ready
+from nodevigil.app.demo.servers.process import Program, spawn, wait_ready
 
 
 async def spawn_daemon(
@@ -16,7 +16,7 @@ async def spawn_daemon(
 ) -> asyncio.subprocess.Process:
     """Start ``nodevigil run -c PATH`` with its output appended to ``log``.
 
-    ``failpoints`` arms ``NODEVIGIL_FAILPOINTS`` (nodevigil/failpoints.py); ``env`` adds to the
+    ``failpoints`` arms ``NODEVIGIL_FAILPOINTS`` (nodevigil/core/failpoints.py); ``env`` adds to the
     environment (libfaketime's variables, say).
     """
     argv = [sys.executable, "-m", "nodevigil", "run", "-c", str(path)]

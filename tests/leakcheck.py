@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from nodevigil.config.schema import Config
-from nodevigil.config.yamlfile import YamlProblem, read_yaml
+from nodevigil.core.config.schema import Config
+from nodevigil.core.config.yamlfile import YamlProblem, read_yaml
 
 MIN_LENGTH = 8  # shorter test values ("x", "nope") would match by chance
 TEE_ENV = "NODEVIGIL_TEST_TEE_DIR"
@@ -186,8 +186,8 @@ class Spies:
 
     def _functions(self) -> None:
         from failover.notify import webhook
-        from nodevigil.api import auth
-        from nodevigil.config import load
+        from nodevigil.app.api import auth
+        from nodevigil.core.config import load
 
         add = self.registry.add
 

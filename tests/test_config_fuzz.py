@@ -32,9 +32,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from nodevigil.cli import main
-from nodevigil.config.schema import NAME_PATTERN, Config
-from nodevigil.durations import parse_duration
+from nodevigil.app.cli import main
+from nodevigil.core.config.schema import NAME_PATTERN, Config
+from nodevigil.core.durations import parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "configs" / "example.yaml"

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from nodevigil.config import parse_config
-from nodevigil.config.reference import EXAMPLES, SECTIONS, render
-from nodevigil.config.schema import Config
+from nodevigil.core.config import parse_config
+from nodevigil.core.config.reference import EXAMPLES, SECTIONS, render
+from nodevigil.core.config.schema import Config
 
 MODELS = dict(SECTIONS)
 

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from nodevigil.api.auth import token_digest
-from nodevigil.daemon import Daemon
+from nodevigil.app.api.auth import token_digest
+from nodevigil.app.daemon import Daemon
 from tests.failover.daemons import free_port, poll_until
 
 ADMIN = "admin-secret-token"
@@ -200,19 +200,19 @@ async def test_reload_says_which_changes_wait_for_a_restart(
             "tokens": running.daemon.config.model_dump()["api"]["tokens"],
         },
     )
-    with caplog.at_level(logging.WARNING, logger="nodevigil.daemon"):
+    with caplog.at_level(logging.WARNING, logger="nodevigil.app.daemon"):
         assert running.daemon.reload() is True
     [line] = [r.getMessage() for r in caplog.records if "next restart" in r.getMessage()]
     assert "timezone" in line and "api (listen address and limits" in line, line
     assert "state_dir" not in line and "load_balancers" not in line, line
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="nodevigil.daemon"):
+    with caplog.at_level(logging.WARNING, logger="nodevigil.app.daemon"):
         assert running.daemon.reload() is True  # nothing changed this time
     assert not [r for r in caplog.records if "next restart" in r.getMessage()]
 
 
 async def test_a_second_daemon_on_the_same_state_dir_refuses(running: Running) -> None:
-    from nodevigil.errors import StateError
+    from nodevigil.core.errors import StateError
 
     with pytest.raises(StateError, match="in use by another nodevigil"):
         await Daemon(running.config_path).run()
@@ -224,7 +224,7 @@ def test_sigterm_stops_and_sighup_reloads_the_real_process(tmp_path: Path) -> No
     write_config(path, "http://127.0.0.1:9", ["a"], api={"listen": f"127.0.0.1:{port}"})
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "nodevigil.cli", "run", "-c", str(path)],
+        [sys.executable, "-m", "nodevigil.app.cli", "run", "-c", str(path)],
         stderr=subprocess.PIPE,
         text=True,
         env=env,

@@ -13,12 +13,12 @@ import pytest
 import yaml
 
 from failover.notify.webhook import parse_secret, sign
-from nodevigil.cli import build_parser
-from nodevigil.config import load_config
-from nodevigil.demo import world
-from nodevigil.demo.receiver import check_signature, new_secret
-from nodevigil.demo.servers import locate
-from nodevigil.demo.settings import Endpoints, Timings, demo_config, node_names
+from nodevigil.app.cli import build_parser
+from nodevigil.app.demo import world
+from nodevigil.app.demo.receiver import check_signature, new_secret
+from nodevigil.app.demo.servers import locate
+from nodevigil.app.demo.settings import Endpoints, Timings, demo_config, node_names
+from nodevigil.core.config import load_config
 
 CREDIT_ROW = re.compile(
     r"^acme\s+web\s+\d{4}-\d\d-\d\d\s+(\d+)\s+1440\s+288\.00\s+(\d+\.\d\d)\s+CNY$", re.MULTILINE
@@ -30,7 +30,7 @@ async def demo(*args: str, limit: float = 80) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "nodevigil.cli",
+        "nodevigil",
         "demo",
         *args,
         stdout=asyncio.subprocess.PIPE,

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nodevigil.config import parse_config
+from nodevigil.core.config import parse_config
 from tests.failover.daemons import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +161,7 @@ def test_the_container_and_kubernetes_kit_raise_the_descriptor_limit_as_the_unit
     manifest = (KUBERNETES / "deployment.yaml").read_text()
     assert "raises its soft limit to the hard limit" in manifest
     code = (
-        "import resource; from nodevigil.resources import raise_descriptor_limit as r; "
+        "import resource; from nodevigil.core.resources import raise_descriptor_limit as r; "
         "print(*r(), *resource.getrlimit(resource.RLIMIT_NOFILE))"
     )
     argv = ["sh", "-c", 'ulimit -Sn 512 && ulimit -Hn 4096 && exec "$@"', "sh"]
@@ -538,7 +538,7 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = directory / "nodevigil.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "nodevigil.cli", "run", "-c", str(path)],
+            [sys.executable, "-m", "nodevigil.app.cli", "run", "-c", str(path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

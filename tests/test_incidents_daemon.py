@@ -20,8 +20,8 @@ import aiomqtt
 import pytest
 import yaml
 
-from nodevigil.api.auth import token_digest
-from nodevigil.daemon import Daemon
+from nodevigil.app.api.auth import token_digest
+from nodevigil.app.daemon import Daemon
 from tests.brokers import Broker
 from tests.cli import run_cli
 from tests.daemon_process import spawn_daemon

@@ -199,7 +199,7 @@ async def test_a_daemon_using_every_kind_of_secret(
     monkeypatch.setenv("AUDIT_PDNS_KEY", f"pdns-{secrets.token_urlsafe(16)}")
     monkeypatch.setenv("AUDIT_SMTP_PASSWORD", f"smtp-{secrets.token_urlsafe(16)}")
     admin, acme = f"admin-{secrets.token_urlsafe(16)}", f"acme-{secrets.token_urlsafe(16)}"
-    from nodevigil.api.auth import token_digest
+    from nodevigil.app.api.auth import token_digest
 
     tokens = {"admin": token_digest(admin), "acme": token_digest(acme)}
     async with RefusingHook(refuse=2) as hook:

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from nodevigil.api.auth import token_digest
-from nodevigil.daemon import Daemon
+from nodevigil.app.api.auth import token_digest
+from nodevigil.app.daemon import Daemon
 from tests.cli import run_cli
 from tests.failover.daemons import poll_until
 

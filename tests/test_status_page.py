@@ -22,9 +22,9 @@ import pytest
 import yaml
 from aiohttp import web
 
-from nodevigil.api.app import bearer_auth, errors_as_json
-from nodevigil.api.auth import token_digest
-from nodevigil.api.status_page import SNAPSHOT, format_duration, render_html, routes
+from nodevigil.app.api.app import bearer_auth, errors_as_json
+from nodevigil.app.api.auth import token_digest
+from nodevigil.app.api.status_page import SNAPSHOT, format_duration, render_html, routes
 from tests.failover.daemons import free_port, poll_until
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -307,7 +307,7 @@ async def test_a_failing_snapshot_answers_503_and_logs_once(
             raise RuntimeError("the incident store is locked")
         return copy.deepcopy(OPERATIONAL)
 
-    caplog.set_level(logging.INFO, logger="nodevigil.api.status_page")
+    caplog.set_level(logging.INFO, logger="nodevigil.app.api.status_page")
     async with serve(take) as base:
         for _ in range(2):
             status, headers, html = await fetch(base + "/status")
@@ -426,7 +426,7 @@ async def test_the_daemon_serves_its_outage_publicly(
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "nodevigil.cli",
+            "nodevigil",
             "run",
             "-c",
             str(config),

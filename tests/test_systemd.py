@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nodevigil import systemd
+from nodevigil.app import systemd
 from tests.failover.daemons import poll_until
 
 DEADLINE = 5.0

@@ -46,7 +46,7 @@ async def test_the_daemon_speaks_sd_notify(tmp_path: Path) -> None:
     sock.bind(str(tmp_path / "notify"))
     env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="2000000")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nodevigil.cli", "run", "-c", str(path),
+        sys.executable, "-m", "nodevigil", "run", "-c", str(path),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     seen: list[str] = []

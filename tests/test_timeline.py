@@ -8,9 +8,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from nodevigil.clock import ManualClock, SystemClock, Timeline
-from nodevigil.events import EventBus
-from nodevigil.statedir import AliveMark, StateDirWatch, read_alive
+from nodevigil.core.clock import ManualClock, SystemClock, Timeline
+from nodevigil.core.events import EventBus
+from nodevigil.state.statedir import AliveMark, StateDirWatch, read_alive
 
 
 def test_the_timeline_moves_with_the_monotonic_clock_only() -> None:

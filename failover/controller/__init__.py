@@ -20,7 +20,7 @@ from failover.controller.state import (
     VerdictSource,
 )
 from failover.controller.status import ControllerStatus, NodeStatus, ServiceStatus, SiteStatus
-from failover.controller.store import ActionRecord, SqliteStore, StateLock, Store, StoredState
+from failover.controller.store import ActionRecord, Store, StoredState
 
 __all__ = [
     "Action",
@@ -42,8 +42,6 @@ __all__ = [
     "SetServerState",
     "SiteBook",
     "SiteStatus",
-    "SqliteStore",
-    "StateLock",
     "Store",
     "StoredState",
     "UnknownNameError",

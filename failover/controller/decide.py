@@ -25,8 +25,8 @@ from failover.controller.state import (
     SiteView,
 )
 from failover.lb.base import ServerState
-from nodevigil.config.schema import Config, FailoverSettings, HAProxyLB, Node, Site
-from nodevigil.events import Verdict
+from monitor.verdicts import Verdict
+from nodevigil.core.config.schema import Config, FailoverSettings, HAProxyLB, Node, Site
 
 MAX_EXPONENT = 20  # 2**20 hold-downs is far past any cap; stops float overflow on long flaps
 _RANK = {Verdict.DOWN: 0, Verdict.UNKNOWN: 1, Verdict.UP: 2}

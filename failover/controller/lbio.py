@@ -17,6 +17,7 @@ from failover.controller.state import Action, Observed, SetAddresses, SetServerS
 from failover.controller.store import ActionRecord
 from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer, ServerState
 from failover.lb.errors import (
+    LoadBalancerError,
     LoadBalancerInvalid,
     LoadBalancerLocalError,
     LoadBalancerNotFound,
@@ -24,8 +25,8 @@ from failover.lb.errors import (
     LoadBalancerTimeout,
     LoadBalancerUnavailable,
 )
-from nodevigil.config.schema import Config
-from nodevigil.errors import ConfigError, LoadBalancerError
+from nodevigil.core.config.schema import Config
+from nodevigil.core.errors import ConfigError
 
 # report(key, lb, what, target, error): error None means the call succeeded.
 Report = Callable[[str, str, str, str, BaseException | None], None]

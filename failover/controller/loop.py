@@ -52,11 +52,12 @@ from failover.controller.status import (
 )
 from failover.controller.store import ActionRecord, Store
 from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer
-from nodevigil.clock import Clock
-from nodevigil.config.schema import Config
-from nodevigil.errors import NodevigilError
-from nodevigil.events import Event, EventBus, Subscription, Verdict
-from nodevigil.failpoints import failpoint
+from monitor.verdicts import Verdict
+from nodevigil.core.clock import Clock
+from nodevigil.core.config.schema import Config
+from nodevigil.core.errors import NodevigilError
+from nodevigil.core.events import Event, EventBus, Subscription
+from nodevigil.core.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 from failover.controller.release import orphaned
 from failover.controller.state import Override, OverrideKind
 from failover.controller.store import ActionRecord, Store
-from nodevigil.config.schema import Config
-from nodevigil.errors import NodevigilError
+from nodevigil.core.config.schema import Config
+from nodevigil.core.errors import NodevigilError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from failover.controller.decide import site_backend
 from failover.controller.state import Decision, Override, OverrideKind
 from failover.lb.base import ServerState
-from nodevigil.config.schema import Config
+from nodevigil.core.config.schema import Config
 
 ServerKey = tuple[str, str, str]  # (local load balancer, backend, server)
 

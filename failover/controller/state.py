@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from failover.lb.base import ServerState
-from nodevigil.errors import NodevigilError
-from nodevigil.events import Verdict
+from monitor.verdicts import Verdict
+from nodevigil.core.errors import NodevigilError
 
 OverrideKind = Literal["node", "site"]
 

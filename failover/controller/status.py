@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from failover.controller.state import Decision, Observed, Override, OverrideKind
-from nodevigil.config.schema import Config
-from nodevigil.events import Verdict
+from monitor.verdicts import Verdict
+from nodevigil.core.config.schema import Config
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,14 +16,14 @@ from typing import Any
 
 from failover.incidents.messages import Composer, human_duration
 from failover.incidents.model import Incident, IncidentState, Outgoing, Window
-from failover.incidents.store import IncidentStore
+from failover.incidents.ports import IncidentStore
 from failover.notify.metrics import NotifyMetrics
-from nodevigil.backlog import Backlog
-from nodevigil.clock import Clock, Timeline
-from nodevigil.config import Config
-from nodevigil.errors import NodevigilError, StateError
-from nodevigil.events import Event, EventBus
-from nodevigil.failpoints import failpoint
+from nodevigil.core.backlog import Backlog
+from nodevigil.core.clock import Clock, Timeline
+from nodevigil.core.config import Config
+from nodevigil.core.errors import NodevigilError, StateError
+from nodevigil.core.events import Event, EventBus
+from nodevigil.core.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from failover.incidents.model import Incident, Outgoing, Window, iso
 from failover.notify.base import Message
-from nodevigil.config import Config
-from nodevigil.config.schema import ContingencyPlan, Customer
-from nodevigil.events import Event, kind_matches
+from nodevigil.core.config import Config
+from nodevigil.core.config.schema import ContingencyPlan, Customer
+from nodevigil.core.events import Event, kind_matches
 
 
 def customers_of(config: Config, service: str) -> Iterator[tuple[Customer, ContingencyPlan]]:

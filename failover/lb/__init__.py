@@ -13,6 +13,7 @@ from failover.lb.base import (
     ServerStatus,
 )
 from failover.lb.errors import (
+    LoadBalancerError,
     LoadBalancerInvalid,
     LoadBalancerLocalError,
     LoadBalancerNotFound,
@@ -21,15 +22,15 @@ from failover.lb.errors import (
     LoadBalancerUnavailable,
 )
 from failover.lb.retry import NO_RETRY, RetryPolicy, call_with_retries
-from nodevigil.config.load import read_secret
-from nodevigil.config.schema import (
+from nodevigil.core.config.load import read_secret
+from nodevigil.core.config.schema import (
     HAProxyLB,
     LoadBalancer,
     PowerDnsLB,
     Rfc2136LB,
     split_host_port,
 )
-from nodevigil.errors import ConfigError, LoadBalancerError
+from nodevigil.core.errors import ConfigError
 
 __all__ = [
     "NO_RETRY",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from nodevigil.errors import LoadBalancerError
-from nodevigil.resources import explain, local_errno
+from nodevigil.core.errors import AdapterError
+from nodevigil.core.resources import explain, local_errno
+
+
+class LoadBalancerError(AdapterError):
+    """A load balancer refused or could not be reached."""
 
 
 class LoadBalancerUnavailable(LoadBalancerError, ConnectionError):

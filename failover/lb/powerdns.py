@@ -10,6 +10,7 @@ import aiohttp
 
 from failover.lb.dnsnames import record_name, split_addresses, zone_name
 from failover.lb.errors import (
+    LoadBalancerError,
     LoadBalancerNotFound,
     LoadBalancerRejected,
     LoadBalancerTimeout,
@@ -17,7 +18,6 @@ from failover.lb.errors import (
     local_failure,
 )
 from failover.lb.retry import RetryPolicy, call_with_retries
-from nodevigil.errors import LoadBalancerError
 
 # The zone with its records; a big zone is a few MiB. An answer past this is not PowerDNS's.
 MAX_ANSWER = 64 * 2**20

@@ -9,8 +9,7 @@ from typing import Any
 
 from failover.lb.base import OperationalState, ServerState, ServerStatus
 from failover.lb.dnsnames import split_addresses
-from failover.lb.errors import LoadBalancerNotFound, LoadBalancerUnavailable
-from nodevigil.errors import LoadBalancerError
+from failover.lb.errors import LoadBalancerError, LoadBalancerNotFound, LoadBalancerUnavailable
 
 
 @dataclass(frozen=True, slots=True)

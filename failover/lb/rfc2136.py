@@ -17,13 +17,13 @@ import dns.update
 
 from failover.lb.dnsnames import record_name, split_addresses, zone_name
 from failover.lb.errors import (
+    LoadBalancerError,
     LoadBalancerRejected,
     LoadBalancerTimeout,
     LoadBalancerUnavailable,
     local_failure,
 )
 from failover.lb.retry import RetryPolicy, call_with_retries
-from nodevigil.errors import LoadBalancerError
 
 # The config writes BIND's short names; dnspython knows hmac-md5 only by its long name.
 _ALGORITHM_NAMES = {"hmac-md5": "hmac-md5.sig-alg.reg.int"}

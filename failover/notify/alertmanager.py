@@ -13,7 +13,7 @@ import aiohttp
 
 from failover.notify.base import RESOLVES, Delivery, Message
 from failover.notify.webhook import USER_AGENT, SessionHolder, post_json
-from nodevigil.config.schema import AlertmanagerNotifier
+from nodevigil.core.config.schema import AlertmanagerNotifier
 
 RAISES = frozenset(RESOLVES.values())
 

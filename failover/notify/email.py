@@ -12,7 +12,7 @@ from pathlib import Path
 import aiosmtplib
 
 from failover.notify.base import Delivery, Message
-from nodevigil.config.schema import EmailNotifier
+from nodevigil.core.config.schema import EmailNotifier
 
 # RFC 5322 dot-atom characters: what may stand left of the "@" in a Message-ID.
 _NOT_ATOM = re.compile(r"[^A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]")

@@ -10,8 +10,8 @@ import random
 import aiomqtt
 
 from failover.notify.base import Delivery, Message
-from monitor.heartbeat import aiomqtt_url
-from nodevigil.config.schema import Mqtt, MqttNotifier
+from nodevigil.core.config.schema import Mqtt, MqttNotifier
+from nodevigil.core.mqtturl import aiomqtt_url
 
 log = logging.getLogger(__name__)
 

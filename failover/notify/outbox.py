@@ -23,14 +23,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from failover.incidents.model import OutboxRow
-from failover.incidents.store import IncidentStore
+from failover.incidents.ports import IncidentStore
 from failover.notify.base import Delivery, Transport
 from failover.notify.metrics import NotifyMetrics
-from nodevigil.clock import Clock, Timeline
-from nodevigil.config.schema import Notifications
-from nodevigil.errors import NodevigilError
-from nodevigil.events import Event, EventBus
-from nodevigil.failpoints import failpoint
+from nodevigil.core.clock import Clock, Timeline
+from nodevigil.core.config.schema import Notifications
+from nodevigil.core.errors import NodevigilError
+from nodevigil.core.events import Event, EventBus
+from nodevigil.core.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 

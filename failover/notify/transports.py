@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from failover.notify.base import Transport
-from nodevigil.config.load import read_secret
-from nodevigil.config.schema import (
+from nodevigil.core.config.load import read_secret
+from nodevigil.core.config.schema import (
     AlertmanagerNotifier,
     EmailNotifier,
     Mqtt,
@@ -18,7 +18,7 @@ from nodevigil.config.schema import (
     SecretRef,
     WebhookNotifier,
 )
-from nodevigil.errors import ConfigError
+from nodevigil.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import aiohttp
 
 from failover.notify.base import Delivery, Message
 from nodevigil import __version__
-from nodevigil.config.schema import WebhookNotifier
-from nodevigil.errors import ConfigError
+from nodevigil.core.config.schema import WebhookNotifier
+from nodevigil.core.errors import ConfigError
 
 SECRET_PREFIX = "whsec_"
 USER_AGENT = f"nodevigil/{__version__}"

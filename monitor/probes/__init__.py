@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monitor.probes.base import Prober, ProbeResult
 from monitor.probes.httpclient import ProbeSession
-from nodevigil.config import DnsProbe, HttpProbe, IcmpProbe, TcpProbe, TlsProbe
+from nodevigil.core.config import DnsProbe, HttpProbe, IcmpProbe, TcpProbe, TlsProbe
 
 __all__ = ["ProbeResult", "Prober", "build_prober"]
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from monitor.timers import Timers, loop_timers
-from nodevigil.config.schema import ProbeBase as ProbeSpec
-from nodevigil.resources import PROBES, LocalTrouble, explain, local_errno
+from nodevigil.core.config.schema import ProbeBase as ProbeSpec
+from nodevigil.core.resources import PROBES, LocalTrouble, explain, local_errno
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +208,7 @@ async def hedged(
     so does a refused connection: nothing listens, which no lost packet can fake.
 
     A try that failed for want of nodevigil's own resources (EMFILE and the like, see
-    ``nodevigil.resources``) never reached the node: the next try still runs, and a round
+    ``nodevigil.core.resources``) never reached the node: the next try still runs, and a round
     without a definite answer that had such a try is inconclusive (None), not failed. Such
     errors are counted and logged by ``trouble``, once per episode.
     """

@@ -6,7 +6,7 @@ import re
 
 from monitor.probes.base import HedgedProber, ProbeFailure, Try
 from monitor.probes.httpclient import ProbeSession, Response, Target
-from nodevigil.config import HttpProbe
+from nodevigil.core.config import HttpProbe
 
 _BODY_LIMIT = 1 << 20  # never read more than 1 MiB of a health page
 

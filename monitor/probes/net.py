@@ -16,9 +16,9 @@ import dns.rdatatype
 import icmplib
 
 from monitor.probes.base import HedgedProber, ProbeFailure, describe
-from nodevigil.config import DnsProbe, IcmpProbe, TcpProbe, TlsProbe
-from nodevigil.config.schema import split_host_port
-from nodevigil.resources import PROBES, explain, local_errno
+from nodevigil.core.config import DnsProbe, IcmpProbe, TcpProbe, TlsProbe
+from nodevigil.core.config.schema import split_host_port
+from nodevigil.core.resources import PROBES, explain, local_errno
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

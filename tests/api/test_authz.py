@@ -17,12 +17,12 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from nodevigil.api.app import PUBLIC_API_PATHS
-from nodevigil.api.auth import TokenBook, token_digest
-from nodevigil.api.openapi import query_names
-from nodevigil.config import load_config
-from nodevigil.config.schema import ApiToken
-from nodevigil.errors import ConfigError
+from nodevigil.app.api.app import PUBLIC_API_PATHS
+from nodevigil.app.api.auth import TokenBook, token_digest
+from nodevigil.app.api.openapi import query_names
+from nodevigil.core.config import load_config
+from nodevigil.core.config.schema import ApiToken
+from nodevigil.core.errors import ConfigError
 from tests.api.world import ADMIN, GLOBEX, READER, World
 
 Route = tuple[str, str]  # method, path pattern
@@ -160,7 +160,7 @@ def test_tokens_are_only_digests_and_compared_in_constant_time(
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("nodevigil.api.auth.hmac.compare_digest", spy)
+    monkeypatch.setattr("nodevigil.app.api.auth.hmac.compare_digest", spy)
     assert world.daemon is not None
     book = TokenBook(world.daemon.config.api.tokens)
     for presented, name in ((ADMIN, "ops"), ("nobody", None)):

@@ -1,5 +1,5 @@
 """The API's connection cap: idle connections make room, busy ones are kept, accept errors are
-one line per episode (nodevigil/api/connections.py)."""
+one line per episode (nodevigil/app/api/connections.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from nodevigil.api.connections import (
+from nodevigil.app.api.connections import (
     ACCEPT,
     ACCEPT_MESSAGE,
     CONNECTIONS,
@@ -22,8 +22,8 @@ from nodevigil.api.connections import (
     ConnectionCollector,
     connection_limit,
 )
-from nodevigil.api.limits import api_runner
-from nodevigil.config.schema import Api
+from nodevigil.app.api.limits import api_runner
+from nodevigil.core.config.schema import Api
 from tests.failover.daemons import poll_until
 
 CAP = 8

@@ -16,7 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from nodevigil.api.openapi import document
+from nodevigil.app.api.openapi import document
 from tests.api.world import ADMIN, World, running_world
 
 CONFIG = schemathesis.Config.from_dict(

@@ -10,7 +10,7 @@ import pytest
 import requests
 from aiohttp.http_exceptions import LineTooLong
 
-from nodevigil.api.limits import QuietClientErrors
+from nodevigil.app.api.limits import QuietClientErrors
 from tests.api.world import READER, World
 
 DEEP = b"[" * 30_000 + b"]" * 30_000  # within max_body

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from nodevigil.api.openapi import PATH, document
+from nodevigil.app.api.openapi import PATH, document
 from tests.api.world import World
 
 METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
@@ -34,7 +34,9 @@ def test_document_lists_every_route_the_daemon_serves(world: World) -> None:
     assert world.daemon is not None and world.daemon.api_app is not None
     served = served_routes(world.daemon.api_app)
     documented = documented_routes()
-    assert served - documented == set(), "routes without a description in nodevigil/api/openapi.py"
+    assert served - documented == set(), (
+        "routes without a description in nodevigil/app/api/openapi.py"
+    )
     assert documented - served == set(), "described routes the daemon does not serve"
     assert len(served) > 30
 

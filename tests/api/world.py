@@ -25,8 +25,8 @@ from typing import Any
 import requests
 import yaml
 
-from nodevigil.api.auth import token_digest
-from nodevigil.daemon import Daemon
+from nodevigil.app.api.auth import token_digest
+from nodevigil.app.daemon import Daemon
 from tests.failover.daemons import free_port, poll_until
 
 ADMIN = "api-admin-token"
@@ -108,7 +108,7 @@ class _Collect(logging.Handler):
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith(("nodevigil.api", "aiohttp.server", "aiohttp.web")):
+        if record.name.startswith(("nodevigil.app.api", "aiohttp.server", "aiohttp.web")):
             self.records.append(record)
 
 

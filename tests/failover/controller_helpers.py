@@ -9,12 +9,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from failover.controller import Controller, Decision, SqliteStore
+from failover.controller import Controller, Decision
 from failover.lb.base import ServerState
 from failover.lb.recording import RecordingGlobalLoadBalancer, RecordingLocalLoadBalancer
-from nodevigil.clock import ManualClock
-from nodevigil.config.schema import Config
-from nodevigil.events import Event, EventBus, Verdict
+from monitor.verdicts import Verdict
+from nodevigil.core.clock import ManualClock
+from nodevigil.core.config.schema import Config
+from nodevigil.core.events import Event, EventBus
+from nodevigil.state.sqlite.controller import SqliteControllerStore
 
 SH, BJ = "203.0.113.10", "203.0.113.20"
 
@@ -111,7 +113,7 @@ class Rig:
             glob = RecordingGlobalLoadBalancer("gslb", clock=self.clock.monotonic)
             glob.records["www"] = {SH, BJ}
         self.glob = glob
-        self.store = SqliteStore(tmp_path / "state" / "nodevigil.db")
+        self.store = SqliteControllerStore(tmp_path / "state" / "nodevigil.db")
         self.controller = self.new_controller()
 
     def new_controller(self) -> Controller:

@@ -9,7 +9,7 @@ import yaml
 
 from failover.lb import ServerState
 from failover.lb.haproxy import HAProxyLoadBalancer
-from nodevigil.api.auth import token_digest
+from nodevigil.app.api.auth import token_digest
 from tests.failover.daemons import HAProxyInstance
 
 

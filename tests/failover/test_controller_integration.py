@@ -10,13 +10,15 @@ import aiohttp
 import dns.rdataclass
 import dns.rdatatype
 
-from failover.controller import Controller, SqliteStore
+from failover.controller import Controller
 from failover.lb import RetryPolicy, ServerState
 from failover.lb.haproxy import HAProxyLoadBalancer
 from failover.lb.rfc2136 import Rfc2136LoadBalancer
-from nodevigil.clock import ManualClock
-from nodevigil.config.schema import Config
-from nodevigil.events import EventBus, Verdict
+from monitor.verdicts import Verdict
+from nodevigil.core.clock import ManualClock
+from nodevigil.core.config.schema import Config
+from nodevigil.core.events import EventBus
+from nodevigil.state.sqlite.controller import SqliteControllerStore
 from tests.failover.controller_helpers import BJ, SH, FakeVerdicts
 from tests.failover.daemons import BindInstance, HAProxyInstance, dns_query
 
@@ -71,7 +73,7 @@ async def test_node_down_puts_it_in_maint_in_real_haproxy(
     )
     source = FakeVerdicts()
     source.current = {"sh-n1": Verdict.UP, "sh-n2": Verdict.DOWN, "sh-n3": Verdict.UP}
-    store = SqliteStore(tmp_path / "state.db")
+    store = SqliteControllerStore(tmp_path / "state.db")
     controller = Controller(
         config=config,
         verdicts=source,
@@ -129,7 +131,7 @@ async def test_site_down_changes_the_real_dns_answer(
     )
     source = FakeVerdicts()
     source.current = {"sh-1": Verdict.UP, "bj-1": Verdict.UP}
-    store = SqliteStore(tmp_path / "state.db")
+    store = SqliteControllerStore(tmp_path / "state.db")
     clock = ManualClock()
     controller = Controller(
         config=config,

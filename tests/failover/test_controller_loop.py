@@ -6,7 +6,7 @@ from pathlib import Path
 
 from failover.lb.base import ServerState
 from failover.lb.errors import LoadBalancerUnavailable
-from nodevigil.events import Verdict, VerdictChange
+from monitor.verdicts import Verdict, VerdictChange
 from tests.failover.controller_helpers import SH, Rig, WakeOnlyClock, wait_for
 from tests.failover.daemons import poll_until
 
@@ -68,9 +68,9 @@ async def test_restart_reconciles_from_the_store_and_the_lbs(tmp_path: Path) -> 
     await rig.store.close()
 
     # A new process: same store file, same LB state; the monitor has no verdicts yet.
-    from failover.controller import SqliteStore
+    from nodevigil.state.sqlite.controller import SqliteControllerStore
 
-    rig.store = SqliteStore(tmp_path / "state" / "nodevigil.db")
+    rig.store = SqliteControllerStore(tmp_path / "state" / "nodevigil.db")
     rig.source.current.clear()
     rig.controller = rig.new_controller()
     events_before = len(rig.events)

@@ -10,8 +10,8 @@ import pytest
 from failover.controller import ControllerState, NodeBook, Observed, decide
 from failover.controller.decide import advance_node
 from failover.lb.base import ServerState
-from nodevigil.config.schema import FailoverSettings
-from nodevigil.events import Verdict
+from monitor.verdicts import Verdict
+from nodevigil.core.config.schema import FailoverSettings
 from tests.failover.controller_helpers import Rig, make_config
 
 

@@ -8,21 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from failover.controller import (
-    ActionRecord,
-    Book,
-    NodeBook,
-    Outage,
-    Override,
-    SiteBook,
-    SqliteStore,
-    StateLock,
-)
-from nodevigil.errors import StateError
+from failover.controller import ActionRecord, Book, NodeBook, Outage, Override, SiteBook
+from nodevigil.core.errors import StateError
+from nodevigil.state.lock import StateLock
+from nodevigil.state.sqlite.controller import SqliteControllerStore
 
 
 async def test_store_round_trip(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "s" / "nodevigil.db")
+    store = SqliteControllerStore(tmp_path / "s" / "nodevigil.db")
     override = Override("node", "sh-1", "disk", "alice", 100.0, 200.0)
     await store.put_override(override)
     await store.put_override(Override("site", "bj", "net", "bob", 100.0))
@@ -37,7 +30,7 @@ async def test_store_round_trip(tmp_path: Path) -> None:
     await store.record_actions([record])
     await store.close()
 
-    again = SqliteStore(tmp_path / "s" / "nodevigil.db")
+    again = SqliteControllerStore(tmp_path / "s" / "nodevigil.db")
     loaded = await again.load()
     assert loaded.overrides == {("node", "sh-1"): override}
     assert loaded.book == book
@@ -56,7 +49,7 @@ async def test_store_refuses_a_newer_schema(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version=99")
     db.close()
-    store = SqliteStore(path)
+    store = SqliteControllerStore(path)
     with pytest.raises(StateError, match="schema version 99"):
         await store.load()
     await store.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 
 from failover.lb import ServerState
-from nodevigil.daemon import Daemon
+from nodevigil.app.daemon import Daemon
 from tests.cli import run_cli
 from tests.failover.daemons import HAProxyInstance, poll_until
 from tests.failover.haproxy_daemon import admin_states, write_haproxy_daemon_config

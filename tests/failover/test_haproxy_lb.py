@@ -20,9 +20,9 @@ from failover.lb import (
     ServerState,
     build_local,
 )
+from failover.lb.errors import LoadBalancerError
 from failover.lb.haproxy import HAProxyLoadBalancer, parse_servers_state
-from nodevigil.config.schema import HAProxyLB
-from nodevigil.errors import LoadBalancerError
+from nodevigil.core.config.schema import HAProxyLB
 from tests.failover.daemons import HAProxyInstance
 
 FAST = RetryPolicy(attempts=2, total=1.0, initial=0.01, maximum=0.05)

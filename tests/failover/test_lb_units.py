@@ -19,9 +19,10 @@ from failover.lb import (
     build_local,
     call_with_retries,
 )
+from failover.lb.errors import LoadBalancerError
 from failover.lb.recording import RecordingGlobalLoadBalancer, RecordingLocalLoadBalancer
-from nodevigil.config.schema import HAProxyLB, RecordingLB, Rfc2136LB
-from nodevigil.errors import ConfigError, LoadBalancerError
+from nodevigil.core.config.schema import HAProxyLB, RecordingLB, Rfc2136LB
+from nodevigil.core.errors import ConfigError
 
 
 class Ticks:

@@ -10,10 +10,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from failover.controller import SqliteStore
 from failover.controller.state import OverrideKind
 from failover.lb.base import ServerState
-from nodevigil.daemon import Daemon
+from nodevigil.app.daemon import Daemon
+from nodevigil.state.sqlite.controller import SqliteControllerStore
 from tests.failover.controller_helpers import Rig
 from tests.failover.daemons import HAProxyInstance, poll_until
 from tests.failover.haproxy_daemon import admin_states, write_haproxy_daemon_config
@@ -25,7 +25,7 @@ RACERS = 600
 CONNECTIONS = 200
 
 
-class GatedStore(SqliteStore):
+class GatedStore(SqliteControllerStore):
     """The SQLite store whose override deletes wait at a gate the test opens."""
 
     def __init__(self, path: Path) -> None:

@@ -15,7 +15,7 @@ from failover.lb import (
     build_global,
 )
 from failover.lb.powerdns import PowerDnsLoadBalancer
-from nodevigil.config.schema import PowerDnsLB
+from nodevigil.core.config.schema import PowerDnsLB
 from tests.failover.daemons import PowerDnsInstance, dns_query
 
 FAST = RetryPolicy(attempts=2, total=1.0, initial=0.01, maximum=0.05)

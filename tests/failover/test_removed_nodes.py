@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from failover.lb.base import ServerState
-from nodevigil.daemon import Daemon
+from nodevigil.app.daemon import Daemon
 from tests.failover.controller_helpers import Rig, make_config
 from tests.failover.daemons import HAProxyInstance, poll_until
 from tests.failover.haproxy_daemon import admin_states, write_haproxy_daemon_config

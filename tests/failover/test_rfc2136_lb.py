@@ -17,7 +17,7 @@ from failover.lb import (
     build_global,
 )
 from failover.lb.rfc2136 import Rfc2136LoadBalancer
-from nodevigil.config.schema import Rfc2136LB
+from nodevigil.core.config.schema import Rfc2136LB
 from tests.failover.daemons import BindInstance, dns_query, tsig_secret
 
 FAST = RetryPolicy(attempts=2, total=1.0, initial=0.01, maximum=0.05)
@@ -161,7 +161,7 @@ def test_bad_secret_is_a_value_error_without_the_secret() -> None:
 
 
 def test_missing_secret_file_is_a_config_error(tmp_path: Path) -> None:
-    from nodevigil.errors import ConfigError
+    from nodevigil.core.errors import ConfigError
 
     cfg = Rfc2136LB.model_validate(
         {

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nodevigil.api.auth import token_digest
+from nodevigil.app.api.auth import token_digest
 from tests.daemon_process import spawn_daemon, wait_daemon_ready
 from tests.failover.daemons import free_port, poll_until
 from tests.faults.test_kill_outage import metric, ts

@@ -21,8 +21,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from failover.controller import Book, NodeBook, Outage, SiteBook, SqliteStore
+from failover.controller import Book, NodeBook, Outage, SiteBook
 from failover.lb import ServerState
+from nodevigil.state.sqlite.controller import SqliteControllerStore
 from tests.daemon_process import spawn_daemon
 from tests.failover.daemons import HAPROXY, HAProxyInstance, free_port, poll_until, run_haproxy
 from tests.failover.haproxy_daemon import admin_states, write_haproxy_daemon_config
@@ -165,7 +166,7 @@ async def test_bookkeeping_saved_as_changes_reloads_exactly(tmp_path: Path) -> N
     path = tmp_path / "state" / "failover.db"
     nodes = {f"n{i}": NodeBook() for i in range(50)}
     sites = {"sh": SiteBook(), "bj": SiteBook()}
-    store = SqliteStore(path)
+    store = SqliteControllerStore(path)
     await store.load()
     await store.save_book(Book(dict(nodes), dict(sites), {"web": Outage("web", 10.0, ("sh",))}))
     nodes["n3"] = NodeBook(down=True, held=True, down_since=20.0, failures=1, hold=60.0)
@@ -175,10 +176,10 @@ async def test_bookkeeping_saved_as_changes_reloads_exactly(tmp_path: Path) -> N
     await store.save_book(last)
     await store.close()
 
-    again = SqliteStore(path)
+    again = SqliteControllerStore(path)
     assert (await again.load()).book == last
     await again.save_book(Book(dict(nodes), {}, {}))  # after a load it also writes changes only
     await again.close()
-    third = SqliteStore(path)
+    third = SqliteControllerStore(path)
     assert (await third.load()).book == Book(dict(nodes), {}, {})
     await third.close()

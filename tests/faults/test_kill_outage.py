@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from nodevigil.sla_bridge import UNKNOWN_AFTER
-from nodevigil.statedir import ALIVE_EVERY
+from nodevigil.app.sla_bridge import UNKNOWN_AFTER
+from nodevigil.state.statedir import ALIVE_EVERY
 from tests.daemon_process import spawn_daemon, wait_daemon_ready
 from tests.failover.daemons import free_port, poll_until
 from tests.notify.receivers import WebhookReceiver

@@ -21,7 +21,7 @@ import dns.rcode
 import pytest
 from prometheus_client import CollectorRegistry
 
-from failover.controller import Controller, SqliteStore
+from failover.controller import Controller
 from failover.lb import (
     LoadBalancerRejected,
     LoadBalancerUnavailable,
@@ -29,11 +29,13 @@ from failover.lb import (
     build_global,
 )
 from failover.lb.rfc2136 import Rfc2136LoadBalancer
-from nodevigil.clock import SystemClock
-from nodevigil.config.schema import Config
-from nodevigil.daemon import LB_RETRY, Daemon
-from nodevigil.demo.servers.bind import RNDC, addresses_of
-from nodevigil.events import Event, EventBus, Verdict
+from monitor.verdicts import Verdict
+from nodevigil.app.daemon import LB_RETRY, Daemon
+from nodevigil.app.demo.servers.bind import RNDC, addresses_of
+from nodevigil.core.clock import SystemClock
+from nodevigil.core.config.schema import Config
+from nodevigil.core.events import Event, EventBus
+from nodevigil.state.sqlite.controller import SqliteControllerStore
 from tests.failover.controller_helpers import FakeVerdicts
 from tests.failover.daemons import (
     HAPROXY,
@@ -244,7 +246,7 @@ class DnsRig:
             clock=SystemClock(),
             local_lbs={},
             global_lbs={"gslb": lb},
-            store=SqliteStore(tmp_path / "state" / "failover.db"),
+            store=SqliteControllerStore(tmp_path / "state" / "failover.db"),
             registry=self.registry,
         )
 

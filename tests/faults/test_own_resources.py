@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from nodevigil.api.auth import token_digest
-from nodevigil.demo.servers.process import spawn
+from nodevigil.app.api.auth import token_digest
+from nodevigil.app.demo.servers.process import spawn
 from tests.daemon_process import wait_daemon_ready
 from tests.failover.daemons import free_port
 from tests.http_target import healthy_target

@@ -58,10 +58,10 @@ from monitor.heartbeat import HeartbeatBoard
 from monitor.metrics import MonitorMetrics
 from monitor.monitor import Monitor
 from monitor.probes.base import ProbeResult, hedged
-from nodevigil.clock import SystemClock
-from nodevigil.config import Config, parse_config
-from nodevigil.config.schema import Defaults
-from nodevigil.events import Event, EventBus
+from nodevigil.core.clock import SystemClock
+from nodevigil.core.config import Config, parse_config
+from nodevigil.core.config.schema import Defaults
+from nodevigil.core.events import Event, EventBus
 from tests.failover.daemons import poll_until
 from tests.faults.netns import LossyNetwork, lossy_network
 

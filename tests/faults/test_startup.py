@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nodevigil.demo.servers.process import free_port, poll_until
+from nodevigil.app.demo.servers.process import free_port, poll_until
 from tests.daemon_process import spawn_daemon, wait_daemon_ready
 from tests.test_sla_daemon import Target
 

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
-from nodevigil.api.auth import token_digest
+from nodevigil.app.api.auth import token_digest
 from tests.failover.daemons import poll_until
 from tests.notify.receivers import WebhookReceiver
 from tests.test_incidents_daemon import Api, start, stop
@@ -246,7 +246,7 @@ def test_a_read_only_state_dir_is_a_clear_error_at_start(tmp_path: Path) -> None
         }
         path.write_text(yaml.safe_dump(data))
         done = subprocess.run(
-            [sys.executable, "-m", "nodevigil.cli", "run", "-c", str(path)],
+            [sys.executable, "-m", "nodevigil", "run", "-c", str(path)],
             capture_output=True,
             text=True,
             timeout=30,

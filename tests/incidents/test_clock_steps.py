@@ -13,12 +13,12 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from failover.incidents.model import Incident, Outgoing
-from failover.incidents.store import IncidentStore
 from failover.notify.base import Delivery, Message
 from failover.notify.metrics import NotifyMetrics
 from failover.notify.outbox import Dispatcher
-from nodevigil.clock import ManualClock
-from nodevigil.events import EventBus
+from nodevigil.core.clock import ManualClock
+from nodevigil.core.events import EventBus
+from nodevigil.state.sqlite.incidents import SqliteIncidentStore
 from tests.incidents.test_incidents import Recorder, fast, state_of
 
 HOUR = 3600.0
@@ -40,7 +40,7 @@ async def one_pass(dispatcher: Dispatcher) -> None:
 async def test_stepped_wall_clock_neither_delays_advances_nor_reorders_notifications(
     tmp_path: Path,
 ) -> None:
-    store = IncidentStore(tmp_path / "o.db")
+    store = SqliteIncidentStore(tmp_path / "o.db")
     await store.open()
     clock = ManualClock()
     hook = Recorder("hook")
@@ -92,7 +92,7 @@ async def test_a_resolution_stamped_before_the_opening_keeps_the_first_notice(
 ) -> None:
     """A caller whose clock stepped back resolves "before" the incident opened: only plan steps
     due after the opening are cancelled, never the first notice."""
-    store = IncidentStore(tmp_path / "o.db")
+    store = SqliteIncidentStore(tmp_path / "o.db")
     await store.open()
     try:
         t0 = 1_767_225_600.0
@@ -124,7 +124,7 @@ async def test_a_receivers_retry_after_cannot_push_a_notice_past_backoff_max(
     """A receiver answering ``Retry-After: 30 days`` is a receiver, not an operator: it is
     honoured up to ``backoff_max``, so the notice is neither dead-lettered at once (its age plus
     the delay would pass ``max_age``) nor parked for a month."""
-    store = IncidentStore(tmp_path / "o.db")
+    store = SqliteIncidentStore(tmp_path / "o.db")
     await store.open()
     clock = ManualClock()
     hook = Recorder("hook", script=[Delivery.retry("busy", after=30 * 86400.0)])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nodevigil.config import parse_config
+from nodevigil.core.config import parse_config
 
 EXAMPLE = Path(__file__).parents[2] / "configs" / "example.yaml"
 

@@ -19,14 +19,14 @@ from prometheus_client import CollectorRegistry
 from failover.incidents.manager import IncidentError, IncidentManager
 from failover.incidents.messages import Composer
 from failover.incidents.model import IncidentState
-from failover.incidents.store import IncidentStore
 from failover.notify.base import Delivery, Message
 from failover.notify.metrics import NotifyMetrics
 from failover.notify.outbox import Dispatcher, backoff
-from nodevigil.clock import ManualClock, SystemClock
-from nodevigil.config import Config, parse_config
-from nodevigil.config.schema import Notifications
-from nodevigil.events import Event, EventBus
+from nodevigil.core.clock import ManualClock, SystemClock
+from nodevigil.core.config import Config, parse_config
+from nodevigil.core.config.schema import Notifications
+from nodevigil.core.events import Event, EventBus
+from nodevigil.state.sqlite.incidents import SqliteIncidentStore
 from tests.failover.daemons import poll_until
 
 SECRET_FILE = "hook.whsec"
@@ -86,7 +86,7 @@ class Recorder:
 
 @dataclass
 class World:
-    store: IncidentStore
+    store: SqliteIncidentStore
     manager: IncidentManager
     clock: ManualClock
     bus: EventBus
@@ -96,7 +96,7 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    store = IncidentStore(tmp_path / "incidents.db")
+    store = SqliteIncidentStore(tmp_path / "incidents.db")
     await store.open()
     clock = ManualClock()
     bus = EventBus()
@@ -118,7 +118,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         await store.close()
 
 
-async def pending(store: IncidentStore) -> list[tuple[str, str | None, float]]:
+async def pending(store: SqliteIncidentStore) -> list[tuple[str, str | None, float]]:
     rows = await store.notifications(state="pending")
     return sorted((r.message.notifier, r.step, r.not_before) for r in rows)
 
@@ -308,7 +308,7 @@ def fast(**overrides: Any) -> Notifications:
 
 
 async def run_dispatcher(
-    store: IncidentStore,
+    store: SqliteIncidentStore,
     transports: dict[str, Recorder],
     settings: Notifications,
     bus: EventBus | None = None,
@@ -333,7 +333,9 @@ async def stop(task: asyncio.Task[None]) -> None:
         await task
 
 
-async def queue_one(store: IncidentStore, notifier: str = "hook", at: float | None = None) -> str:
+async def queue_one(
+    store: SqliteIncidentStore, notifier: str = "hook", at: float | None = None
+) -> str:
     from failover.incidents.model import Outgoing
 
     now = SystemClock().wall() if at is None else at
@@ -344,12 +346,12 @@ async def queue_one(store: IncidentStore, notifier: str = "hook", at: float | No
     return message.id
 
 
-async def state_of(store: IncidentStore, message_id: str) -> str:
+async def state_of(store: SqliteIncidentStore, message_id: str) -> str:
     rows = await store.notifications(limit=1000)
     return next(r.state for r in rows if r.message.id == message_id)
 
 
-def poll_state(store: IncidentStore, message_id: str, state: str) -> Callable[[], Any]:
+def poll_state(store: SqliteIncidentStore, message_id: str, state: str) -> Callable[[], Any]:
     async def check() -> bool:
         return await state_of(store, message_id) == state
 
@@ -357,7 +359,7 @@ def poll_state(store: IncidentStore, message_id: str, state: str) -> Callable[[]
 
 
 async def test_a_receiver_failing_five_times_gets_the_message_once(tmp_path: Path) -> None:
-    store = IncidentStore(tmp_path / "o.db")
+    store = SqliteIncidentStore(tmp_path / "o.db")
     await store.open()
     hook = Recorder("hook", [Delivery.retry("HTTP 503")] * 5)
     _, task, metrics = await run_dispatcher(store, {"hook": hook}, fast())
@@ -376,7 +378,7 @@ async def test_a_receiver_failing_five_times_gets_the_message_once(tmp_path: Pat
 
 
 async def test_retry_after_is_honoured(tmp_path: Path) -> None:
-    store = IncidentStore(tmp_path / "o.db")
+    store = SqliteIncidentStore(tmp_path / "o.db")
     await store.open()
     hook = Recorder("hook", [Delivery.retry("HTTP 429", after=120.0)])
     # Honoured up to backoff_max (a longer one is capped there: test_clock_steps.py).
@@ -391,7 +393,7 @@ async def test_retry_after_is_honoured(tmp_path: Path) -> None:
         await store.close()
 
 
-async def _attempted(store: IncidentStore, message_id: str) -> bool:
+async def _attempted(store: SqliteIncidentStore, message_id: str) -> bool:
     rows = await store.notifications()
     return any(r.message.id == message_id and r.attempts >= 1 for r in rows)
 
@@ -399,7 +401,7 @@ async def _attempted(store: IncidentStore, message_id: str) -> bool:
 async def test_gone_disables_the_notifier_until_enabled_and_survives_restart(
     tmp_path: Path,
 ) -> None:
-    store = IncidentStore(tmp_path / "o.db")
+    store = SqliteIncidentStore(tmp_path / "o.db")
     await store.open()
     bus = EventBus()
     events = bus.subscribe(["notification."])
@@ -437,7 +439,7 @@ async def _known_disabled(dispatcher: Dispatcher) -> bool:
 
 
 async def test_messages_older_than_max_age_are_dead_lettered(tmp_path: Path) -> None:
-    store = IncidentStore(tmp_path / "o.db")
+    store = SqliteIncidentStore(tmp_path / "o.db")
     await store.open()
     hook = Recorder("hook", [Delivery.retry("HTTP 500")] * 100)
     _, task, metrics = await run_dispatcher(store, {"hook": hook}, fast(max_age="300ms"))
@@ -453,11 +455,11 @@ async def test_messages_older_than_max_age_are_dead_lettered(tmp_path: Path) -> 
 
 
 async def test_pending_messages_survive_a_restart(tmp_path: Path) -> None:
-    store = IncidentStore(tmp_path / "o.db")
+    store = SqliteIncidentStore(tmp_path / "o.db")
     await store.open()
     message_id = await queue_one(store)
     await store.close()  # "crash" before any dispatcher ran
-    store = IncidentStore(tmp_path / "o.db")
+    store = SqliteIncidentStore(tmp_path / "o.db")
     await store.open()
     hook = Recorder("hook")
     _, task, _ = await run_dispatcher(store, {"hook": hook}, fast())
@@ -470,7 +472,7 @@ async def test_pending_messages_survive_a_restart(tmp_path: Path) -> None:
 
 
 async def test_a_removed_notifier_dead_letters_its_messages(tmp_path: Path) -> None:
-    store = IncidentStore(tmp_path / "o.db")
+    store = SqliteIncidentStore(tmp_path / "o.db")
     await store.open()
     _, task, _ = await run_dispatcher(store, {}, fast())
     try:
@@ -491,7 +493,7 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
 
 
 async def test_a_slow_receiver_does_not_make_the_dispatcher_spin(tmp_path: Path) -> None:
-    store = IncidentStore(tmp_path / "o.db")
+    store = SqliteIncidentStore(tmp_path / "o.db")
     await store.open()
     gate = asyncio.Event()
     passes = 0

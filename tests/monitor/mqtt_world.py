@@ -19,10 +19,11 @@ from monitor.agentauth import derive_key, format_key
 from monitor.heartbeat import HeartbeatBoard, HeartbeatListener
 from monitor.metrics import AgentCollector, MonitorMetrics
 from monitor.monitor import Monitor
-from nodevigil.clock import SystemClock
-from nodevigil.config import Config, parse_config
-from nodevigil.demo.servers.httpnode import HttpNode
-from nodevigil.events import Event, EventBus, Verdict
+from monitor.verdicts import Verdict
+from nodevigil.app.demo.servers.httpnode import HttpNode
+from nodevigil.core.clock import SystemClock
+from nodevigil.core.config import Config, parse_config
+from nodevigil.core.events import Event, EventBus
 from tests.brokers import Broker
 from tests.failover.daemons import poll_until
 from tests.leakcheck import register
@@ -157,7 +158,7 @@ async def agent_process(
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "nodevigil.cli",
+        "nodevigil",
         "agent",
         *args,
         stdout=asyncio.subprocess.DEVNULL,

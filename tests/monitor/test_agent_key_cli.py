@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from monitor.agentauth import derive_key, format_key, parse_key
-from nodevigil.cli import main
-from nodevigil.config import load_config
-from nodevigil.errors import ConfigError
+from nodevigil.app.cli import main
+from nodevigil.core.config import load_config
+from nodevigil.core.errors import ConfigError
 from tests.leakcheck import register
 
 

@@ -19,7 +19,7 @@ from monitor.agentauth import (
     verify,
 )
 from monitor.heartbeat import HeartbeatBoard
-from nodevigil.errors import ConfigError
+from nodevigil.core.errors import ConfigError
 from tests.leakcheck import register
 
 SECRET = "s" * 40

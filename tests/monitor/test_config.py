@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from nodevigil.config import load_config, parse_config
-from nodevigil.durations import format_duration, parse_duration
-from nodevigil.errors import ConfigError
+from nodevigil.core.config import load_config, parse_config
+from nodevigil.core.durations import format_duration, parse_duration
+from nodevigil.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -169,7 +169,7 @@ def test_check_config_exits_1_with_every_problem_and_no_traceback(tmp_path: Path
         "  - {name: b, site: zz, probes: [{type: tcp, address: 'x:1'}]}\n"
     )
     run = subprocess.run(
-        [sys.executable, "-m", "nodevigil.cli", "check-config", "-c", str(path)],
+        [sys.executable, "-m", "nodevigil", "check-config", "-c", str(path)],
         capture_output=True,
         text=True,
         check=False,
@@ -182,7 +182,7 @@ def test_check_config_exits_1_with_every_problem_and_no_traceback(tmp_path: Path
 
 def test_check_config_accepts_the_example() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "nodevigil.cli", "check-config", "-c", "configs/example.yaml"],
+        [sys.executable, "-m", "nodevigil", "check-config", "-c", "configs/example.yaml"],
         capture_output=True,
         text=True,
         check=False,
@@ -193,10 +193,10 @@ def test_check_config_accepts_the_example() -> None:
 
 
 def test_configuration_reference_is_generated_from_the_schema() -> None:
-    from nodevigil.config.reference import render
+    from nodevigil.core.config.reference import render
 
     doc = (ROOT / "docs" / "configuration.md").read_text()
-    assert doc == render(), "run: python -m nodevigil.config.reference > docs/configuration.md"
+    assert doc == render(), "run: python -m nodevigil.core.config.reference > docs/configuration.md"
 
 
 def test_a_relative_tls_ca_file_is_relative_to_the_config_file(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import trustme
 
 from monitor.probes import build_prober
 from monitor.probes.httpclient import MAX_HEAD, ProbeSession, Target
-from nodevigil.config import parse_config
+from nodevigil.core.config import parse_config
 from tests.failover.daemons import poll_until
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]

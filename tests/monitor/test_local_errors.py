@@ -24,8 +24,8 @@ from monitor.metrics import MonitorMetrics
 from monitor.probes import build_prober
 from monitor.probes.base import hedged
 from monitor.probes.http import make_session
-from nodevigil.config.schema import DnsProbe, HttpProbe, TcpProbe
-from nodevigil.resources import PROBES, LocalTrouble, local_errno, raise_descriptor_limit
+from nodevigil.core.config.schema import DnsProbe, HttpProbe, TcpProbe
+from nodevigil.core.resources import PROBES, LocalTrouble, local_errno, raise_descriptor_limit
 from tests.http_target import healthy_target
 
 
@@ -78,7 +78,7 @@ def test_an_episode_is_logged_once_when_it_starts_and_once_when_it_ends(
 ) -> None:
     now = [0.0]
     trouble = LocalTrouble("probes", monotonic=lambda: now[0], quiet=5.0)
-    with caplog.at_level(logging.WARNING, logger="nodevigil.resources"):
+    with caplog.at_level(logging.WARNING, logger="nodevigil.core.resources"):
         for _ in range(1000):
             trouble.hit("EMFILE")
             trouble.clear()  # a pooled connection still works: not the end yet
@@ -86,7 +86,7 @@ def test_an_episode_is_logged_once_when_it_starts_and_once_when_it_ends(
         now[0] += 5.0
         trouble.clear()
         trouble.clear()
-    lines = [r.getMessage() for r in caplog.records if r.name == "nodevigil.resources"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "nodevigil.core.resources"]
     assert len(lines) == 2, lines
     assert "out of file descriptors (EMFILE)" in lines[0]
     assert "resources again" in lines[1] and "1000 local errors" in lines[1]

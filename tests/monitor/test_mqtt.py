@@ -21,9 +21,10 @@ from monitor.agentauth import derive_key, format_key
 from monitor.heartbeat import HeartbeatBoard, HeartbeatListener
 from monitor.metrics import AgentCollector, MonitorMetrics
 from monitor.monitor import Monitor
-from nodevigil.clock import SystemClock
-from nodevigil.config import Config, parse_config
-from nodevigil.events import Event, EventBus, Verdict
+from monitor.verdicts import Verdict
+from nodevigil.core.clock import SystemClock
+from nodevigil.core.config import Config, parse_config
+from nodevigil.core.events import Event, EventBus
 from tests.brokers import Broker
 from tests.failover.daemons import poll_until
 from tests.leakcheck import register
@@ -98,7 +99,7 @@ async def test_killed_agent_is_judged_down_by_its_last_will(
     agent = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "nodevigil.cli",
+        "nodevigil",
         "agent",
         "--mqtt",
         mosquitto.url,

@@ -17,8 +17,8 @@ import aiomqtt
 import pytest
 
 from monitor.agentauth import derive_key, sign
-from nodevigil.demo.servers.httpnode import HttpNode
-from nodevigil.events import Verdict
+from monitor.verdicts import Verdict
+from nodevigil.app.demo.servers.httpnode import HttpNode
 from tests.brokers import DAEMON_USER, MOSQUITTO, Broker, run_secure_mosquitto
 from tests.failover.daemons import poll_until
 from tests.monitor.mqtt_world import (

@@ -10,9 +10,10 @@ from prometheus_client import CollectorRegistry
 from monitor.heartbeat import HeartbeatBoard
 from monitor.metrics import MonitorMetrics
 from monitor.monitor import Monitor
-from nodevigil.clock import SystemClock
-from nodevigil.config import parse_config
-from nodevigil.events import EventBus, Verdict
+from monitor.verdicts import Verdict
+from nodevigil.core.clock import SystemClock
+from nodevigil.core.config import parse_config
+from nodevigil.core.events import EventBus
 from tests.failover.daemons import free_port, poll_until
 
 

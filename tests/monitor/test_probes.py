@@ -18,7 +18,7 @@ from aiohttp import web
 from monitor.probes import build_prober
 from monitor.probes.base import ProbeFailure, hedged
 from monitor.probes.http import make_session
-from nodevigil.config import parse_config
+from nodevigil.core.config import parse_config
 from tests.failover.daemons import NAMED, free_port, run_bind
 
 

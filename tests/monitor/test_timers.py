@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from monitor.timers import GRANULARITY, Timers, clock_timers, loop_timers
-from nodevigil.clock import ManualClock, SystemClock
+from nodevigil.core.clock import ManualClock, SystemClock
 
 
 async def test_callbacks_run_in_due_order_and_cancelled_ones_never() -> None:

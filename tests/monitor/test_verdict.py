@@ -6,8 +6,8 @@ import random
 
 from monitor.probes.base import ProbeResult
 from monitor.verdict import NodeJudge
-from nodevigil.config.schema import FlapDamping
-from nodevigil.events import Verdict
+from monitor.verdicts import Verdict
+from nodevigil.core.config.schema import FlapDamping
 
 FLAP = FlapDamping.model_validate({"window": "60s", "max_changes": 4, "hold": "30s"})
 

@@ -43,7 +43,7 @@ from failover.notify.base import Message, Transport
 from failover.notify.transports import close_all
 
 # The receiver's check is written from the spec, apart from nodevigil's sender (webhook.py).
-from nodevigil.demo.receiver import TOLERANCE, check_signature, new_secret
+from nodevigil.app.demo.receiver import TOLERANCE, check_signature, new_secret
 from tests.failover.daemons import Daemon, free_port, poll_until
 from tests.failover.daemons.process import spawn, start_with_retries, wait_ready
 

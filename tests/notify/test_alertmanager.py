@@ -12,7 +12,7 @@ import pytest
 from failover.notify.alertmanager import AlertmanagerTransport, alert_name, build_alert
 from failover.notify.base import RESOLVES
 from failover.notify.transports import build_transport
-from nodevigil.config.schema import AlertmanagerNotifier
+from nodevigil.core.config.schema import AlertmanagerNotifier
 from tests.failover.daemons import free_port, poll_until
 from tests.notify.receivers import Closer, get_alerts, make_message
 

@@ -11,8 +11,8 @@ import pytest
 
 from failover.notify.email import EmailTransport, build_mail, message_id
 from failover.notify.transports import build_transport
-from nodevigil.config.schema import EmailNotifier
-from nodevigil.errors import ConfigError
+from nodevigil.core.config.schema import EmailNotifier
+from nodevigil.core.errors import ConfigError
 from tests.failover.daemons import free_port
 from tests.notify.receivers import Closer, SmtpSink, make_message
 

@@ -14,8 +14,8 @@ import pytest
 
 from failover.notify.mqtt import MqttTransport
 from failover.notify.transports import build_transport
-from nodevigil.config.schema import Mqtt, MqttNotifier
-from nodevigil.errors import ConfigError
+from nodevigil.core.config.schema import Mqtt, MqttNotifier
+from nodevigil.core.errors import ConfigError
 from tests.brokers import Broker
 from tests.notify.receivers import Closer, make_message
 

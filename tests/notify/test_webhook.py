@@ -15,8 +15,8 @@ import pytest
 from failover.notify.transports import build_transport
 from failover.notify.webhook import WebhookTransport, parse_secret, retry_after_seconds
 from nodevigil import __version__
-from nodevigil.config.schema import WebhookNotifier
-from nodevigil.errors import ConfigError
+from nodevigil.core.config.schema import WebhookNotifier
+from nodevigil.core.errors import ConfigError
 from tests.failover.daemons import free_port
 from tests.notify.receivers import Closer, WebhookReceiver, make_message, new_secret
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sla.cli import main
+from nodevigil.app.sla_cli import main
 
 OUTAGES = """service,start,end,cause
 web,2026-03-01T23:58:30+01:00,2026-03-02T00:01:10+01:00,

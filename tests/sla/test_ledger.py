@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from nodevigil.state.sqlite.ledger import SqliteLedgerStore, open_sqlite_ledger
 from sla.errors import SlaError
 from sla.ledger import Ledger
 from sla.model import Cause
-from sla.sqlite_store import SqliteStore
 from tests.sla.helpers import charge
 
 BERLIN_DAY = date(2026, 3, 1)
@@ -48,7 +48,7 @@ def db(tmp_path: Path) -> Path:
 
 
 async def open_ledger(db: Path, clock: Clock, **kw: object) -> Ledger:
-    return await Ledger.open(db, timezone="Europe/Berlin", now=clock, **kw)  # type: ignore[arg-type]
+    return await open_sqlite_ledger(db, timezone="Europe/Berlin", now=clock, **kw)  # type: ignore[arg-type]
 
 
 async def test_open_interval_is_idempotent_and_survives_a_restart(db: Path, clock: Clock) -> None:
@@ -212,7 +212,7 @@ async def test_prune_keeps_at_least_ninety_days(db: Path, clock: Clock) -> None:
 async def test_store_calls_run_off_the_event_loop(db: Path, clock: Clock) -> None:
     threads: set[str] = set()
 
-    class Watched(SqliteStore):
+    class Watched(SqliteLedgerStore):
         @contextmanager
         def transaction(self) -> Iterator[None]:
             threads.add(threading.current_thread().name)

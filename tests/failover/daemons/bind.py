@@ -1,6 +1,6 @@
-"""A real BIND serving one zone: re-exported from ``nodevigil.demo.servers.bind``."""
+"""A real BIND serving one zone: re-exported from ``nodevigil.app.demo.servers.bind``."""
 
-from nodevigil.demo.servers.bind import (
+from nodevigil.app.demo.servers.bind import (
     NAMED,
     ZONE,
     BindInstance,

@@ -1,13 +1,13 @@
-"""A real HAProxy over small aiohttp nodes: re-exported from ``nodevigil.demo.servers``."""
+"""A real HAProxy over small aiohttp nodes: re-exported from ``nodevigil.app.demo.servers``."""
 
-from nodevigil.demo.servers.haproxy import (
+from nodevigil.app.demo.servers.haproxy import (
     HAPROXY,
     HAProxyInstance,
     haproxy_config,
     run_haproxy,
     start_haproxy,
 )
-from nodevigil.demo.servers.httpnode import HttpNode
+from nodevigil.app.demo.servers.httpnode import HttpNode
 
 __all__ = [
     "HAPROXY",

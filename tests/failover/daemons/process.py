@@ -1,6 +1,6 @@
-"""Running real programs for tests: re-exported from ``nodevigil.demo.servers.process``."""
+"""Running real programs for tests: re-exported from ``nodevigil.app.demo.servers.process``."""
 
-from nodevigil.demo.servers.process import (
+from nodevigil.app.demo.servers.process import (
     STARTUP_TIMEOUT,
     PortTaken,
     free_port,
@@ -10,8 +10,8 @@ from nodevigil.demo.servers.process import (
     start_with_retries,
     wait_ready,
 )
-from nodevigil.demo.servers.process import Program as Daemon
-from nodevigil.demo.servers.process import ProgramError as DaemonError
+from nodevigil.app.demo.servers.process import Program as Daemon
+from nodevigil.app.demo.servers.process import ProgramError as DaemonError
 
 __all__ = [
     "STARTUP_TIMEOUT",

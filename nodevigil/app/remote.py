@@ -1,0 +1,107 @@
+"""CLI commands that act through the running daemon's API: drain, undrain, cause, exclude,
+incident and maintenance."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import aiohttp
+
+from nodevigil.app.kinds import EVENT_KINDS
+from nodevigil.core.config import load_config
+from nodevigil.core.errors import NodevigilError
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token_file is not None:
+        try:
+            return str(args.token_file.read_text()).strip()
+        except OSError as exc:
+            raise NodevigilError(f"cannot read {args.token_file}: {exc.strerror}") from None
+    token = os.environ.get("NODEVIGIL_TOKEN", "").strip()
+    if not token:
+        raise NodevigilError("give --token-file FILE or set NODEVIGIL_TOKEN to an admin token")
+    return token
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    listen = load_config(args.config, event_kinds=EVENT_KINDS).api.listen
+    host, _, port = listen.rpartition(":")
+    host = "127.0.0.1" if host in ("0.0.0.0", "", "[::]") else host
+    return f"http://{host}:{port}"
+
+
+def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    """The HTTP method, API path and JSON body for the subcommand."""
+    if args.command == "cause":
+        body = {"cause": args.cause, "note": args.note}
+        return "POST", f"/api/v1/sla/intervals/{args.interval}/cause", body
+    if args.command == "exclude":
+        body = {"start": args.start, "end": args.end, "cause": args.cause, "note": args.note}
+        return "POST", "/api/v1/sla/exclusions", {**body, "services": args.service}
+    if args.command == "incident":
+        return _incident_request(args)
+    if args.command == "maintenance":
+        if args.action == "list":
+            return "GET", "/api/v1/maintenance", None
+        if args.action == "cancel":
+            return "DELETE", f"/api/v1/maintenance/{args.id}", None
+        body = {"start": args.start, "end": args.end, "services": args.service, "note": args.note}
+        return "POST", "/api/v1/maintenance", body
+    kind = "sites" if args.site else "nodes"
+    body = {}
+    if args.command == "drain":
+        if args.duration:
+            body["for"] = args.duration
+        if args.reason:
+            body["reason"] = args.reason
+    return "POST", f"/api/v1/{kind}/{args.name}/{args.command}", body
+
+
+def _incident_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+    if args.action == "list":
+        return "GET", f"/api/v1/incidents?state={'open' if args.open else 'all'}", None
+    if args.action == "show":
+        return "GET", f"/api/v1/incidents/{args.id}", None
+    if args.action == "cause":
+        return (
+            "POST",
+            f"/api/v1/incidents/{args.id}/cause",
+            {"cause": args.cause, "note": args.note},
+        )
+    body: dict[str, Any] = {"message": args.message, "notify": not args.quiet}
+    if args.state:
+        body["state"] = args.state
+    return "POST", f"/api/v1/incidents/{args.id}/updates", body
+
+
+async def call_api(args: argparse.Namespace) -> int:
+    """Send the subcommand to the daemon's API; print its answer."""
+    method, path, body = _request(args)
+    url = _base_url(args) + path
+    headers = {"Authorization": f"Bearer {_token(args)}"}
+    timeout = aiohttp.ClientTimeout(total=10)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(method, url, json=body, headers=headers) as response,
+        ):
+            text = await response.text()
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise NodevigilError(f"cannot reach the daemon at {url}: {exc}") from None
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        answer = {"error": text}
+    if status >= 400:
+        print(f"nodevigil: {answer.get('error', text)} (HTTP {status})", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=2))
+    return 0

@@ -1,0 +1,1 @@
+"""The kernel: clock, errors, durations, event bus, configuration; imports nothing else of ours."""

@@ -1,0 +1,590 @@
+"""The configuration schema: frozen, typed objects parsed once from the operator's YAML."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+)
+
+from nodevigil.core.durations import format_duration, parse_duration
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+def _to_seconds(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a duration is written with a unit, e.g. 1s")
+    if isinstance(value, int | float):
+        # A bare number is ambiguous (seconds? milliseconds?): operators must say.
+        raise ValueError(f"{value} has no unit; write e.g. {value}s or {value}ms")
+    if isinstance(value, str):
+        return parse_duration(value)
+    return value
+
+
+Duration = Annotated[
+    float, BeforeValidator(_to_seconds), PlainSerializer(format_duration, return_type=str)
+]
+
+
+class Frozen(BaseModel):
+    """Base of every configuration object: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def split_host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``host:port`` or ``[v6]:port``; raise ValueError with a readable reason."""
+    match = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not host:port")
+    host = match.group(1) or match.group(3)
+    port_text = match.group(2) or match.group(4)
+    if port_text is None:
+        if default_port is None:
+            raise ValueError(f"{text!r} has no port")
+        return host, default_port
+    port = int(port_text)
+    if not 0 <= port < 65536:  # 0 lets the API listen on an ephemeral port (tests, demo)
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return host, port
+
+
+def _check_address(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
+Address = Annotated[str, AfterValidator(_check_address)]
+
+
+# --- probes ---------------------------------------------------------------------------------
+
+
+class ProbeBase(Frozen):
+    """What every probe has: a name, and an interval, timeout and attempts (from defaults)."""
+
+    name: Name | None = None
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    attempts: int | None = Field(default=None, ge=1, le=5)
+
+    @property
+    def label(self) -> str:
+        """The probe's name, or its type when unnamed (names are filled in after parsing)."""
+        return self.name or str(getattr(self, "type", "probe"))
+
+
+class HttpProbe(ProbeBase):
+    """GET (or another method) a URL and check the status, optionally the body and latency."""
+
+    type: Literal["http"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=lambda: [200], min_length=1
+    )
+    body_match: str | None = None
+    max_latency: Duration | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    tls_verify: bool = True
+
+    @field_validator("body_match")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+
+class TcpProbe(ProbeBase):
+    """Open a TCP connection."""
+
+    type: Literal["tcp"]
+    address: Address
+
+
+class TlsProbe(ProbeBase):
+    """Complete a TLS handshake and check how long the certificate has left."""
+
+    type: Literal["tls"]
+    address: Address
+    server_name: str | None = None
+    min_days_left: float = Field(default=14, ge=0)
+    verify: bool = True
+    ca_file: Path | None = None
+
+
+class DnsProbe(ProbeBase):
+    """Ask a DNS server a question; optionally require given answers."""
+
+    type: Literal["dns"]
+    server: str
+    query: str
+    record_type: Literal["A", "AAAA", "CNAME", "MX", "NS", "TXT", "SOA", "SRV"] = "A"
+    expect: list[str] = Field(default_factory=list)
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str) -> str:
+        split_host_port(value, default_port=53)
+        return value
+
+
+class IcmpProbe(ProbeBase):
+    """Ping an address (unprivileged ICMP datagram sockets where the kernel allows)."""
+
+    type: Literal["icmp"]
+    address: str
+    count: int = Field(default=1, ge=1, le=10)
+    privileged: bool | None = None  # None: raw sockets when running as root, else datagram
+
+
+class ResourceLimits(Frozen):
+    """Agent figures above which the node is judged down (percentages and 1-minute load)."""
+
+    disk_percent: float | None = Field(default=None, gt=0, le=100)
+    memory_percent: float | None = Field(default=None, gt=0, le=100)
+    cpu_percent: float | None = Field(default=None, gt=0, le=100)
+    load1: float | None = Field(default=None, gt=0)
+
+
+class MqttProbe(ProbeBase):
+    """The node agent's heartbeat: fails on silence, on its last-will, or on resource limits."""
+
+    type: Literal["mqtt"]
+    max_silence: Duration = 10.0
+    agent: Name | None = None  # the agent's node name when it differs from the node's
+    limits: ResourceLimits = ResourceLimits()
+
+
+Probe = Annotated[
+    HttpProbe | TcpProbe | TlsProbe | DnsProbe | IcmpProbe | MqttProbe,
+    Field(discriminator="type"),
+]
+
+
+# --- the fleet ------------------------------------------------------------------------------
+
+
+class FlapDamping(Frozen):
+    """A node whose verdict changes more than ``max_changes`` in ``window`` is held down."""
+
+    window: Duration = 120.0
+    max_changes: int = Field(default=6, ge=2)
+    hold: Duration = 60.0
+
+
+class Defaults(Frozen):
+    """Values a probe or node takes when it does not set its own."""
+
+    # The timeout and attempts ride out a lossy network (tests/faults/test_packet_loss.py):
+    # through 20 % packet loss each way and 0-200 ms of answer jitter, probe rounds of up to
+    # 5 hedged tries within 900 ms failed 2 times in 8,087; with 500 ms and 2 tries they failed
+    # 467 times and 19 healthy nodes were judged down in 133 node-minutes. A dead node is still
+    # judged down within interval x fall + timeout.
+    interval: Duration = 1.0
+    # 900 ms leaves room for TCP to resend a lost request or answer (RTO at least 200 ms).
+    timeout: Duration = 0.9
+    rise: int = Field(default=2, ge=1, le=100)
+    fall: int = Field(default=3, ge=1, le=100)
+    # Tries start only when earlier ones failed or are slower than timeout / attempts, so a
+    # healthy, quick node costs one request per round, whatever this says.
+    attempts: int = Field(default=5, ge=1, le=5)
+    flap: FlapDamping = FlapDamping()
+
+
+class Node(Frozen):
+    """One cloud server instance and the probes that watch it."""
+
+    name: Name
+    site: Name
+    lb_server: str | None = None
+    addresses: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    probes: list[Probe] = Field(min_length=1)
+    require: Literal["all", "any"] = "all"
+    rise: int | None = Field(default=None, ge=1, le=100)
+    fall: int | None = Field(default=None, ge=1, le=100)
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_address(item)
+        return value
+
+    @property
+    def server_name(self) -> str:
+        """The node's name inside its local load balancer."""
+        return self.lb_server or self.name
+
+
+Percent = Annotated[str, Field(pattern=r"^\d{1,3}%$")]
+
+
+class Site(Frozen):
+    """Nodes behind one local load balancer, published under one public address."""
+
+    name: Name
+    address: str
+    local_lb: Name | None = None
+    backend: str | None = None  # overrides the load balancer's default backend
+    min_healthy: int = Field(default=1, ge=0)
+    max_unavailable: int | Percent = "50%"
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+    @field_validator("max_unavailable")
+    @classmethod
+    def _percent(cls, value: int | str) -> int | str:
+        if isinstance(value, str) and int(value[:-1]) > 100:
+            raise ValueError(f"{value} is more than 100%")
+        return value
+
+    def max_unavailable_count(self, size: int) -> int:
+        """How many of ``size`` nodes may be out at once."""
+        if isinstance(self.max_unavailable, int):
+            return self.max_unavailable
+        return size * int(self.max_unavailable[:-1]) // 100
+
+
+class Service(Frozen):
+    """What a customer bought: one DNS name served by one or more sites."""
+
+    name: Name
+    sites: list[Name] = Field(min_length=1)
+    global_lb: Name | None = None
+    record: str | None = None
+
+
+# --- load balancers -------------------------------------------------------------------------
+
+
+class SecretRef(Frozen):
+    """A secret read from a file or an environment variable, never written in the config."""
+
+    secret_file: Path | None = None
+    secret_env: str | None = None
+
+
+class HAProxyLB(Frozen):
+    """HAProxy's runtime API over its stats socket (unix path) or a TCP address."""
+
+    type: Literal["haproxy"]
+    socket: str | None = None
+    address: Address | None = None
+    backend: str
+    mode: Literal["maint", "drain"] = "maint"
+    timeout: Duration = 2.0
+
+
+class TsigKey(SecretRef):
+    """A TSIG key: its name, algorithm and (base64) secret."""
+
+    name: str
+    algorithm: Literal["hmac-sha256", "hmac-sha512", "hmac-sha384", "hmac-sha1", "hmac-md5"] = (
+        "hmac-sha256"
+    )
+
+
+class Rfc2136LB(Frozen):
+    """DNS dynamic updates (RFC 2136) signed with TSIG, e.g. towards BIND."""
+
+    type: Literal["rfc2136"]
+    server: Address
+    zone: str
+    ttl: int = Field(default=30, ge=0, le=86400)
+    timeout: Duration = 2.0
+    tsig: TsigKey | None = None
+
+
+class PowerDnsLB(Frozen):
+    """The PowerDNS Authoritative HTTP API."""
+
+    type: Literal["powerdns"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    zone: str
+    server_id: str = "localhost"
+    ttl: int = Field(default=30, ge=0, le=86400)
+    timeout: Duration = 2.0
+    api_key: SecretRef
+
+
+class RecordingLB(Frozen):
+    """An in-process load balancer that only records: for demos without real servers."""
+
+    type: Literal["recording"]
+
+
+LoadBalancer = Annotated[
+    HAProxyLB | Rfc2136LB | PowerDnsLB | RecordingLB, Field(discriminator="type")
+]
+LOCAL_LB_TYPES = frozenset({"haproxy", "recording"})
+GLOBAL_LB_TYPES = frozenset({"rfc2136", "powerdns", "recording"})
+
+
+class FailoverSettings(Frozen):
+    """How the controller paces itself and holds recovering nodes and sites out."""
+
+    cycle: Duration = 1.0
+    hold_down: Duration = 30.0
+    hold_down_max: Duration = 600.0
+    site_hold_down: Duration = 30.0
+    # Every operator drain is time-boxed: a drain without ``for`` ends after this, and a longer
+    # ``for`` is refused (422), so a forgotten drain cannot keep capacity out for ever.
+    drain_max: Annotated[Duration, Field(gt=0, le=365 * 86400)] = 86400.0
+
+
+# --- daemon surfaces ------------------------------------------------------------------------
+
+
+class ApiToken(Frozen):
+    """A bearer token, stored as the sha256 hex digest of the token, never in clear."""
+
+    name: Name
+    role: Literal["admin", "read", "customer"]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    customer: Name | None = None
+
+
+class Api(Frozen):
+    """The HTTP API, /metrics, /healthz and /readyz; the address and limits apply at start.
+    max_connections (default: a quarter of the descriptor limit, at most 256) caps the open
+    connections: past it the oldest idle one is closed to make room. Idle keep-alive
+    connections close after header_timeout."""
+
+    listen: Address = "127.0.0.1:9470"
+    tokens: list[ApiToken] = Field(default_factory=list)
+    max_body: int = Field(default=1_048_576, ge=1024)  # bytes; a larger body is answered 413
+    # A client must send a whole request head (line and headers) this soon after connecting or
+    # after its previous response; an idle keep-alive connection is closed after as long.
+    header_timeout: Annotated[Duration, Field(gt=0, le=3600)] = 10.0
+    body_timeout: Annotated[Duration, Field(gt=0, le=3600)] = 10.0  # to receive a whole body
+    max_header_size: int = Field(default=8190, ge=1024, le=65536)  # bytes per header line
+    max_headers: int = Field(default=64, ge=16, le=1024)
+    # Connections open at once. Past it the oldest idle one is closed for the new one (so
+    # /healthz still gets in), or the new one when all are busy. Default: a quarter of the
+    # descriptor limit, at most 256, so clients can never take the probes' descriptors.
+    max_connections: int | None = Field(default=None, ge=8, le=1_000_000)
+
+
+class MqttTls(Frozen):
+    """TLS towards the broker (``mqtts://``): the CA to trust, optionally a client certificate."""
+
+    ca_file: Path | None = None  # default: the system's trusted CAs
+    cert_file: Path | None = None  # a client certificate, for brokers that require one
+    key_file: Path | None = None  # its private key (with cert_file)
+
+
+class Mqtt(Frozen):
+    """The MQTT broker the node agents publish their heartbeats to."""
+
+    url: Annotated[str, Field(pattern=r"^mqtts?://")]
+    topic_prefix: str = "nodevigil"
+    username: str | None = None
+    password: SecretRef | None = None
+    tls: MqttTls | None = None  # only with mqtts://; default: the system's CAs, no client cert
+    # The installation secret every node's agent key derives from (``nodevigil agent-key``).
+    # Set, the daemon believes only heartbeats and wills signed with the node's key; unset,
+    # any client that can publish to the broker can speak for any node.
+    agent_secret: SecretRef | None = None
+    max_clock_skew: Duration = Field(default=120.0, gt=0)  # agent vs daemon clock, new boots
+    reconnect_grace: Duration | None = None  # default: each probe's max_silence + 15s
+
+
+class Customer(Frozen):
+    """A customer: the services it holds and its contingency plan."""
+
+    id: Name
+    services: list[Name] = Field(default_factory=list)
+    plan: Name | None = None
+
+
+# --- incidents and notifications ------------------------------------------------------------
+
+
+class WebhookNotifier(SecretRef):
+    """An HTTP POST signed per the Standard Webhooks specification (secret in ``whsec_`` form)."""
+
+    type: Literal["webhook"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    timeout: Duration = 5.0
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class SmtpServer(Frozen):
+    """Where mail is handed over: plain, STARTTLS or implicit TLS, optionally with a login."""
+
+    host: str
+    port: int = Field(default=25, ge=1, le=65535)
+    starttls: bool = False
+    tls: bool = False  # implicit TLS (port 465); exclusive with starttls
+    username: str | None = None
+    password: SecretRef | None = None
+    timeout: Duration = 10.0
+    verify: bool = True
+    ca_file: Path | None = None
+
+
+class EmailNotifier(Frozen):
+    """Plain-text mail with the incident's facts."""
+
+    type: Literal["email"]
+    to: list[Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(min_length=1)
+    sender: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$")] = "nodevigil@localhost"
+    smtp: SmtpServer
+    subject_prefix: str = "[nodevigil]"
+
+
+class AlertmanagerNotifier(Frozen):
+    """Alerts posted to Prometheus Alertmanager's v2 API; recoveries resolve them."""
+
+    type: Literal["alertmanager"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    timeout: Duration = 5.0
+    labels: dict[str, str] = Field(default_factory=dict)
+    resolve_after: Duration = 3600.0  # how long a one-shot event (lb.action, ...) stays firing
+    firing_for: Duration = 7 * 86400.0  # how long a problem (node.down, ...) awaits its recovery
+
+
+class MqttNotifier(Frozen):
+    """Events published as JSON; ``url`` defaults to the top-level mqtt broker."""
+
+    type: Literal["mqtt"]
+    topic: Annotated[str, Field(min_length=1, pattern=r"^[^#+]+$")]
+    url: Annotated[str, Field(pattern=r"^mqtts?://")] | None = None
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+
+
+Notifier = Annotated[
+    WebhookNotifier | EmailNotifier | AlertmanagerNotifier | MqttNotifier,
+    Field(discriminator="type"),
+]
+
+
+class PlanStep(Frozen):
+    """Who is told, ``after`` the outage's start (``0s`` is at once; a reopened incident counts
+    from its reopening)."""
+
+    after: Duration = 0.0
+    notify: list[Name] = Field(min_length=1)
+
+
+class ContingencyPlan(Frozen):
+    """Clause VIII.6: the ordered steps that tell a customer about a whole-service failure."""
+
+    steps: list[PlanStep] = Field(min_length=1)
+    on_resolve: list[Name] = Field(default_factory=list)
+    repeat_every: Duration | None = None  # repeat the last step this often while still open
+
+
+class AlertRoute(Frozen):
+    """Operator alerts: events (a kind such as ``node.down``, or ``node.*``) and where they go."""
+
+    events: list[Annotated[str, Field(pattern=r"^[a-z_]+(\.([a-z_]+|\*))?$|^\*$")]] = Field(
+        min_length=1
+    )
+    notify: list[Name] = Field(min_length=1)
+    subjects: list[str] = Field(default_factory=list)  # only these nodes/sites/services
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("give a UTC offset, e.g. 2026-12-01T02:00:00+08:00")
+    return value
+
+
+AwareTime = Annotated[datetime, AfterValidator(_aware)]
+
+
+class MaintenanceWindow(Frozen):
+    """Announced maintenance: customers are told it is maintenance and the time is excluded."""
+
+    start: AwareTime
+    end: AwareTime
+    services: list[Name] = Field(min_length=1)
+    note: str = ""
+
+
+class Incidents(Frozen):
+    """How incidents open, reopen and resolve."""
+
+    reopen_window: Duration = 600.0  # a service failing again this soon reopens the incident
+
+
+class Notifications(Frozen):
+    """The durable outbox: retries with jittered exponential backoff until ``max_age``."""
+
+    max_age: Duration = 86400.0
+    backoff_initial: Duration = 1.0
+    backoff_max: Duration = 300.0
+    concurrency: int = Field(default=4, ge=1, le=64)  # deliveries in flight per notifier
+
+
+class Sla(Frozen):
+    """The ledger's billing rules."""
+
+    rounding: Literal["per-outage", "minute-buckets"] = "per-outage"
+    settlement_delay: Duration = 86400.0
+
+
+class Records(Frozen):
+    """Clause IV.3: events and ledger records are kept at least 90 days."""
+
+    retention: Duration = 90 * 86400.0
+
+
+class Config(Frozen):
+    """The whole configuration file."""
+
+    timezone: str = "UTC"
+    state_dir: Path = Path("./state")
+    vantage: Name = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "local")
+    api: Api = Api()
+    mqtt: Mqtt | None = None
+    defaults: Defaults = Defaults()
+    failover: FailoverSettings = FailoverSettings()
+    load_balancers: dict[Name, LoadBalancer] = Field(default_factory=dict)
+    sites: list[Site] = Field(default_factory=list)
+    nodes: list[Node] = Field(default_factory=list)
+    services: list[Service] = Field(default_factory=list)
+    customers: list[Customer] = Field(default_factory=list)
+    notifiers: dict[Name, Notifier] = Field(default_factory=dict)
+    contingency_plans: dict[Name, ContingencyPlan] = Field(default_factory=dict)
+    alerts: list[AlertRoute] = Field(default_factory=list)
+    maintenance: list[MaintenanceWindow] = Field(default_factory=list)
+    incidents: Incidents = Incidents()
+    notifications: Notifications = Notifications()
+    sla: Sla = Sla()
+    records: Records = Records()
+
+    def node(self, name: str) -> Node | None:
+        """The node called ``name``, if any."""
+        return next((n for n in self.nodes if n.name == name), None)
+
+    def site(self, name: str) -> Site | None:
+        """The site called ``name``, if any."""
+        return next((s for s in self.sites if s.name == name), None)

@@ -1,0 +1,1 @@
+"""The embedded backend: every store in SQLite files under ``state_dir``; all SQL lives here."""
