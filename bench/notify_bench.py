@@ -58,6 +58,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import LOOPBACK, median, start_targets
+from failover.events import IncidentOpened, ServiceUnavailable
 from failover.incidents.model import OutboxRow, Outgoing
 from failover.notify.base import Message
 from failover.notify.metrics import NotifyMetrics
@@ -392,12 +393,13 @@ async def one_outage(
 
     notice = await receiver.wait_for(opened, ROUND_LIMIT)
     unavailable = await bus.wait_for(
-        lambda e: e.kind == "service.unavailable" and float(e.data["started_at"]) > t0, 5
+        lambda e: isinstance(e, ServiceUnavailable) and e.started_at > t0, 5
     )
+    assert isinstance(unavailable, ServiceUnavailable)
     verdict = await bus.wait_for(lambda e: e.kind == "node.down" and e.at > t0, 5)
     incident_id = int(notice.payload["data"]["incident"]["id"])
     committed = await bus.wait_for(
-        lambda e: e.kind == "incident.opened" and e.data.get("id") == incident_id, 5
+        lambda e: isinstance(e, IncidentOpened) and e.incident == incident_id, 5
     )
     peer = [
         await peer_post(session, receiver, key, notice.body, f"peer-{n}-{k}")
@@ -413,7 +415,7 @@ async def one_outage(
     return NoticeRound(
         t0=t0,
         verdict_at=verdict.at,
-        started_at=float(unavailable.data["started_at"]),
+        started_at=unavailable.started_at,
         published_at=unavailable.at,
         committed_at=committed.at,
         arrival=notice.at,

@@ -112,6 +112,32 @@ class Ledger:
         """An operator tags an interval's cause; final days that change get adjustments."""
         await self._run(self._core.set_cause, interval_id, Cause(cause), who, note)
 
+    async def set_cause_within(
+        self,
+        service: str,
+        start: datetime,
+        end: datetime,
+        *,
+        cause: Cause | str,
+        who: str,
+        note: str,
+        key: str,
+    ) -> list[int] | None:
+        """Tag every interval of ``service`` overlapping ``[start, end)``, once per ``key``.
+
+        The intervals changed, or None when a call with ``key`` was applied before.
+        """
+        return await self._run(
+            self._core.set_cause_within,
+            service,
+            start,
+            end,
+            cause=Cause(cause),
+            who=who,
+            note=note,
+            key=key,
+        )
+
     async def add_exclusion(
         self,
         start: datetime,
@@ -121,8 +147,12 @@ class Ledger:
         services: Sequence[str] = (),
         note: str = "",
         who: str = "",
+        key: str | None = None,
     ) -> int:
-        """Declare an exclusion window (empty ``services`` = all); returns its id."""
+        """Declare an exclusion window (empty ``services`` = all); returns its id.
+
+        With ``key``, once: a second call returns the first one's exclusion.
+        """
         return await self._run(
             self._core.add_exclusion,
             start,
@@ -131,6 +161,7 @@ class Ledger:
             services=list(services),
             note=note,
             who=who,
+            key=key,
         )
 
     async def import_charges(self, rows: Iterable[Charge], who: str = "import") -> int:

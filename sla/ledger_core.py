@@ -22,10 +22,13 @@ from sla.model import (
     to_us,
 )
 from sla.rule import BillingCalendar, credit_rows, unavailable_minutes
-from sla.store import Adjustment, LedgerStore
+from sla.store import Adjustment, LedgerStore, StoredInterval
 
 SYSTEM = "nodevigil"  # the "who" of changes nodevigil makes by itself
 SETTLED_THROUGH = "settled_through"  # meta key: every charge up to this day is frozen
+# Meta key prefix: a change asked for under a stable key (an incident's cause, a maintenance
+# window) was applied, in the same transaction as the change itself: asking again is a no-op.
+APPLIED = "applied:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,12 +226,44 @@ class LedgerCore:
             if interval is None:
                 raise SlaInputError(f"no interval {interval_id}")
             self._settle(at)
-            self.store.update_interval(interval_id, cause=cause, at=at)
-            what = f"interval {interval_id} cause {interval.cause.value} -> {cause.value}"
-            self.store.insert_change(at, who, what, note)
-            end = interval.end_us if interval.end_us is not None else at
-            why = f"{what}: {note}" if note else what
-            self._readjust({interval.service}, interval.start_us, end, who=who, why=why, at=at)
+            self._set_cause(interval, cause, who, note, at)
+
+    def _set_cause(
+        self, interval: StoredInterval, cause: Cause, who: str, note: str, at: int
+    ) -> None:
+        """Change one interval's cause, record the change, readjust (inside a transaction)."""
+        self.store.update_interval(interval.id, cause=cause, at=at)
+        what = f"interval {interval.id} cause {interval.cause.value} -> {cause.value}"
+        self.store.insert_change(at, who, what, note)
+        end = interval.end_us if interval.end_us is not None else at
+        why = f"{what}: {note}" if note else what
+        self._readjust({interval.service}, interval.start_us, end, who=who, why=why, at=at)
+
+    def set_cause_within(
+        self,
+        service: str,
+        start: datetime,
+        end: datetime,
+        *,
+        cause: Cause,
+        who: str,
+        note: str,
+        key: str,
+    ) -> list[int] | None:
+        """Tag ``service``'s intervals overlapping ``[start, end)`` with ``cause``, once per
+        ``key``: the intervals changed, or None when ``key`` was applied before."""
+        at = self.now_us()
+        with self.store.transaction():
+            if self.store.meta(APPLIED + key) is not None:
+                return None
+            self._settle(at)
+            changed = []
+            for interval in self.store.intervals(service, to_us(start), to_us(end)):
+                if interval.cause is not cause:
+                    self._set_cause(interval, cause, who, note, at)
+                    changed.append(interval.id)
+            self.store.set_meta(APPLIED + key, ",".join(map(str, changed)))
+            return changed
 
     def add_exclusion(
         self,
@@ -239,14 +274,20 @@ class LedgerCore:
         services: list[str],
         note: str,
         who: str,
+        key: str | None = None,
     ) -> int:
-        """Declare an exclusion window and readjust final days it touches."""
+        """Declare an exclusion window and readjust final days it touches.
+
+        With ``key``, once: asking again returns the exclusion the first call made.
+        """
         start_us, end_us, at = to_us(start), to_us(end), self.now_us()
         if end_us < start_us:
             raise SlaInputError("exclusion ends before it starts")
         if cause not in EXCLUDED_CAUSES:
             raise SlaInputError(f"cause {cause.value!r} is not an excluded cause")
         with self.store.transaction():
+            if key is not None and (done := self.store.meta(APPLIED + key)) is not None:
+                return int(done)
             self._settle(at)
             new_id = self.store.insert_exclusion(
                 start_us, end_us, cause=cause, services=services, note=note, who=who, at=at
@@ -255,6 +296,8 @@ class LedgerCore:
             self.store.insert_change(at, who, what, note)
             why = f"{what}: {note}" if note else what
             self._readjust(set(services) or None, start_us, end_us, who=who, why=why, at=at)
+            if key is not None:
+                self.store.set_meta(APPLIED + key, str(new_id))
             return new_id
 
     def import_charges(self, charges: list[Charge], who: str) -> int:

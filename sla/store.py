@@ -1,7 +1,12 @@
-"""Durable storage of the ledger behind one small Protocol; SQLite now, PostgreSQL later.
+"""Durable storage of the ledger behind one small Protocol, with two implementations in
+``nodevigil.state``: SQLite (one file) and PostgreSQL (one connection of its own).
 
 Store methods are synchronous and run on the ledger's single worker thread, never on the
-event loop. Times are integer microseconds since the epoch.
+event loop. Times are integer microseconds since the epoch; money is exact (never a float).
+A store raises ``nodevigil.core.errors.StateError`` when its database cannot do the work now
+(busy, full, unreachable, restarting: the caller may retry the same call later, and a lost
+connection is re-opened by the next call) and ``SlaError`` when it refuses (a schema newer than
+this nodevigil knows, a constraint). An error inside ``transaction()`` rolls all of it back.
 """
 
 from __future__ import annotations

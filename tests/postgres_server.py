@@ -15,8 +15,11 @@ import os
 import pwd
 import shutil
 import signal
+import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,4 +202,83 @@ async def run_postgres(workdir: Path) -> AsyncIterator[PostgresServer]:
         yield server
     finally:
         await server.stop(signal.SIGKILL)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class PostgresAddress:
+    """Where a running server takes connections, and how to make a fresh database on it."""
+
+    port: int
+    password_file: Path
+
+    @property
+    def admin_dsn(self) -> str:
+        return f"host=127.0.0.1 port={self.port} user={USER} password={PASSWORD} dbname=postgres"
+
+    def url(self, database: str) -> str:
+        """A libpq URL of ``database`` without the password (it is in ``password_file``)."""
+        return f"postgresql://{USER}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A new empty database; its name."""
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return name
+
+    def drop_database(self, name: str) -> None:
+        """Drop a database made by ``create_database`` (its connections are ended first)."""
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextlib.contextmanager
+def postgres_for_session(workdir: Path) -> Iterator[PostgresAddress]:
+    """One server for a whole test session (no event loop needed): each test makes its own
+    database on it with ``create_database()``. Started with plain subprocesses."""
+    if BINDIR is None:
+        raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    owner = _run_as()
+    user = {} if owner is None else {"user": owner[0], "group": owner[1]}
+    home = Path(tempfile.mkdtemp(prefix="nodevigil-pg-"))
+    if owner is not None:
+        os.chown(home, *owner)
+    pwfile = home / "initdb.pw"
+    pwfile.write_text(PASSWORD + "\n")
+    if owner is not None:
+        os.chown(pwfile, *owner)
+    port = free_port()
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(
+            [str(BINDIR / "initdb"), "-D", str(home / "data"), "-U", USER, f"--pwfile={pwfile}",
+             "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--no-sync"],
+            check=True, capture_output=True, **user,  # type: ignore[arg-type]
+        )  # fmt: skip
+        with (home / "server.log").open("ab") as log:
+            process = subprocess.Popen(
+                [str(BINDIR / "postgres"), "-D", str(home / "data"), "-p", str(port),
+                 "-k", str(home), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                 "-c", "full_page_writes=off", "-c", "max_connections=300"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, **user,  # type: ignore[arg-type]
+            )  # fmt: skip
+        address = PostgresAddress(port, workdir / "db.password")
+        address.password_file.write_text(PASSWORD + "\n")
+        address.password_file.chmod(0o600)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                psycopg.connect(address.admin_dsn, connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    tail = (home / "server.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"PostgreSQL did not start:\n{tail}") from None
+                time.sleep(0.05)
+        yield address
+    finally:
+        if process is not None:
+            process.kill()
+            process.wait()
         shutil.rmtree(home, ignore_errors=True)

@@ -3,7 +3,7 @@
 A signature-checking webhook receiver, an SMTP server (aiosmtpd), Prometheus Alertmanager and
 Mosquitto stand in for the customer and the operators. The crash test kills the daemon with
 SIGKILL between the outbox write and the delivery and shows the notification still arrives,
-once per webhook-id, after a restart.
+once per webhook-id, after a restart (on both state backends: SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from nodevigil.app.api.auth import token_digest
 from nodevigil.app.daemon import Daemon
 from tests.brokers import Broker
 from tests.cli import run_cli
+from tests.conftest import StateBackend
 from tests.daemon_process import spawn_daemon
 from tests.failover.daemons import free_port, poll_until
 from tests.notify.receivers import SmtpSink, WebhookReceiver, get_alerts, run_alertmanager
@@ -330,13 +331,15 @@ async def test_a_receiver_failing_five_times_gets_the_notice_once(
             await stop(daemon, task)
 
 
+@pytest.mark.parametrize("state_backend", ["sqlite", "postgres"], indirect=True)
 async def test_killed_between_outbox_write_and_delivery_it_still_delivers_once(
-    tmp_path: Path, target: Target
+    tmp_path: Path, target: Target, state_backend: StateBackend
 ) -> None:
     async with WebhookReceiver() as hook:
         port = free_port()
         path = tmp_path / "nodevigil.yaml"
         write_config(path, target=target.url, hook=hook, listen=f"127.0.0.1:{port}")
+        state_backend.configure(path)  # SQLite in state_dir, or a fresh PostgreSQL database
         target.healthy = False  # the service is down from the start
         log = tmp_path / "daemon.log"
         proc = await spawn_daemon(path, log, failpoints="outbox.before_send")

@@ -53,7 +53,7 @@ async def test_a_step_is_reported_once_and_only_a_requested_stop_is_clean(tmp_pa
     await watch.mark()
     await watch.mark()  # the same offset: not reported again
     [event] = sub.drain()
-    assert (event.kind, event.data["offset"]) == ("clock.stepped", -3600.0)
+    assert (event.kind, event.offset) == ("clock.stepped", -3600.0)
     assert registry.get_sample_value("nodevigil_clock_offset_seconds") == -3600.0
     mark = read_alive(tmp_path)
     assert mark is not None and not mark.clean and mark.wall == clock.wall()

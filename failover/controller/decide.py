@@ -24,6 +24,15 @@ from failover.controller.state import (
     SiteBook,
     SiteView,
 )
+from failover.events import (
+    FailoverPanic,
+    FailoverPanicOver,
+    OverrideBelowFloor,
+    ServiceAvailable,
+    ServiceUnavailable,
+    SiteDown,
+    SiteUp,
+)
 from failover.lb.base import ServerState
 from monitor.verdicts import Verdict
 from nodevigil.core.config.schema import Config, FailoverSettings, HAProxyLB, Node, Site
@@ -212,24 +221,26 @@ def decide(config: Config, st: ControllerState, now: float, wall: float) -> Deci
         if panic and not old.panic:
             notices.append(
                 Notice(
-                    "failover.panic",
-                    site.name,
-                    {
-                        "site": site.name,
-                        "kept_in": plan.kept_down,
-                        "limit": plan.limit,
-                        "min_healthy": site.min_healthy,
-                        "max_unavailable": site.max_unavailable,
-                    },
+                    FailoverPanic(
+                        subject=site.name,
+                        at=wall,
+                        vantage="",
+                        site=site.name,
+                        kept_in=tuple(plan.kept_down),
+                        limit=plan.limit,
+                        min_healthy=site.min_healthy,
+                        max_unavailable=site.max_unavailable,
+                    ),
                     f"PANIC site {site.name}: {len(plan.kept_down)} down nodes kept in "
                     f"at its {plan.limit} (possible monitoring fault)",
                 )
             )
         elif old.panic and not panic:
-            notices.append(Notice("failover.panic_over", site.name, {"site": site.name}))
+            over = FailoverPanicOver(subject=site.name, at=wall, vantage="", site=site.name)
+            notices.append(Notice(over))
         new = replace(new, panic=panic)
         site_books[site.name] = new
-        _site_notices(site=site, nodes=nodes, old=old, new=new, st=st, notices=notices)
+        _site_notices(site=site, nodes=nodes, old=old, new=new, st=st, wall=wall, notices=notices)
         nodes_out = 0
         for n in nodes:
             want, why = plan.desired[n.name]
@@ -254,9 +265,14 @@ def decide(config: Config, st: ControllerState, now: float, wall: float) -> Deci
             if plan.forced_below_floor and ("node", n.name) in st.overrides:
                 notices.append(
                     Notice(
-                        "override.below_floor",
-                        n.name,
-                        {"node": n.name, "site": site.name, "min_healthy": site.min_healthy},
+                        OverrideBelowFloor(
+                            subject=n.name,
+                            at=wall,
+                            vantage="",
+                            node=n.name,
+                            site=site.name,
+                            min_healthy=site.min_healthy,
+                        ),
                         f"WARNING operator drain of {n.name} takes {site.name} below min_healthy",
                     )
                 )
@@ -276,25 +292,28 @@ def _site_notices(
     old: SiteBook,
     new: SiteBook,
     st: ControllerState,
+    wall: float,
     notices: list[Notice],
 ) -> None:
     if old.up == new.up:
         return
-    up = [n.name for n in nodes if st.verdicts.get(n.name) is Verdict.UP]
-    data = {
-        "site": site.name,
-        "address": site.address,
-        "nodes_up": up,
-        "min_healthy": site.min_healthy,
-    }
+    up = tuple(n.name for n in nodes if st.verdicts.get(n.name) is Verdict.UP)
+    kind = SiteUp if new.up else SiteDown
+    event = kind(
+        subject=site.name,
+        at=wall,
+        vantage="",
+        site=site.name,
+        address=site.address,
+        nodes_up=up,
+        min_healthy=site.min_healthy,
+    )
     if new.up:
-        notices.append(Notice("site.up", site.name, data, f"site {site.name} up"))
+        notices.append(Notice(event, f"site {site.name} up"))
     else:
         notices.append(
             Notice(
-                "site.down",
-                site.name,
-                data,
+                event,
                 f"site {site.name} down ({len(up)} nodes up < min_healthy {site.min_healthy})",
             )
         )
@@ -321,14 +340,15 @@ def _services(
             outages[svc.name] = outage
             notices.append(
                 Notice(
-                    "service.unavailable",
-                    svc.name,
-                    {
-                        "service": svc.name,
-                        "sites": list(names),
-                        "evidence": outage.evidence,
-                        "started_at": wall,
-                    },
+                    ServiceUnavailable(
+                        subject=svc.name,
+                        at=wall,
+                        vantage="",
+                        service=svc.name,
+                        sites=names,
+                        evidence=outage.evidence,
+                        started_at=wall,
+                    ),
                     f"SERVICE {svc.name} UNAVAILABLE: no site can serve",
                 )
             )
@@ -336,14 +356,15 @@ def _services(
             started = outages.pop(svc.name).started_at
             notices.append(
                 Notice(
-                    "service.available",
-                    svc.name,
-                    {
-                        "service": svc.name,
-                        "started_at": started,
-                        "ended_at": wall,
-                        "duration": wall - started,
-                    },
+                    ServiceAvailable(
+                        subject=svc.name,
+                        at=wall,
+                        vantage="",
+                        service=svc.name,
+                        started_at=started,
+                        ended_at=wall,
+                        duration=wall - started,
+                    ),
                     f"service {svc.name} available again after {wall - started:.0f}s",
                 )
             )

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 from failover.controller.decide import site_backend
 from failover.controller.release import Release
 from failover.controller.state import Action, Observed, SetAddresses, SetServerState
 from failover.controller.store import ActionRecord
+from failover.events import AddressesSet, ServerStateSet
 from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer, ServerState
 from failover.lb.errors import (
     LoadBalancerError,
@@ -52,8 +52,8 @@ def _failure(exc: BaseException, lb: str, seconds: float) -> BaseException:
     return exc
 
 
-def failure_fields(error: BaseException) -> dict[str, str]:
-    """What kind of trouble ``error`` is, for events: ``kind`` and, when known, ``code``."""
+def failure_kind(error: BaseException) -> tuple[str, str | None]:
+    """What kind of trouble ``error`` is, for events: the kind and, when known, the code."""
     kinds: list[tuple[type[BaseException], str]] = [
         (LoadBalancerLocalError, "local"),  # nodevigil's own trouble, not the LB's
         (LoadBalancerTimeout, "timeout"),
@@ -63,10 +63,8 @@ def failure_fields(error: BaseException) -> dict[str, str]:
         (LoadBalancerInvalid, "invalid"),
     ]
     kind = next((name for cls, name in kinds if isinstance(error, cls)), "error")
-    fields = {"kind": kind}
-    if isinstance(error, LoadBalancerRejected) and error.code:
-        fields["code"] = error.code
-    return fields
+    code = error.code if isinstance(error, LoadBalancerRejected) and error.code else None
+    return kind, code
 
 
 def read_key(lb: str, target: str) -> str:
@@ -257,44 +255,44 @@ async def release(
     return applied, retry
 
 
-def describe_applied(result: Applied, wall: float) -> tuple[str, dict[str, Any], ActionRecord]:
-    """The ``lb.action`` event's subject and data, and the action-log record, for one result."""
+def describe_applied(
+    result: Applied, wall: float, vantage: str
+) -> tuple[ServerStateSet | AddressesSet, ActionRecord]:
+    """The ``lb.action`` event and the action-log record, for one result."""
     a = result.action
-    data: dict[str, Any] = {"lb": a.lb, "why": a.why}
+    event: ServerStateSet | AddressesSet
     if isinstance(a, SetServerState):
-        old = a.old.value if a.old else None
-        data.update(
-            what="set_state",
+        event = ServerStateSet(
+            subject=a.node,
+            at=wall,
+            vantage=vantage,
+            lb=a.lb,
+            why=a.why,
             backend=a.backend,
             server=a.server,
             node=a.node,
             site=a.site,
-            old=old,
+            old=a.old.value if a.old else None,
             new=a.new.value,
         )
-        target, subject = f"{a.backend}/{a.server}", a.node
+        target, old, new = f"{a.backend}/{a.server}", str(event.old), str(event.new)
     else:
-        data.update(
-            what="set_addresses",
+        event = AddressesSet(
+            subject=a.service,
+            at=wall,
+            vantage=vantage,
+            lb=a.lb,
+            why=a.why,
             record=a.record,
             service=a.service,
-            old=sorted(a.old),
-            new=sorted(a.new),
+            old=tuple(sorted(a.old)),
+            new=tuple(sorted(a.new)),
         )
-        target, subject = a.record, a.service
+        # The action log's text as before: the sorted lists' repr.
+        target, old, new = a.record, str(list(event.old)), str(list(event.new))
     outcome = "ok" if result.error is None else "error"
-    record = ActionRecord(
-        wall,
-        a.lb,
-        data["what"],
-        target,
-        str(data["old"]),
-        str(data["new"]),
-        a.why,
-        outcome,
-        result.error,
-    )
-    return subject, data, record
+    record = ActionRecord(wall, a.lb, event.what, target, old, new, a.why, outcome, result.error)
+    return event, record
 
 
 def after_applied(observed: Observed, applied: list[Applied]) -> Observed:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -24,7 +25,7 @@ from failover.controller.lbio import (
     apply,
     check_adapters,
     describe_applied,
-    failure_fields,
+    failure_kind,
     read_back,
     release,
     unreadable,
@@ -51,8 +52,9 @@ from failover.controller.status import (
     build_status,
 )
 from failover.controller.store import ActionRecord, Store
+from failover.events import ControllerDecision, FailoverFailed, LbRecovered
 from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer
-from monitor.verdicts import Verdict
+from monitor.verdicts import NodeVerdictEvent, Verdict
 from nodevigil.core.clock import Clock
 from nodevigil.core.config.schema import Config
 from nodevigil.core.errors import NodevigilError
@@ -101,6 +103,8 @@ class Controller:
         self._overrides = Overrides(
             store,
             emit=self._emit,
+            wall=clock.wall,
+            vantage=lambda: self.vantage,
             store_failed=lambda what, exc: self._report("store", "store", "delete", what, exc),
         )
         self._releases: list[Release] = []  # servers a reload let go of, still to put back
@@ -186,9 +190,8 @@ class Controller:
         self._poke.clear()
 
     def _note(self, event: Event) -> None:
-        reason = event.data.get("reason")
-        if isinstance(reason, str):
-            self._reasons[event.subject] = reason
+        if isinstance(event, NodeVerdictEvent):
+            self._reasons[event.subject] = event.reason
 
     def update_config(self, config: Config) -> None:
         """Use ``config`` from the next cycle on (adapters are fixed; missing ones are refused).
@@ -258,18 +261,18 @@ class Controller:
     ) -> None:
         records = []
         for result in [*applied, *released]:
-            subject, data, record = describe_applied(result, wall)
+            event, record = describe_applied(result, wall, self.vantage)
             key = (record.lb, record.target, record.new)
             if result.error is None:
                 self._logged_errors.discard(key)
-                self._emit("lb.action", subject, data)
+                self._emit(event)
             elif key in self._logged_errors:
                 continue  # a failure retried every cycle is logged once, not once a second
             else:
                 self._logged_errors.add(key)
             records.append(record)
         for notice in decision.notices:
-            self._emit(notice.kind, notice.subject, notice.data)
+            self._emit(notice.event)
         phrases = [decision.text] if decision.text else []
         phrases += [r.action.describe() for r in released]
         text = "; ".join(phrases)
@@ -285,14 +288,15 @@ class Controller:
                 if name in acted or v is not Verdict.UP
             }
             self._emit(
-                "controller.decision",
-                self.vantage,
-                {
-                    "decision": line,
-                    "actions": len(applied) + len(released),
-                    "failed": failed,
-                    "evidence": evidence,
-                },
+                ControllerDecision(
+                    subject=self.vantage,
+                    at=wall,
+                    vantage=self.vantage,
+                    decision=line,
+                    actions=len(applied) + len(released),
+                    failed=failed,
+                    evidence=evidence,
+                )
             )
         if records:
             try:
@@ -337,7 +341,12 @@ class Controller:
         if error is None:
             if self._failing.pop(key, None) is not None:
                 log.info("%s: %s %s works again", lb, what, target)
-                self._emit("lb.recovered", lb, {"lb": lb, "what": what, "target": target})
+                wall = self._clock.wall()
+                self._emit(
+                    LbRecovered(
+                        subject=lb, at=wall, vantage=self.vantage, lb=lb, what=what, target=target
+                    )
+                )
             return
         if lb != "store":
             self.metrics.lb_errors.labels(lb).inc()
@@ -345,11 +354,27 @@ class Controller:
             return
         self._failing[key] = str(error)
         log.warning("%s: %s %s failed: %s (retrying every cycle)", lb, what, target, error)
-        data = {"lb": lb, "what": what, "target": target, "error": str(error)}
-        self._emit("failover.failed", lb, {**data, **failure_fields(error)})
+        failure, code = failure_kind(error)
+        self._emit(
+            FailoverFailed(
+                subject=lb,
+                at=self._clock.wall(),
+                vantage=self.vantage,
+                lb=lb,
+                what=what,
+                target=target,
+                error=str(error),
+                failure=failure,
+                code=code,
+            )
+        )
 
-    def _emit(self, kind: str, subject: str, data: Mapping[str, Any]) -> None:
-        self._bus.publish(Event(kind, subject, self._clock.wall(), self.vantage, dict(data)))
+    def _emit(self, event: Event) -> None:
+        """Publish ``event`` stamped with the time now and this controller's vantage.
+
+        ``decide`` is pure: its notices carry the decision's wall time and no vantage.
+        """
+        self._bus.publish(replace(event, at=self._clock.wall(), vantage=self.vantage))
 
     # --- overrides ---------------------------------------------------------------------------
 

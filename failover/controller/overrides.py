@@ -10,26 +10,56 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TypedDict
 
 from failover.controller.release import orphaned
 from failover.controller.state import Override, OverrideKind
 from failover.controller.store import ActionRecord, Store
+from failover.events import (
+    OverrideCleared,
+    OverrideDropped,
+    OverrideEvent,
+    OverrideExpired,
+    OverrideSet,
+)
 from nodevigil.core.config.schema import Config
 from nodevigil.core.errors import NodevigilError
+from nodevigil.core.events import Event
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[str, str, Mapping[str, Any]], None]  # (event kind, subject, data)
+Emit = Callable[[Event], None]
 StoreFailed = Callable[[str, NodevigilError], None]  # (what was refused, the error)
+
+
+class _OverrideFacts(TypedDict):
+    subject: str
+    at: float
+    vantage: str
+    target: str
+    name: str
+    reason: str
+    who: str
+    since: float
+    until: float | None
 
 
 class Overrides:
     """The overrides in force; a clear of one that is not there is a no-op, never an error."""
 
-    def __init__(self, store: Store, *, emit: Emit, store_failed: StoreFailed) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        emit: Emit,
+        wall: Callable[[], float],
+        vantage: Callable[[], str],
+        store_failed: StoreFailed,
+    ) -> None:
         self._store = store
         self._emit = emit
+        self._wall = wall
+        self._vantage = vantage
         self._store_failed = store_failed
         self._current: dict[tuple[OverrideKind, str], Override] = {}
         self._lock = asyncio.Lock()
@@ -51,7 +81,7 @@ class Overrides:
         async with self._lock:
             await self._store.put_override(override)
             self._current[(override.kind, override.name)] = override
-            self._emit("override.set", override.name, override.as_dict())
+            self._emit(OverrideSet(**self._facts(override)))
 
     async def clear(self, kind: OverrideKind, name: str, who: str) -> bool:
         """Lift an override; return whether there was one."""
@@ -61,7 +91,7 @@ class Overrides:
                 return False  # never drained, or already cleared (a racing undrain)
             await self._store.delete_override(kind, name)
             del self._current[(kind, name)]
-            self._emit("override.cleared", name, {**override.as_dict(), "cleared_by": who})
+            self._emit(OverrideCleared(**self._facts(override), cleared_by=who))
             return True
 
     async def expire(self, wall: float, longest: float) -> None:
@@ -73,7 +103,7 @@ class Overrides:
 
         async with self._lock:
             for o in [o for o in self._current.values() if expired(o)]:
-                await self._end(o, "override.expired", {"cleared_by": "expiry"})
+                await self._end(o, OverrideExpired(**self._facts(o), cleared_by="expiry"))
 
     async def drop_orphaned(self, config: Config, wall: float) -> list[Override]:
         """Drop the overrides of nodes and sites ``config`` no longer has; record each."""
@@ -81,7 +111,7 @@ class Overrides:
             dropped = orphaned(self._current, config)
             for o in dropped:
                 why = f"{o.kind} {o.name} is no longer in the configuration"
-                await self._end(o, "override.dropped", {"cleared_by": "reload", "why": why})
+                await self._end(o, OverrideDropped(**self._facts(o), cleared_by="reload", why=why))
                 log.warning("failover: dropped the drain of %s (by %s)", o.name, o.who)
         records = [
             ActionRecord(
@@ -103,7 +133,21 @@ class Overrides:
                 log.error("cannot record the action log: %s", exc)
         return dropped
 
-    async def _end(self, o: Override, event: str, extra: Mapping[str, str]) -> None:
+    def _facts(self, o: Override) -> _OverrideFacts:
+        """What every override event says about ``o`` (``subject`` is its name)."""
+        return {
+            "subject": o.name,
+            "at": self._wall(),
+            "vantage": self._vantage(),
+            "target": o.kind,
+            "name": o.name,
+            "reason": o.reason,
+            "who": o.who,
+            "since": o.since,
+            "until": o.until,
+        }
+
+    async def _end(self, o: Override, event: OverrideEvent) -> None:
         """Forget ``o`` (the caller holds the lock)."""
         try:
             await self._store.delete_override(o.kind, o.name)
@@ -112,4 +156,4 @@ class Overrides:
             # or orphaned row left on disk ends again at the next start. Failover goes on.
             self._store_failed(f"override {o.kind} {o.name}", exc)
         self._current.pop((o.kind, o.name), None)
-        self._emit(event, o.name, {**o.as_dict(), **extra})
+        self._emit(event)

@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 from failover.lb.base import ServerState
 from monitor.verdicts import Verdict
 from nodevigil.core.errors import NodevigilError
+from nodevigil.core.events import Event
 
 OverrideKind = Literal["node", "site"]
 
@@ -156,11 +157,9 @@ Action = SetServerState | SetAddresses
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """An event ``decide`` wants published (the loop adds time and vantage)."""
+    """An event ``decide`` wants published (the loop stamps its time and vantage)."""
 
-    kind: str
-    subject: str
-    data: Mapping[str, Any]
+    event: Event
     phrase: str = ""  # for the decision line; empty when not worth a mention
 
 

@@ -3,7 +3,10 @@
 Event-driven for exact times (``service.unavailable`` carries the outage's start), and
 level-triggered as a safety net: every second the open incidents are compared with the
 controller's view, so an event missed across a crash or restart heals by itself. Each change
-and the notifications it causes are committed together before anything is sent.
+and the notifications it causes are committed together before anything is sent; so are an
+incident's cause and a maintenance window with the change the SLA ledger must make for them
+(a pending ``LedgerChange``, which the application applies to the ledger: ``ledger_pending``
+tells it when one was written).
 """
 
 from __future__ import annotations
@@ -11,12 +14,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TypedDict
 
+from failover.events import (
+    IncidentCauseSet,
+    IncidentEvent,
+    IncidentOpened,
+    IncidentReopened,
+    IncidentResolved,
+    IncidentUpdated,
+    MaintenanceCancelled,
+    MaintenanceDeclared,
+    ServiceAvailable,
+    ServiceUnavailable,
+)
 from failover.incidents.messages import Composer, human_duration
-from failover.incidents.model import Incident, IncidentState, Outgoing, Window
-from failover.incidents.ports import IncidentStore
+from failover.incidents.model import Incident, IncidentState, Outgoing, Window, iso
+from failover.incidents.ports import IncidentStore, LedgerChange
 from failover.notify.metrics import NotifyMetrics
 from nodevigil.core.backlog import Backlog
 from nodevigil.core.clock import Clock, Timeline
@@ -67,6 +83,8 @@ class IncidentManager:
         self._lock = asyncio.Lock()
         self._open: dict[str, Incident] = {}
         self._windows: list[Window] = []
+        # Set when a change for the SLA ledger is written: whoever applies them wakes up.
+        self.ledger_pending = asyncio.Event()
         self._sub = bus.subscribe(["service."])
         self._alerts = bus.subscribe([])
         # What the store refused (a full or read-only disk) waits here, in order.
@@ -121,12 +139,11 @@ class IncidentManager:
             await self._service_backlog.add(event)
 
     async def _service_event(self, event: Event) -> None:
-        if event.kind == "service.unavailable":
-            started = float(event.data.get("started_at") or event.at)
-            await self.service_down(event.subject, started)
-        elif event.kind == "service.available":
-            ended = float(event.data.get("ended_at") or event.at)
-            await self.service_up(event.subject, ended)
+        match event:
+            case ServiceUnavailable():
+                await self.service_down(event.subject, event.started_at)
+            case ServiceAvailable():
+                await self.service_up(event.subject, event.ended_at)
 
     async def _alert_events(self) -> None:
         async for event in self._alerts:
@@ -191,7 +208,7 @@ class IncidentManager:
                     message=f"{service} failed again {gap} after recovering; reopened",
                     outgoing=lambda i: composer.opening(i, now, window),
                 )
-                kind = "incident.reopened"
+                kind: type[IncidentEvent] = IncidentReopened
             else:
                 cause = "scheduled_maintenance" if window else "provider"
                 text = f"{service} is wholly unavailable: no site can serve it"
@@ -206,14 +223,14 @@ class IncidentManager:
                     message=text,
                     outgoing=lambda i: composer.opening(i, now, window),
                 )
-                kind = "incident.opened"
+                kind = IncidentOpened
             self._open[service] = incident
             self._metrics.incidents_open.set(len(self._open))
             self._metrics.incidents_opened.inc()
         failpoint("incident.opened")
         self._outbox_changed()
-        log.warning("incident %d %s: %s is wholly unavailable", incident.id, kind[9:], service)
-        self._publish(kind, incident)
+        log.warning("incident %d %s: %s is wholly unavailable", incident.id, kind.KIND[9:], service)
+        self._bus.publish(kind(**self._facts(incident)))
         return incident
 
     async def service_up(self, service: str, ended_at: float, *, note: str | None = None) -> None:
@@ -243,7 +260,7 @@ class IncidentManager:
         del self._open[current.service]
         self._metrics.incidents_open.set(len(self._open))
         self._outbox_changed()
-        self._publish("incident.resolved", incident)
+        self._bus.publish(IncidentResolved(**self._facts(incident)))
         return incident
 
     async def repeat_due(self) -> None:
@@ -303,19 +320,38 @@ class IncidentManager:
             if incident.is_open:
                 self._open[incident.service] = incident
         self._outbox_changed()
-        self._publish("incident.updated", incident, {"message": message, "author": author})
+        self._bus.publish(IncidentUpdated(**self._facts(incident), message=message, author=author))
         return incident
 
     async def set_cause(self, incident_id: int, *, cause: str, note: str, author: str) -> Incident:
-        """Tag the cause; the SLA ledger follows through the ``incident.cause`` event."""
+        """Tag the cause; the SLA ledger's change for it commits with it (``ledger_changes``)."""
+
+        def ledger(incident: Incident) -> LedgerChange:
+            # The ledger's intervals of the service overlapping the incident take the cause.
+            return LedgerChange(
+                id=uuid.uuid4().hex,
+                kind="cause",
+                services=(incident.service,),
+                start=incident.started_at,
+                end=incident.resolved_at,
+                cause=cause,
+                note=f"incident {incident.id}: {note}".strip(),
+                who=author or "operator",
+                not_before=now,
+                incident=incident.id,
+            )
+
         async with self._lock:
             await self.get(incident_id)
+            now = self._clock.wall()
             incident = await self._store.set_cause(
-                incident_id, cause=cause, note=note, at=self._clock.wall(), author=author
+                incident_id, cause=cause, note=note, at=now, author=author, ledger=ledger
             )
             if incident.is_open:
                 self._open[incident.service] = incident
-        self._publish("incident.cause", incident, {"note": note, "author": author})
+        failpoint("incident.cause_set")
+        self.ledger_pending.set()
+        self._bus.publish(IncidentCauseSet(**self._facts(incident), note=note, author=author))
         return incident
 
     def cause_for(self, service: str, at: float) -> str | None:
@@ -352,8 +388,10 @@ class IncidentManager:
                 source="config",
                 who="config",
                 config_key=key,
+                ledger=_exclusion,
             )
         self._windows = await self._store.windows()
+        self.ledger_pending.set()
 
     async def declare_window(
         self, *, start: float, end: float, services: Sequence[str], note: str, who: str
@@ -368,18 +406,19 @@ class IncidentManager:
         if end <= self._clock.wall():
             raise IncidentError("end: the window is already over; use an SLA exclusion instead")
         window = await self._store.add_window(
-            start=start, end=end, services=list(services), note=note, source="api", who=who
+            start=start,
+            end=end,
+            services=list(services),
+            note=note,
+            source="api",
+            who=who,
+            ledger=_exclusion,
         )
+        failpoint("maintenance.declared")
         self._windows = await self._store.windows()
-        self._bus.publish(
-            Event(
-                "maintenance.declared",
-                ",".join(services),
-                self._clock.wall(),
-                self.vantage,
-                window.as_dict(),
-            )
-        )
+        self.ledger_pending.set()
+        facts = self._window_facts(window, ",".join(services), window.who)
+        self._bus.publish(MaintenanceDeclared(**facts))
         return window
 
     async def cancel_window(self, window_id: int, who: str) -> Window:
@@ -390,16 +429,8 @@ class IncidentManager:
                 f"no maintenance window {window_id} that has yet to start", status=409
             )
         self._windows = await self._store.windows()
-        data = {**window.as_dict(), "who": who}
-        self._bus.publish(
-            Event(
-                "maintenance.cancelled",
-                ",".join(window.services),
-                self._clock.wall(),
-                self.vantage,
-                data,
-            )
-        )
+        facts = self._window_facts(window, ",".join(window.services), who)
+        self._bus.publish(MaintenanceCancelled(**facts))
         return window
 
     async def windows_to_exclude(self) -> list[Window]:
@@ -412,12 +443,108 @@ class IncidentManager:
         await self._store.mark_window_excluded(window.id, exclusion_id)
         self._windows = await self._store.windows()
 
+    # --- the SLA ledger's outbox ------------------------------------------------------------
+
+    async def ledger_changes(self) -> list[LedgerChange]:
+        """Changes the ledger must make, due now, in the order they were written."""
+        return await self._store.ledger_changes(self._clock.wall())
+
+    async def ledger_change_applied(
+        self, change: LedgerChange, *, exclusion_id: int | None = None
+    ) -> None:
+        """The ledger holds ``change`` (a window's exclusion: ``exclusion_id``)."""
+        await self._store.ledger_change_applied(change.id, exclusion_id=exclusion_id)
+        if change.window is not None:
+            self._windows = await self._store.windows()
+
+    async def ledger_change_refused(self, change: LedgerChange, error: str) -> None:
+        """The ledger refused ``change`` for good: kept with the reason, no longer retried."""
+        await self._store.ledger_change_refused(change.id, error)
+
     # ------------------------------------------------------------------------------------------
 
-    def _publish(self, kind: str, incident: Incident, extra: dict[str, Any] | None = None) -> None:
-        data = {**incident.as_dict(), "started": incident.started_at, "ended": incident.resolved_at}
-        self._bus.publish(
-            Event(
-                kind, incident.service, self._clock.wall(), self.vantage, {**data, **(extra or {})}
-            )
-        )
+    def _facts(self, incident: Incident) -> _IncidentFacts:
+        """What every incident event says: the incident's API form and its wall times."""
+        return {
+            "subject": incident.service,
+            "at": self._clock.wall(),
+            "vantage": self.vantage,
+            "incident": incident.id,
+            "service": incident.service,
+            "state": incident.state.value,
+            "cause": incident.cause,
+            "cause_note": incident.cause_note,
+            "maintenance": incident.maintenance,
+            "started_at": iso(incident.started_at),
+            "resolved_at": iso(incident.resolved_at),
+            "openings": incident.openings,
+            "first_notice_at": iso(incident.first_notice_at),
+            "started": incident.started_at,
+            "ended": incident.resolved_at,
+        }
+
+    def _window_facts(self, window: Window, subject: str, who: str) -> _WindowFacts:
+        """What a maintenance event says: the window's API form (``who`` acted on it)."""
+        return {
+            "subject": subject,
+            "at": self._clock.wall(),
+            "vantage": self.vantage,
+            "window": window.id,
+            "start": iso(window.start),
+            "end": iso(window.end),
+            "services": tuple(window.services),
+            "note": window.note,
+            "source": window.source,
+            "who": who,
+            "excluded_in_ledger": window.exclusion_id is not None,
+            "cancelled": window.cancelled,
+        }
+
+
+def _exclusion(window: Window) -> LedgerChange:
+    """A maintenance window's exclusion, for the ledger once the window has begun."""
+    return LedgerChange(
+        id=uuid.uuid4().hex,
+        kind="exclusion",
+        services=tuple(window.services),
+        start=window.start,
+        end=window.end,
+        cause="scheduled_maintenance",
+        note=f"maintenance window {window.id}: {window.note}".strip(),
+        who=window.who,
+        not_before=window.start,
+        window=window.id,
+    )
+
+
+class _IncidentFacts(TypedDict):
+    subject: str
+    at: float
+    vantage: str
+    incident: int
+    service: str
+    state: str
+    cause: str
+    cause_note: str
+    maintenance: bool
+    started_at: str | None
+    resolved_at: str | None
+    openings: int
+    first_notice_at: str | None
+    started: float
+    ended: float | None
+
+
+class _WindowFacts(TypedDict):
+    subject: str
+    at: float
+    vantage: str
+    window: int
+    start: str | None
+    end: str | None
+    services: tuple[str, ...]
+    note: str
+    source: str
+    who: str
+    excluded_in_ledger: bool
+    cancelled: bool

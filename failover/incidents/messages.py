@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from failover.events import NotificationDead
 from failover.incidents.model import Incident, Outgoing, Window, iso
 from failover.notify.base import Message
 from nodevigil.core.config import Config
@@ -239,16 +240,19 @@ class Composer:
             if any(kind_matches(p, event.kind) for p in route.events):
                 notifiers += [n for n in route.notify if n not in notifiers]
         if event.kind.startswith("notification."):
-            if str(event.data.get("kind", "")).startswith("notification."):
+            if isinstance(event, NotificationDead) and event.message_kind.startswith(
+                "notification."
+            ):
                 return []  # the lost message was itself such a report: stop the chain here
             # Never report a notifier's trouble through that same notifier: it would loop.
             notifiers = [n for n in notifiers if n != event.subject]
         if not notifiers:
             return []
-        detail = _event_detail(event.data)
+        detail = event.detail()
         summary = f"{event.kind} {event.subject}" + (f": {detail}" if detail else "")
         lines = [summary, "", f"At:      {iso(event.at)}", f"Vantage: {event.vantage}"]
-        lines += [f"{key}: {value}" for key, value in sorted(event.data.items())]
+        form = event.as_dict()
+        lines += [f"{key}: {value}" for key, value in sorted(form["data"].items())]
         return [
             Outgoing(
                 Message(
@@ -257,7 +261,7 @@ class Composer:
                     kind=event.kind,
                     subject=event.subject,
                     created_at=event.at,
-                    data={**event.as_dict(), "data": dict(event.data)},
+                    data=form,
                     summary=summary,
                     text="\n".join(lines) + "\n",
                 ),
@@ -265,11 +269,3 @@ class Composer:
             )
             for notifier in notifiers
         ]
-
-
-def _event_detail(data: Mapping[str, Any]) -> str:
-    for key in ("reason", "error", "decision", "message"):
-        value = data.get(key)
-        if isinstance(value, str) and value:
-            return value[:200]
-    return ""

@@ -4,15 +4,55 @@ Incidents, their updates, maintenance windows, the notification outbox and the n
 state live together, because an incident's change and the notifications it causes are written
 in one transaction: a crash can never leave an opened incident whose customers will not be
 told, and a notification is durable before any attempt to send it. Backends live in
-``nodevigil.state`` (SQLite: ``nodevigil.state.sqlite.incidents``).
+``nodevigil.state`` (``sqlite.incidents``, ``postgres.incidents``).
+
+What the SLA ledger must do because of an incident or a window (an incident's cause, a
+maintenance window's exclusion) is written here too, as a pending ``LedgerChange`` in the same
+transaction as the change it follows: the ledger is another database, and the application
+applies these rows to it (idempotently, by their stable id) until each is marked applied, so a
+crash or a ledger that refuses for a while can never leave the two disagreeing.
+
+Each store has an ``owner`` (the host's vantage name): outbox rows are claimed in its name with
+a lease, so several hosts can share one outbox without sending a row twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from failover.incidents.model import Incident, IncidentState, OutboxRow, Outgoing, Update, Window
+
+# How long a claim on an outbox row lasts (seconds): comfortably longer than one delivery, which
+# the dispatcher abandons after ``failover.notify.outbox.SEND_LIMIT`` (120 s). A host that dies
+# mid-delivery delays its rows by at most this; the same host restarting frees them at once.
+CLAIM_LEASE = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerChange:
+    """A change the SLA ledger must make, written with the incident or window it follows.
+
+    ``kind`` ``cause``: the intervals of ``services[0]`` overlapping ``[start, end]`` (``end``
+    None: the incident is open, up to when it is applied) take ``cause``. ``exclusion``: the
+    window ``[start, end]`` of ``services`` becomes an exclusion with ``cause``. ``id`` is
+    stable (random, never reused): the ledger records it with the change, so applying the same
+    row twice (a crash before it was marked applied) changes nothing the second time.
+    ``not_before``: a window's exclusion waits for its start (until then it can be cancelled).
+    """
+
+    id: str
+    kind: Literal["cause", "exclusion"]
+    services: tuple[str, ...]
+    start: float
+    end: float | None
+    cause: str
+    note: str
+    who: str
+    not_before: float
+    incident: int | None = None
+    window: int | None = None
 
 
 class IncidentStore(Protocol):
@@ -81,9 +121,17 @@ class IncidentStore(Protocol):
         ...
 
     async def set_cause(
-        self, incident: int, *, cause: str, note: str, at: float, author: str
+        self,
+        incident: int,
+        *,
+        cause: str,
+        note: str,
+        at: float,
+        author: str,
+        ledger: Callable[[Incident], LedgerChange] | None = None,
     ) -> Incident:
-        """Tag the incident's cause (the ledger follows through an event)."""
+        """Tag the incident's cause; ``ledger``'s change is written pending in the same
+        transaction."""
         ...
 
     async def get(self, incident: int) -> Incident | None:
@@ -118,23 +166,36 @@ class IncidentStore(Protocol):
         ...
 
     async def due(self, now: float, limit: int = 100) -> list[OutboxRow]:
-        """Pending notifications whose time has come and that no sender holds, oldest first."""
+        """Pending notifications whose time has come and that no live claim holds, oldest first."""
         ...
 
-    async def claim_due(self, now: float, limit: int = 100) -> list[OutboxRow]:
-        """Like ``due``, and mark them held, so no later pass reads them while they are sent.
+    async def claim_due(
+        self, now: float, limit: int = 100, *, lease: float = CLAIM_LEASE
+    ) -> list[OutboxRow]:
+        """Like ``due``, and claim them for this store's owner until ``now + lease``.
 
-        A claim lives only as long as the process: ``release_claims`` at start-up frees what a
-        crash left held, so nothing waits for a lease to expire.
+        A row claimed by anyone (this owner included) is not handed out again until its claim
+        expires or is released: two hosts sharing the outbox never send the same row, and a
+        host that died mid-delivery leaves its rows to whoever claims after the lease.
         """
         ...
 
+    async def extend_claim(
+        self, message_id: str, now: float, *, lease: float = CLAIM_LEASE
+    ) -> bool:
+        """Hold this owner's claim until ``now + lease``; False when the row is no longer
+        this owner's to send (another took it over after it expired, or it left ``pending``)."""
+        ...
+
     async def release_claims(self, message_id: str | None = None) -> None:
-        """Free one held notification, or (at start-up) every one."""
+        """Free one notification this owner holds, or (at start-up) every one it holds.
+
+        Claims of other owners are never touched: they are freed by them or by their expiry.
+        """
         ...
 
     async def next_due_at(self) -> float | None:
-        """When the next pending notification that no sender holds falls due."""
+        """When the next pending notification no other owner holds may be claimed."""
         ...
 
     async def mark_delivered(self, message_id: str, at: float, attempts: int) -> None:
@@ -142,11 +203,12 @@ class IncidentStore(Protocol):
         ...
 
     async def mark_retry(self, message_id: str, attempts: int, next_at: float, error: str) -> None:
-        """It failed; try again at ``next_at``."""
+        """It failed; try again at ``next_at`` (ignored when another owner holds it now)."""
         ...
 
     async def mark_dead(self, message_id: str, attempts: int, error: str) -> None:
-        """Retries exhausted or the receiver is gone: dead-lettered, kept for the API."""
+        """Retries exhausted or the receiver is gone: dead-lettered, kept for the API
+        (ignored when another owner holds it now)."""
         ...
 
     async def requeue(self, message_id: str, now: float) -> bool:
@@ -193,18 +255,35 @@ class IncidentStore(Protocol):
         source: str,
         who: str,
         config_key: str | None = None,
+        ledger: Callable[[Window], LedgerChange] | None = None,
     ) -> Window:
-        """Declare a window (a config window is written once, by its key)."""
+        """Declare a window (a config window is written once, by its key); when it is new,
+        ``ledger``'s change is written pending in the same transaction."""
         ...
 
     async def cancel_window(self, window: int, now: float) -> Window | None:
-        """Cancel a window that has not started; None when there is none such."""
+        """Cancel a window that has not started, and its pending ledger change; None when there
+        is none such."""
         ...
 
     async def mark_window_excluded(self, window: int, exclusion_id: int) -> None:
         """The ledger holds the window's exclusion."""
         ...
 
+    async def ledger_changes(self, now: float, limit: int = 100) -> list[LedgerChange]:
+        """Pending ledger changes whose ``not_before`` has come, in the order they were written."""
+        ...
+
+    async def ledger_change_applied(self, change: str, *, exclusion_id: int | None = None) -> bool:
+        """The ledger holds the change: it is no longer pending, and a window's exclusion is
+        noted on the window (in one transaction). Whether it was pending."""
+        ...
+
+    async def ledger_change_refused(self, change: str, error: str) -> None:
+        """The ledger refused the change for good (retrying cannot help): kept, not pending."""
+        ...
+
     async def prune(self, before: float) -> int:
-        """Delete incidents resolved, notifications finished and windows ended before ``before``."""
+        """Delete incidents resolved, notifications finished and windows ended before ``before``,
+        and ledger changes no longer pending written before it."""
         ...

@@ -22,14 +22,15 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
+from failover.events import NotificationDead, NotificationDisabled
 from failover.incidents.model import OutboxRow
-from failover.incidents.ports import IncidentStore
+from failover.incidents.ports import CLAIM_LEASE, IncidentStore
 from failover.notify.base import Delivery, Transport
 from failover.notify.metrics import NotifyMetrics
 from nodevigil.core.clock import Clock, Timeline
 from nodevigil.core.config.schema import Notifications
 from nodevigil.core.errors import NodevigilError
-from nodevigil.core.events import Event, EventBus
+from nodevigil.core.events import EventBus
 from nodevigil.core.failpoints import failpoint
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ IDLE_CHECK = 1.0  # re-read the outbox at least this often
 SEND_LIMIT = 120.0  # a transport that hangs past its own timeout is abandoned after this
 MAX_IN_FLIGHT = 500  # notifications held by this dispatcher at once (across notifiers)
 GAUGES_EVERY = 1.0  # outbox depth and age are recounted at most this often
+# A claimed row that waited this long for its notifier's slot re-asserts its claim before it
+# is sent, so the claim outlives the attempt (SEND_LIMIT) with room to record the result.
+REASSERT_AFTER = CLAIM_LEASE - 2 * SEND_LIMIT
 
 
 def backoff(attempt: int, settings: Notifications, rng: random.Random) -> float:
@@ -112,11 +116,8 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Deliver until cancelled; in-flight attempts are abandoned (they stay pending)."""
-        await self._store.release_claims()  # what a crash left held is due again at once
-        self._disabled = await self._store.disabled_notifiers()
-        for name in self._disabled:
-            self._metrics.disabled.labels(name).set(1)
         try:
+            await self._start_up()
             while True:
                 try:
                     await self._pass()
@@ -130,6 +131,28 @@ class Dispatcher:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
+    async def _start_up(self) -> None:
+        """Release this owner's claims and read the disabled notifiers, retried while the
+        store refuses: a database away at start must not end the daemon."""
+        failing = False
+        while True:
+            try:
+                # What this owner's crash left claimed is due again at once; other hosts'
+                # claims are theirs until they expire.
+                await self._store.release_claims()
+                self._disabled = await self._store.disabled_notifiers()
+                break
+            except NodevigilError as exc:
+                if not failing:
+                    log.error("outbox unreadable at start (retrying): %s", exc)
+                failing = True
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(IDLE_CHECK):
+                        await self._wake.wait()
+                self._wake.clear()
+        for name in self._disabled:
+            self._metrics.disabled.labels(name).set(1)
+
     async def _pass(self) -> None:
         now = self._clock.wall()
         # Claimed rows are not read again while they are sent: a slow receiver costs nothing.
@@ -137,7 +160,7 @@ class Dispatcher:
             if row.message.id in self._in_flight:
                 continue
             self._in_flight.add(row.message.id)
-            task = asyncio.create_task(self._deliver(row), name=f"notify-{row.message.id}")
+            task = asyncio.create_task(self._deliver(row, now), name=f"notify-{row.message.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if time.monotonic() - self._gauges_at >= GAUGES_EVERY:
@@ -168,10 +191,12 @@ class Dispatcher:
             slot = self._slots[notifier] = asyncio.Semaphore(self._settings().concurrency)
         return slot
 
-    async def _deliver(self, row: OutboxRow) -> None:
+    async def _deliver(self, row: OutboxRow, claimed_at: float) -> None:
         message = row.message
         try:
             async with self._slot(message.notifier):
+                if not await self._still_claimed(row, claimed_at):
+                    return
                 failpoint("outbox.before_send")
                 await self._attempt(row)
         except NodevigilError as exc:  # the store failed; the row stays pending, retried later
@@ -181,6 +206,14 @@ class Dispatcher:
         finally:
             self._in_flight.discard(message.id)
             self.wake()
+
+    async def _still_claimed(self, row: OutboxRow, claimed_at: float) -> bool:
+        """Whether this owner may send ``row`` now: a claim that waited long is extended first."""
+        now = self._clock.wall()
+        if now - claimed_at < REASSERT_AFTER or await self._store.extend_claim(row.message.id, now):
+            return True
+        log.warning("outbox: %s is no longer ours to send (taken over or settled)", row.message.id)
+        return False
 
     async def _attempt(self, row: OutboxRow) -> None:
         message = row.message
@@ -221,8 +254,14 @@ class Dispatcher:
             self._metrics.disabled.labels(name).set(1)
             await self._store.disable_notifier(name, now, result.detail)
             log.error("notifier %s disabled: %s (enable it through the API)", name, result.detail)
-            self._publish(
-                "notification.disabled", name, {"notifier": name, "reason": result.detail}
+            self._bus.publish(
+                NotificationDisabled(
+                    subject=name,
+                    at=self._clock.wall(),
+                    vantage=self._vantage(),
+                    notifier=name,
+                    reason=result.detail,
+                )
             )
             await self._dead(row, attempts, f"receiver disabled the notifier: {result.detail}")
             return
@@ -251,11 +290,14 @@ class Dispatcher:
         await self._store.mark_dead(message.id, attempts, why)
         self._metrics.dead.labels(message.notifier).inc()
         log.error("notification %s to %s dead-lettered: %s", message.id, message.notifier, why)
-        self._publish(
-            "notification.dead",
-            message.notifier,
-            {"id": message.id, "kind": message.kind, "about": message.subject, "reason": why},
+        self._bus.publish(
+            NotificationDead(
+                subject=message.notifier,
+                at=self._clock.wall(),
+                vantage=self._vantage(),
+                message_id=message.id,
+                message_kind=message.kind,
+                about=message.subject,
+                reason=why,
+            )
         )
-
-    def _publish(self, kind: str, subject: str, data: dict[str, object]) -> None:
-        self._bus.publish(Event(kind, subject, self._clock.wall(), self._vantage(), data))

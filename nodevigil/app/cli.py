@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="SLA credits: offline from CSV files, or from the ledger (--db STATE_DIR/ledger.db)",
     )
     sla_cli.add_arguments(sla)
+    from nodevigil.app import state_cli
+
+    state_cli.add_arguments(sub)
 
     remote = []
     for verb, doc in (("drain", "hold a node or site out"), ("undrain", "clear a drain")):
@@ -184,6 +187,10 @@ def main(argv: list[str] | None = None, *, early: EarlySignals | None = None) ->
             from nodevigil.app import sla_cli
 
             return sla_cli.run(args)
+        if args.command in ("db", "state"):
+            from nodevigil.app import state_cli
+
+            return state_cli.run(args)
         if args.command in ("drain", "undrain", "cause", "exclude", "incident", "maintenance"):
             from nodevigil.app.remote import call_api
 

@@ -51,12 +51,11 @@ from nodevigil.core.errors import ConfigError, StartError, StateError
 from nodevigil.core.events import EventBus
 from nodevigil.core.resources import raise_descriptor_limit
 from nodevigil.core.signals import EarlySignals
+from nodevigil.state.backend import PostgresBackend, backend_for
 from nodevigil.state.lock import StateLock
-from nodevigil.state.sqlite.controller import SqliteControllerStore
-from nodevigil.state.sqlite.eventlog import SqliteEventLog
-from nodevigil.state.sqlite.incidents import SqliteIncidentStore
-from nodevigil.state.sqlite.ledger import open_sqlite_ledger
+from nodevigil.state.postgres.watch import DatabaseWatch, database_up_gauge
 from nodevigil.state.statedir import StateDirWatch
+from sla.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +166,19 @@ class Daemon:
         # Secrets too: an unreadable one is a ConfigError naming its key, before anything acts.
         listener = self._heartbeat_listener(config)
         transports = self._build_transports(config)
-        events = SqliteEventLog(config.state_dir / "events.db")
+        # SQLite files in state_dir, or PostgreSQL (database:): opened before anything acts.
+        state = backend_for(config, self.base_dir)
+        await state.open()
+        stack.push_async_callback(state.close)
+        self.state_backend = state
+        events = state.event_log()
         await events.open()
         stack.push_async_callback(events.close)
         self.bus.add_sink(events.append)
         self.registry.register(AgentCollector(self.board))
         self.metrics.config_reloads.set(self.clock.wall())
         local_lbs, global_lbs = await stack.enter_async_context(self._adapters(config))
-        store = SqliteControllerStore(config.state_dir / "failover.db")
+        store = state.controller_store()
         stack.push_async_callback(store.close)
         self.monitor = await stack.enter_async_context(
             Monitor(
@@ -209,7 +213,7 @@ class Daemon:
             # Ready once the controller has read the load balancers back and reconciled once.
             readiness=[lambda: self.controller.last_cycle_at is not None],
         )
-        incident_store = SqliteIncidentStore(config.state_dir / "incidents.db")
+        incident_store = state.incident_store()
         await incident_store.open()
         stack.push_async_callback(incident_store.close)
         self.incident_store = incident_store
@@ -236,8 +240,8 @@ class Daemon:
             outbox_changed=self.dispatcher.wake,
         )
         await self.incidents.start()
-        ledger = await open_sqlite_ledger(
-            config.state_dir / "ledger.db",
+        ledger = await Ledger.open(
+            state.ledger_store(),
             timezone=config.timezone,
             rounding=config.sla.rounding,
             settlement_delay=config.sla.settlement_delay,
@@ -253,6 +257,7 @@ class Daemon:
             state_dir=config.state_dir,
             registry=self.registry,
             incidents=self.incidents,
+            transient=state.transient_errors,
         )
         await bridge.record_downtime()  # before the first mark replaces the last one
         state_watch = StateDirWatch(
@@ -264,6 +269,15 @@ class Daemon:
             stopping=self._stop.is_set,  # only a requested stop leaves a clean mark
         )
         await state_watch.mark()
+        # nodevigil_database_up on both backends (one alert rule); only PostgreSQL can be away.
+        database_up = database_up_gauge(self.registry, state.name)
+        database_watch: DatabaseWatch | None = None
+        if isinstance(state, PostgresBackend):
+            database_watch = state.database_watch(
+                bus=self.bus, clock=self.clock, gauge=database_up, vantage=config.vantage
+            )
+            watch = database_watch
+            self.context.readiness.append(lambda: watch.up)
         app = build_app(
             self.context,
             [
@@ -302,6 +316,8 @@ class Daemon:
                 tg.create_task(events.run(), name="event-log")
                 tg.create_task(self.metrics.watch_loop_lag(), name="loop-lag")
                 tg.create_task(state_watch.run(), name="state-dir")
+                if database_watch is not None:
+                    tg.create_task(database_watch.run(), name="database")
                 tg.create_task(upkeep.run(), name="upkeep")
                 tg.create_task(bridge.run(), name="sla-ledger")
                 tg.create_task(self.dispatcher.run(), name="outbox")

@@ -1,14 +1,18 @@
 """Every kind of event nodevigil publishes: the kernel's and each domain's, joined here.
 
-Each package declares the kinds it publishes; the configuration's alert routes are checked
-against the union, which the application hands to ``load_config`` wherever it reads a file.
+Each package declares the event classes it publishes (and its kinds from them); the
+configuration's alert routes are checked against the union, which the application hands to
+``load_config`` wherever it reads a file, and ``EVENT_TYPES`` rebuilds typed events from
+their stored form.
 """
 
 from __future__ import annotations
 
-from failover.events import EVENT_KINDS as FAILOVER_KINDS
-from monitor.verdicts import EVENT_KINDS as MONITOR_KINDS
-from nodevigil.core.events import EVENT_KINDS as KERNEL_KINDS
-from sla.events import EVENT_KINDS as SLA_KINDS
+from failover.events import EVENT_TYPES as FAILOVER_TYPES
+from monitor.verdicts import EVENT_TYPES as MONITOR_TYPES
+from nodevigil.core.events import EVENT_TYPES as KERNEL_TYPES
+from nodevigil.core.events import EventTypes
+from sla.events import EVENT_TYPES as SLA_TYPES
 
-EVENT_KINDS = KERNEL_KINDS | MONITOR_KINDS | FAILOVER_KINDS | SLA_KINDS
+EVENT_TYPES = EventTypes((*KERNEL_TYPES, *MONITOR_TYPES, *FAILOVER_TYPES, *SLA_TYPES))
+EVENT_KINDS = EVENT_TYPES.kinds

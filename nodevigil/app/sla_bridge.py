@@ -4,6 +4,12 @@ Event-driven for exact times, and level-triggered as a safety net: every few sec
 open intervals are compared with the controller's view, so a missed event heals by itself.
 Time when nodevigil itself was not running is recorded as ``unknown``: after a crash however
 short it was, after a clean stop only past ``UNKNOWN_AFTER``.
+
+An incident's cause and a maintenance window's exclusion do not travel by event: the incident
+store writes them as pending ledger changes in the same transaction as the incident or window,
+and ``apply_ledger_changes`` applies them here, at start, when woken and on every upkeep pass
+until the ledger takes them. The ledger records each change's stable id with the change, so one
+applied again (a crash before it was marked applied) changes nothing.
 """
 
 from __future__ import annotations
@@ -13,18 +19,23 @@ import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from failover.events import ServiceAvailable, ServiceUnavailable
+from failover.incidents.ports import LedgerChange
 from nodevigil.core.backlog import Backlog
 from nodevigil.core.clock import Clock
 from nodevigil.core.errors import StateError
 from nodevigil.core.events import Event, EventBus
+from nodevigil.core.failpoints import failpoint
 from nodevigil.state.sqlite.worker import DATABASE_ERRORS
 from nodevigil.state.statedir import AliveMark, boot_id, read_alive
+from sla.errors import SlaError
+from sla.events import SlaUnknown
 from sla.ledger import Ledger
 
 if TYPE_CHECKING:
@@ -77,6 +88,7 @@ class SlaBridge:
         state_dir: Path,
         registry: CollectorRegistry,
         incidents: IncidentManager | None = None,
+        transient: tuple[type[Exception], ...] = DATABASE_ERRORS,
     ) -> None:
         self._ledger = ledger
         # Causes tagged on incidents and announced maintenance windows reach the ledger here.
@@ -87,13 +99,15 @@ class SlaBridge:
         # service -> unavailable since (wall) per the controller; None before its first cycle
         self._unavailable = unavailable
         self._state_dir = state_dir
-        self._sub = bus.subscribe(["service.", "incident.cause"])
+        self._sub = bus.subscribe(["service."])
+        self._transient: tuple[type[Exception], ...] = (*transient, OSError, StateError)
+        self._changes_lock = asyncio.Lock()  # the wake-up and the upkeep pass never overlap
         # Events the ledger could not take (a full or read-only disk), replayed in order: the
         # reconcile pass alone would close an outage at the time of the repair, not its end.
         self._backlog = Backlog(
             "ledger",
             self._apply,
-            transient=(*DATABASE_ERRORS, OSError, StateError),
+            transient=self._transient,
             describe=lambda e: f"{e.kind} for {e.subject}",
             log=log,
         )
@@ -138,8 +152,11 @@ class SlaBridge:
             end - start,
             how,
         )
-        data = {"from": start, "to": end, "clean": mark.clean}
-        self._bus.publish(Event("sla.unknown", "nodevigil", now, "", data))
+        self._bus.publish(
+            SlaUnknown(
+                subject="nodevigil", at=now, vantage="", start=start, end=end, clean=mark.clean
+            )
+        )
 
     async def _resume_outages(self) -> None:
         """An outage the previous process saw goes on: the ledger and the incidents agree.
@@ -180,58 +197,81 @@ class SlaBridge:
             await self._backlog.add(event)
 
     async def _apply(self, event: Event) -> None:
-        data: dict[str, Any] = dict(event.data)
-        if event.kind == "service.unavailable":
-            start = float(data.get("started_at") or event.at)
-            await self._ledger.open_interval(
-                event.subject,
-                utc(start),
-                cause=self._cause(event.subject, start),
-                evidence={"sites": data.get("sites")},
-            )
-        elif event.kind == "incident.cause":
-            await self._apply_cause(event.subject, data)
-        elif event.kind == "service.available":
-            end = float(data.get("ended_at") or event.at)
-            await self._ledger.close_interval(event.subject, utc(end))
+        match event:
+            case ServiceUnavailable():
+                start = event.started_at
+                await self._ledger.open_interval(
+                    event.subject,
+                    utc(start),
+                    cause=self._cause(event.subject, start),
+                    evidence={"sites": list(event.sites)},
+                )
+            case ServiceAvailable():
+                await self._ledger.close_interval(event.subject, utc(event.ended_at))
 
     def _cause(self, service: str, start: float) -> str:
         if self._incidents is None:
             return "provider"
         return self._incidents.cause_for(service, start) or "provider"
 
-    async def _apply_cause(self, service: str, data: dict[str, Any]) -> None:
-        """An incident's cause applies to every ledger interval within the incident."""
-        start = float(data["started"])
-        end = float(data["ended"]) if data.get("ended") is not None else self._clock.wall()
-        who = str(data.get("author") or "operator")
-        note = f"incident {data.get('id')}: {data.get('note') or ''}".strip()
-        entries = await self._ledger.ledger(service=service, from_=utc(start), to=utc(end + 60))
-        for entry in entries:
-            if entry.cause.value != data["cause"]:
-                await self._ledger.set_cause(entry.id, str(data["cause"]), who, note)
+    async def apply_ledger_changes(self) -> int:
+        """Apply the incidents' pending ledger changes, in order; how many were applied.
 
-    async def exclude_maintenance(self) -> None:
-        """Each maintenance window, once it has begun, becomes a ledger exclusion (once)."""
+        Each is applied once: the ledger keeps its stable id with the change, and it is marked
+        applied in the incident store after. A transient error (the ledger's database away)
+        stops here and is raised: the rest wait for the next pass. A change the ledger refuses
+        for good is logged and set aside so it cannot hold back those behind it.
+        """
         if self._incidents is None:
-            return
-        for window in await self._incidents.windows_to_exclude():
-            exclusion = await self._ledger.add_exclusion(
-                utc(window.start),
-                utc(window.end),
-                "scheduled_maintenance",
-                services=list(window.services),
-                note=f"maintenance window {window.id}: {window.note}".strip(),
-                who=window.who,
+            return 0
+        applied = 0
+        async with self._changes_lock:
+            while changes := await self._incidents.ledger_changes():
+                for change in changes:
+                    try:
+                        exclusion = await self._apply_change(change)
+                    except self._transient:
+                        raise
+                    except (SlaError, ValueError) as exc:
+                        log.error("ledger change %s (%s) refused: %s", change.id, change.kind, exc)
+                        await self._incidents.ledger_change_refused(change, str(exc))
+                        continue
+                    failpoint("ledger.change_applied")
+                    await self._incidents.ledger_change_applied(change, exclusion_id=exclusion)
+                    applied += 1
+        return applied
+
+    async def _apply_change(self, change: LedgerChange) -> int | None:
+        """Make ``change`` in the ledger; a window's exclusion id."""
+        if change.kind == "cause":
+            # Every interval of the service within the incident (an open one: up to now).
+            end = change.end if change.end is not None else self._clock.wall()
+            await self._ledger.set_cause_within(
+                change.services[0],
+                utc(change.start),
+                utc(end + 60),
+                cause=change.cause,
+                who=change.who,
+                note=change.note,
+                key=change.id,
             )
-            await self._incidents.window_excluded(window, exclusion)
+            return None
+        return await self._ledger.add_exclusion(
+            utc(change.start),
+            utc(change.end if change.end is not None else change.start),
+            change.cause,
+            services=list(change.services),
+            note=change.note,
+            who=change.who,
+            key=change.id,
+        )
 
     async def _periodic(self) -> None:
         judged = False
         while True:
             try:
                 if await self._backlog.replay():  # never reconcile past refused events
-                    await self.exclude_maintenance()
+                    await self.apply_ledger_changes()  # causes and exclusions first
                     judged = await self.reconcile()
                     for row in await self._ledger.settle():
                         self._settled.labels(row.currency).inc(float(row.credit))
@@ -245,7 +285,20 @@ class SlaBridge:
                     log.exception("ledger upkeep failed; retrying")
             # Soon after start, an outage the controller's saved bookkeeping carries reaches the
             # ledger within a second, not five: a process in a crash loop lives only seconds.
-            await asyncio.sleep(UPKEEP_EVERY if judged else FIRST_RECONCILE_EVERY)
+            await self._pause(UPKEEP_EVERY if judged else FIRST_RECONCILE_EVERY)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when a ledger change was written meanwhile."""
+        if self._incidents is None:
+            await asyncio.sleep(seconds)
+            return
+        pending = self._incidents.ledger_pending
+        try:
+            async with asyncio.timeout(seconds):
+                await pending.wait()
+        except TimeoutError:
+            pass
+        pending.clear()  # before the pass that reads the rows: a later write wakes again
 
     async def reconcile(self) -> bool:
         """Open what the controller says is down, close what it says is back.

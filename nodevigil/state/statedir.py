@@ -30,7 +30,12 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from nodevigil.core.clock import Clock, SteppableClock
-from nodevigil.core.events import Event, EventBus
+from nodevigil.core.events import (
+    ClockStepped,
+    EventBus,
+    StateWritesFailed,
+    StateWritesRecovered,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +207,15 @@ class StateDirWatch:
             step,
             offset,
         )
-        self._publish("clock.stepped", {"step": round(step, 3), "offset": round(offset, 3)})
+        self._bus.publish(
+            ClockStepped(
+                subject="clock",
+                at=self._clock.wall(),
+                vantage=self._vantage,
+                step=round(step, 3),
+                offset=round(offset, 3),
+            )
+        )
 
     def _failed(self, exc: OSError) -> None:
         self.errors.inc()
@@ -217,7 +230,15 @@ class StateDirWatch:
                 self.path.parent,
                 error,
             )
-            self._publish("state.error", {"path": str(self.path.parent), "error": error})
+            self._bus.publish(
+                StateWritesFailed(
+                    subject="state_dir",
+                    at=self._clock.wall(),
+                    vantage=self._vantage,
+                    path=str(self.path.parent),
+                    error=error,
+                )
+            )
         elif now - self._reminded_at >= REMIND_EVERY:
             self._reminded_at = now
             log.error(
@@ -232,13 +253,15 @@ class StateDirWatch:
             return
         seconds = self._clock.monotonic() - self._failing_since
         log.warning("state_dir %s takes writes again after %.0fs", self.path.parent, seconds)
-        self._publish(
-            "state.recovered",
-            {"path": str(self.path.parent), "error": self.failing, "seconds": round(seconds, 3)},
+        self._bus.publish(
+            StateWritesRecovered(
+                subject="state_dir",
+                at=self._clock.wall(),
+                vantage=self._vantage,
+                path=str(self.path.parent),
+                error=self.failing,
+                seconds=round(seconds, 3),
+            )
         )
         self.failing = None
         self.writable.set(1)
-
-    def _publish(self, kind: str, data: dict[str, object]) -> None:
-        subject = "clock" if kind.startswith("clock.") else "state_dir"
-        self._bus.publish(Event(kind, subject, self._clock.wall(), self._vantage, data))

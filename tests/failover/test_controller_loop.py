@@ -28,9 +28,9 @@ async def test_burst_of_verdicts_is_one_decision(tmp_path: Path) -> None:
         await wait_for(lambda: rig.metric("nodevigil_decision_cycle_seconds_count") == 2)
         [decision] = rig.kinds("controller.decision")
         assert rig.out() == {"sh-1", "sh-2", "bj-1"}
-        assert decision.data["actions"] == 3
-        assert decision.data["evidence"]["sh-1"] == {"verdict": "down", "reason": "sh-1: http 503"}
-        assert "sh-1: http 503" in decision.data["decision"]
+        assert decision.actions == 3
+        assert decision.evidence["sh-1"] == {"verdict": "down", "reason": "sh-1: http 503"}
+        assert "sh-1: http 503" in decision.decision
     await rig.store.close()
 
 
@@ -86,7 +86,7 @@ async def test_restart_reconciles_from_the_store_and_the_lbs(tmp_path: Path) -> 
     await rig.cycle(1)
     assert rig.state("sh-2") is ServerState.MAINT  # still in its hold-down from before
     [back] = rig.kinds("service.available")
-    assert back.data["duration"] == 7  # started before the restart, kept across it
+    assert back.duration == 7  # started before the restart, kept across it
     await rig.cycle(60)
     assert rig.out() == {"bj-1"}
     assert len(rig.events) > events_before
@@ -101,8 +101,8 @@ async def test_failing_lb_is_reported_once_and_converges_after_recovery(tmp_path
     await rig.cycle(1)
     assert rig.out() == {"bj-1"}  # the other LB still acts
     [failed] = rig.kinds("failover.failed")
-    assert failed.data["lb"] == "sh-lb"
-    assert "connection refused" in failed.data["error"]
+    assert failed.lb == "sh-lb"
+    assert "connection refused" in failed.error
     await rig.cycle(1)
     assert len(rig.kinds("failover.failed")) == 1  # once per streak, not once per cycle
     assert rig.metric("nodevigil_lb_errors_total", lb="sh-lb") == 2
@@ -110,7 +110,7 @@ async def test_failing_lb_is_reported_once_and_converges_after_recovery(tmp_path
     rig.local["sh-lb"].recover()
     await rig.cycle(1)
     assert rig.out() == {"sh-1", "bj-1"}
-    assert [e.data["lb"] for e in rig.kinds("lb.recovered")] == ["sh-lb"]
+    assert [e.lb for e in rig.kinds("lb.recovered")] == ["sh-lb"]
     assert rig.metric("nodevigil_last_reconcile_timestamp_seconds") == rig.clock.wall() != last_ok
     await rig.store.close()
 

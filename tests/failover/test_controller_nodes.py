@@ -38,13 +38,13 @@ async def test_node_down_is_taken_out_with_events_and_metrics(rig: Rig) -> None:
     assert rig.state("sh-2") is ServerState.MAINT
     [action] = rig.kinds("lb.action")
     assert action.subject == "sh-2"
-    assert action.data["what"] == "set_state"
-    assert action.data["lb"] == "sh-lb"
-    assert (action.data["backend"], action.data["server"]) == ("web", "sh-2")
-    assert (action.data["old"], action.data["new"]) == ("ready", "maint")
-    assert "verdict down" in action.data["why"]
+    assert action.what == "set_state"
+    assert action.lb == "sh-lb"
+    assert (action.backend, action.server) == ("web", "sh-2")
+    assert (action.old, action.new) == ("ready", "maint")
+    assert "verdict down" in action.why
     [line] = rig.kinds("controller.decision")
-    assert line.data["decision"] == decision.text
+    assert line.decision == decision.text
     assert "sh-2 ready->maint" in decision.text
     assert rig.metric("nodevigil_nodes_out", site="sh") == 1
     labels = {"lb": "sh-lb", "action": "set_state", "result": "ok"}
@@ -131,8 +131,8 @@ async def test_min_healthy_floor_and_panic(tmp_path: Path) -> None:
     assert rig.out() == {"bj-1"}
     [panic] = rig.kinds("failover.panic")
     assert panic.subject == "bj"
-    assert panic.data["kept_in"] == ["bj-2"]
-    assert panic.data["limit"] == "min_healthy"
+    assert list(panic.kept_in) == ["bj-2"]
+    assert panic.limit == "min_healthy"
     assert rig.metric("nodevigil_site_panic", site="bj") == 1
     await rig.cycle(1)
     assert len(rig.kinds("failover.panic")) == 1  # reported once, not every cycle
@@ -152,7 +152,7 @@ async def test_max_unavailable_cap(tmp_path: Path, cap: int | str, allowed: int)
     assert rig.out() <= {"sh-1", "sh-2", "sh-3"}
     assert bool(rig.kinds("failover.panic")) == (allowed < 3)
     if allowed < 3:
-        assert rig.kinds("failover.panic")[0].data["limit"] == "max_unavailable"
+        assert rig.kinds("failover.panic")[0].limit == "max_unavailable"
     await rig.store.close()
 
 

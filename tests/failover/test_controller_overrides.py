@@ -26,7 +26,7 @@ async def test_drain_node_with_expiry(rig: Rig) -> None:
     await rig.cycle()
     assert rig.state("sh-1") is ServerState.MAINT
     [action] = rig.kinds("lb.action")
-    assert action.data["why"] == "drained by alice: disk swap"
+    assert action.why == "drained by alice: disk swap"
     assert [x.name for x in rig.controller.overrides()] == ["sh-1"]
     status = {n.name: n for n in rig.controller.status().nodes}["sh-1"]
     assert status.override is not None and status.override["who"] == "alice"
@@ -48,7 +48,7 @@ async def test_drained_node_stays_out_whatever_its_verdict_and_undrain(rig: Rig)
     await rig.cycle()
     assert rig.state("sh-2") is ServerState.READY
     [cleared] = rig.kinds("override.cleared")
-    assert cleared.data["cleared_by"] == "bob"
+    assert cleared.cleared_by == "bob"
 
 
 async def test_operator_drain_below_the_floor_is_allowed_with_a_warning(rig: Rig) -> None:

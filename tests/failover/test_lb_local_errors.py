@@ -65,4 +65,4 @@ async def test_the_controller_changes_nothing_while_nodevigil_cannot_read(
     assert len(lines) == 1, lines
     failed = rig.kinds("failover.failed")
     assert len(failed) == 1
-    assert failed[0].data["kind"] == "local"  # said to be nodevigil's trouble, not the LB's
+    assert failed[0].failure == "local"  # said to be nodevigil's trouble, not the LB's

@@ -52,7 +52,7 @@ async def test_a_drained_node_removed_by_a_reload_is_put_back_and_its_drain_drop
     assert rig.out() == set()  # both put back: nodevigil held them out (a drain, a verdict)
     assert rig.controller.overrides() == []
     [dropped] = rig.kinds("override.dropped")
-    assert dropped.subject == "sh-1" and dropped.data["cleared_by"] == "reload"
+    assert dropped.subject == "sh-1" and dropped.cleared_by == "reload"
     log = await rig.controller.actions()
     assert [(a.what, a.target) for a in log if a.what == "drop_override"] == [
         ("drop_override", "node sh-1")

@@ -4,7 +4,8 @@ A node is dead from the start. The first daemon judges it down, decides to take 
 dies at a failpoint: just before the action reaches HAProxy, or just after, before the action
 is published and logged. A second daemon (no failpoint) on the same state must bring HAProxy
 to the right state, act once, never put the dead node back in on its way up, and say what it
-did in its events and action log.
+did in its events and action log. It runs on both state backends (SQLite files in state_dir;
+a PostgreSQL database).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 from failover.controller import Book, NodeBook, Outage, SiteBook
 from failover.lb import ServerState
 from nodevigil.state.sqlite.controller import SqliteControllerStore
+from tests.conftest import StateBackend
 from tests.daemon_process import spawn_daemon
 from tests.failover.daemons import HAPROXY, HAProxyInstance, free_port, poll_until, run_haproxy
 from tests.failover.haproxy_daemon import admin_states, write_haproxy_daemon_config
@@ -106,13 +108,15 @@ def n2_actions(actions: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     return [(a["old"], a["new"], a["result"]) for a in actions if a["target"] == "web/n2"]
 
 
+@pytest.mark.parametrize("state_backend", ["sqlite", "postgres"], indirect=True)
 @pytest.mark.parametrize("point", ["controller.before_apply", "controller.after_apply"])
 async def test_killed_around_a_drain_converges_once_after_restart(
-    tmp_path: Path, haproxy: HAProxyInstance, point: str
+    tmp_path: Path, haproxy: HAProxyInstance, point: str, state_backend: StateBackend
 ) -> None:
     port = free_port()
     path = tmp_path / "nodevigil.yaml"
     write_haproxy_daemon_config(path, haproxy, listen=f"127.0.0.1:{port}", admin_token=TOKEN)
+    state_backend.configure(path)  # SQLite in state_dir, or a fresh PostgreSQL database
     log = tmp_path / "daemon.log"
     await haproxy.nodes["n2"].stop()  # dead from the start: the first decision drains it
 

@@ -6,6 +6,9 @@ and a restart. Afterwards: still one incident and one notice per kind (delivered
 outage is the same ledger interval from its true start (no second one, no gap), the time
 nodevigil was not running is recorded as ``unknown`` (which earns no credit), and the minutes
 counted are exactly the outage less the unknown time, rounded as the contract says.
+
+Both tests run on both state backends (SQLite files in state_dir; a PostgreSQL database); the
+alive mark is in state_dir either way.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from nodevigil.app.sla_bridge import UNKNOWN_AFTER
 from nodevigil.state.statedir import ALIVE_EVERY
+from tests.conftest import StateBackend
 from tests.daemon_process import spawn_daemon, wait_daemon_ready
 from tests.failover.daemons import free_port, poll_until
 from tests.notify.receivers import WebhookReceiver
@@ -55,8 +61,9 @@ async def metric(api: Api, name: str) -> float | None:
     return None
 
 
+@pytest.mark.parametrize("state_backend", ["sqlite", "postgres"], indirect=True)
 async def test_killed_with_an_outage_open_it_loses_no_minute_and_counts_none_twice(
-    tmp_path: Path,
+    tmp_path: Path, state_backend: StateBackend
 ) -> None:
     target = Target()
     await target.start()
@@ -64,6 +71,7 @@ async def test_killed_with_an_outage_open_it_loses_no_minute_and_counts_none_twi
         port = free_port()
         path = tmp_path / "nodevigil.yaml"
         write_config(path, target=target.url, hook=hook, listen=f"127.0.0.1:{port}")
+        state_backend.configure(path)  # SQLite in state_dir, or a fresh PostgreSQL database
         log = tmp_path / "daemon.log"
         api = Api(f"http://127.0.0.1:{port}")
         proc = await spawn_daemon(path, log)
@@ -144,7 +152,10 @@ def alive_pid(state_dir: Path) -> int | None:
         return None
 
 
-async def test_a_crash_loop_forgets_no_outage_and_hides_no_gap(tmp_path: Path) -> None:
+@pytest.mark.parametrize("state_backend", ["sqlite", "postgres"], indirect=True)
+async def test_a_crash_loop_forgets_no_outage_and_hides_no_gap(
+    tmp_path: Path, state_backend: StateBackend
+) -> None:
     """The service goes down and the process dies as the incident is committed, before anyone
     is told or anything else hears of it; two more processes are killed a few seconds after
     they start. The one that stays up has the incident and the ledger interval from the
@@ -156,6 +167,7 @@ async def test_a_crash_loop_forgets_no_outage_and_hides_no_gap(tmp_path: Path) -
         port = free_port()
         path = tmp_path / "nodevigil.yaml"
         write_config(path, target=target.url, hook=hook, listen=f"127.0.0.1:{port}")
+        state_backend.configure(path)
         log = tmp_path / "daemon.log"
         api = Api(f"http://127.0.0.1:{port}")
         # Dies right after the incident and its notices are committed, before any event.

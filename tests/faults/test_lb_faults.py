@@ -82,9 +82,11 @@ async def restart_haproxy(h: HAProxyInstance) -> None:
 
 
 def of_kind(events: list[Event], kind: str, **data: object) -> list[Event]:
-    """Events of ``kind`` whose data has every item of ``data``."""
+    """Events of ``kind`` whose fields have every value of ``data``."""
     return [
-        e for e in events if e.kind == kind and all(e.data.get(k) == v for k, v in data.items())
+        e
+        for e in events
+        if e.kind == kind and all(getattr(e, k, None) == v for k, v in data.items())
     ]
 
 
@@ -124,10 +126,10 @@ async def test_haproxy_gone_then_restarted_without_its_drains_is_repaired(
         haproxy.socket_path.unlink(missing_ok=True)  # gone, as after a crash and a cleanup
         await until(lambda: bool(of_kind(events, "failover.failed", lb="sh-haproxy")), "failure")
         (failed,) = of_kind(events, "failover.failed", lb="sh-haproxy")
-        assert failed.data["what"] == "read" and failed.data["target"] == "backend web"
-        assert failed.data["kind"] == "unreachable"
-        assert str(haproxy.socket_path) in failed.data["error"]
-        assert "(is HAProxy running?)" in failed.data["error"]
+        assert failed.what == "read" and failed.target == "backend web"
+        assert failed.failure == "unreachable"
+        assert str(haproxy.socket_path) in failed.error
+        assert "(is HAProxy running?)" in failed.error
         await until(lambda: metric("nodevigil_lb_up") == 0, "lb down (set at the cycle's end)")
         errors = metric("nodevigil_lb_errors_total") or 0
         assert errors >= 1
@@ -154,7 +156,7 @@ async def test_haproxy_gone_then_restarted_without_its_drains_is_repaired(
             for e in of_kind(events, "lb.action", node="sh-n2", old="ready", new="maint")
             if e.at >= restarted_at
         ]
-        assert len(redone) == 1 and redone[0].data["why"].startswith("verdict down"), redone
+        assert len(redone) == 1 and redone[0].why.startswith("verdict down"), redone
         assert any("read backend web works again" in r.message for r in caplog.records)
     finally:
         daemon.request_stop()
@@ -274,7 +276,7 @@ class DnsRig:
         await until(lambda: (self.controller.status().last_cycle_at or 0.0) > seen, "a cycle")
 
     def assert_no_secret(self, caplog: pytest.LogCaptureFixture, *secrets: str) -> None:
-        dumped = json.dumps([e.data for e in self.events])
+        dumped = json.dumps([e.payload() for e in self.events])
         for secret in (self.secret, *secrets):
             assert secret not in dumped
             assert secret not in caplog.text
@@ -296,8 +298,8 @@ async def test_frozen_zone_refuses_updates_until_thawed(
     await rig.bind.rndc("freeze", zone)
     rig.source.current["b-1"] = Verdict.DOWN
     failed = await rig.failure(lb="gslb", what="set")
-    assert failed.data["kind"] == "rejected" and failed.data["code"] == "REFUSED"
-    assert "answered REFUSED" in failed.data["error"] and "zone is frozen" in failed.data["error"]
+    assert failed.failure == "rejected" and failed.code == "REFUSED"
+    assert "answered REFUSED" in failed.error and "zone is frozen" in failed.error
     await rig.keeps_cycling()
     await until(
         lambda: (
@@ -313,7 +315,7 @@ async def test_frozen_zone_refuses_updates_until_thawed(
     await rig.until_published({A}, "site b withdrawn after the thaw")
     await until(lambda: bool(of_kind(rig.events, "lb.recovered", lb="gslb", what="set")), "ok")
     (done,) = of_kind(rig.events, "lb.action", what="set_addresses")[-1:]
-    assert done.data["new"] == [A] and "b" in done.data["why"]
+    assert list(done.new) == [A] and "b" in done.why
     rig.assert_no_secret(caplog)
 
 
@@ -328,9 +330,9 @@ async def test_key_changed_on_the_server_is_named_and_healed_by_its_reload(
     await rig.bind.rndc("reconfig")
     rig.source.current["b-1"] = Verdict.DOWN
     failed = await rig.failure(lb="gslb", what="set")
-    assert failed.data["kind"] == "rejected" and failed.data["code"] == "BADSIG"
-    assert f"TSIG key '{rig.bind.key_name}' refused by the DNS server" in failed.data["error"]
-    assert "BADSIG: the secret does not match" in failed.data["error"]
+    assert failed.failure == "rejected" and failed.code == "BADSIG"
+    assert f"TSIG key '{rig.bind.key_name}' refused by the DNS server" in failed.error
+    assert "BADSIG: the secret does not match" in failed.error
     assert any("BADSIG" in r.message and r.levelno == logging.WARNING for r in caplog.records)
     await rig.keeps_cycling()
     assert await rig.published() == {A, B}
@@ -348,8 +350,8 @@ async def test_bind_paused_then_stopped_then_back(
     process.send_signal(signal.SIGSTOP)  # alive but silent: every query times out
     try:
         timeout = await rig.failure(lb="gslb", what="read")
-        assert timeout.data["kind"] == "timeout"
-        assert "did not answer in 0.3s" in timeout.data["error"]
+        assert timeout.failure == "timeout"
+        assert "did not answer in 0.3s" in timeout.error
         await until(lambda: rig.metric("nodevigil_lb_up") == 0, "lb down")
         await rig.keeps_cycling()
     finally:

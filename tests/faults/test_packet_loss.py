@@ -175,9 +175,9 @@ class Observation:
     def false_verdicts(self) -> list[str]:
         """Every verdict other than up given to a node while it was alive and well."""
         return [
-            f"{e.subject}: {e.data['old']} -> {e.data['new']} ({e.data['reason']})"
+            f"{e.subject}: {e.old} -> {e.new} ({e.reason})"
             for t, e in self.events
-            if e.data["new"] != "up" and t < self.died.get(e.subject, math.inf)
+            if e.new != "up" and t < self.died.get(e.subject, math.inf)
         ]
 
     def detection(self, node: str) -> float | None:
@@ -190,7 +190,7 @@ class Observation:
     def wrong_after_death(self, node: str) -> list[str]:
         """Verdicts other than down given to a node after it died (it must stay down)."""
         return [
-            f"{e.data['old']} -> {e.data['new']} ({e.data['reason']})"
+            f"{e.old} -> {e.new} ({e.reason})"
             for t, e in self.events
             if e.subject == node and t >= self.died[node] and e.kind != "node.down"
         ]

@@ -16,16 +16,18 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from failover.events import NotificationDead
 from failover.incidents.manager import IncidentError, IncidentManager
 from failover.incidents.messages import Composer
 from failover.incidents.model import IncidentState
 from failover.notify.base import Delivery, Message
 from failover.notify.metrics import NotifyMetrics
 from failover.notify.outbox import Dispatcher, backoff
+from monitor.verdicts import NodeDown, NodeUp, Verdict
 from nodevigil.core.clock import ManualClock, SystemClock
 from nodevigil.core.config import Config, parse_config
 from nodevigil.core.config.schema import Notifications
-from nodevigil.core.events import Event, EventBus
+from nodevigil.core.events import EventBus
 from nodevigil.state.sqlite.incidents import SqliteIncidentStore
 from tests.failover.daemons import poll_until
 
@@ -253,7 +255,7 @@ async def test_cause_is_published_for_the_ledger(world: World) -> None:
     )
     (event,) = sub.drain()
     assert event.subject == "web"
-    assert event.data["cause"] == "telecom_failure" and event.data["started"] == incident.started_at
+    assert event.cause == "telecom_failure" and event.started == incident.started_at
     assert world.manager.cause_for("web", incident.started_at) == "telecom_failure"
 
 
@@ -284,17 +286,25 @@ async def test_maintenance_windows_mark_incidents_and_are_excluded_once_begun(
 
 def test_alert_routes_never_report_a_notifier_through_itself() -> None:
     composer = Composer(make_config())
-    down = Event("node.down", "a", 1.0, "v", {"reason": "tcp: refused"})
+    at = {"at": 1.0, "vantage": "v"}
+    down = NodeDown(subject="a", **at, site="s", old=Verdict.UP, reason="tcp: refused", probe=None)
     assert {o.message.notifier for o in composer.alerts(down)} == {"ops", "hook"}
     (one,) = [o for o in composer.alerts(down) if o.message.notifier == "ops"]
     assert (
         one.message.id == f"ev.{down.id}.ops" and one.message.summary == "node.down a: tcp: refused"
     )
-    dead = Event("notification.dead", "hook", 1.0, "v", {"reason": "gone"})
+    dead = NotificationDead(
+        subject="hook", **at, message_id="m", message_kind="incident.opened", about="web",
+        reason="gone",
+    )  # fmt: skip
     assert [o.message.notifier for o in composer.alerts(dead)] == ["ops"]
-    assert composer.alerts(Event("node.up", "a", 1.0, "v")) == []
+    up = NodeUp(subject="a", **at, site="s", old=Verdict.DOWN, reason="tcp: ok", probe=None)
+    assert composer.alerts(up) == []
     # Two dead notifiers must not report each other's dead reports forever.
-    echo = Event("notification.dead", "ops", 1.0, "v", {"kind": "notification.dead"})
+    echo = NotificationDead(
+        subject="ops", **at, message_id="m", message_kind="notification.dead", about="hook",
+        reason="gone",
+    )  # fmt: skip
     assert composer.alerts(echo) == []
 
 

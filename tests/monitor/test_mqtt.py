@@ -123,7 +123,7 @@ async def test_killed_agent_is_judged_down_by_its_last_will(
             agent.send_signal(signal.SIGKILL)
             event: Event = await asyncio.wait_for(downs.get(), timeout=10)
             assert event.subject == "n1"
-            assert "last-will" in event.data["reason"]
+            assert "last-will" in event.reason
     finally:
         with contextlib.suppress(ProcessLookupError):
             agent.kill()

@@ -210,7 +210,7 @@ async def test_an_mqtt_only_node_drains_on_its_signed_will(
         process.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         event = await asyncio.wait_for(watch.downs.get(), timeout=10)
-        assert "last-will" in event.data["reason"]
+        assert "last-will" in event.reason
         assert time.monotonic() - killed < 1.2
 
 

@@ -24,6 +24,7 @@ from nodevigil.app.api.openapi import PATH as OPENAPI_PATH
 from nodevigil.app.api.params import finite_number, json_object, limit
 from nodevigil.core.clock import Clock, SystemClock
 from nodevigil.core.config import Config
+from nodevigil.core.errors import StateError
 from nodevigil.core.eventlog import EventLog
 
 if TYPE_CHECKING:
@@ -83,6 +84,12 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         return response
     except asyncio.CancelledError:
         raise
+    except StateError as exc:
+        # The database is away (PostgreSQL restarting, a full disk): the client may retry.
+        log.warning("API %s %s: state unavailable: %s", request.method, request.path, exc)
+        response = json_error(503, f"state unavailable, try again: {exc}")
+        response.headers["Retry-After"] = "5"
+        return response
     except Exception:
         log.exception("API error on %s %s", request.method, request.path)
         return json_error(500, "internal error; see the daemon's log")

@@ -7,8 +7,7 @@ import contextlib
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import TextIO
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -16,6 +15,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from failover.events import ControllerDecision, FailoverFailed, IncidentEvent, NotificationDead
+from monitor.verdicts import NodeDown, NodeUp
 from nodevigil.app.demo.settings import RECORD, SITES
 from nodevigil.app.demo.world import World
 from nodevigil.core.events import Event
@@ -27,18 +28,19 @@ _COLOURS = {"up": "green", "down": "bold red", "unknown": "yellow"}
 
 def describe(event: Event) -> str | None:
     """One line for an event worth showing, None for the rest."""
-    data: Mapping[str, Any] = event.data
-    kind = event.kind
-    if kind == "controller.decision":
-        return f"decision: {data.get('decision', '')}"
-    if kind == "node.down":
-        return f"node.down {event.subject}: {data.get('reason', '')}"
-    if kind == "node.up":
-        return f"node.up {event.subject}"
-    if kind.startswith("incident."):
-        return f"{kind} #{data.get('id')} service {event.subject}"
-    if kind in ("notification.dead", "failover.failed"):
-        return f"{kind} {event.subject}: {data.get('error') or data.get('detail') or ''}"
+    match event:
+        case ControllerDecision():
+            return f"decision: {event.decision}"
+        case NodeDown():
+            return f"node.down {event.subject}: {event.reason}"
+        case NodeUp():
+            return f"node.up {event.subject}"
+        case IncidentEvent():
+            return f"{event.kind} #{event.incident} service {event.subject}"
+        case FailoverFailed():
+            return f"{event.kind} {event.subject}: {event.error}"
+        case NotificationDead():
+            return f"{event.kind} {event.subject}: "
     return None
 
 

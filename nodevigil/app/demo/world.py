@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from failover.controller.status import ControllerStatus
+from failover.events import AddressesSet
 from failover.lb.haproxy import HAProxyLoadBalancer
 from monitor.agent import NodeAgent
 from monitor.agentauth import derive_key
@@ -225,8 +226,8 @@ class World:
         self.config_path.write_text(header + yaml.safe_dump(data, sort_keys=False))
 
     def _follow_standin(self, event: Event) -> None:
-        if event.kind == "lb.action" and event.data.get("what") == "set_addresses":
-            self._standin_dns = {str(a) for a in event.data.get("new", [])}
+        if isinstance(event, AddressesSet):
+            self._standin_dns = set(event.new)
 
     async def _stop_daemon(self) -> None:
         if self.daemon is None or self._task is None:

@@ -70,6 +70,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ),
     ("sla", schema.Sla),
     ("records", schema.Records),
+    ("database", schema.Database),
 ]
 
 
@@ -611,6 +612,17 @@ EXAMPLES: dict[str, Example] = {
           retention: 400d                    # at least 90d (clause IV.3)
         """,
     ),
+    "database": _example(
+        "database",
+        text="""
+        database:                            # state in PostgreSQL instead of state_dir's files
+          # libpq URL, never with a password; several hosts: the one taking writes is used
+          url: postgresql://nodevigil@db1.example,db2.example/nodevigil?target_session_attrs=read-write
+          password_file: /etc/nodevigil/db.password  # or password_env: NODEVIGIL_DB_PASSWORD
+          pool_size: 4                       # connections this process keeps open
+          connect_timeout: 5s                # per connection attempt
+        """,
+    ),
 }
 
 _DURATION_FIELDS = {
@@ -639,6 +651,7 @@ _DURATION_FIELDS = {
     "backoff_max",
     "header_timeout",
     "body_timeout",
+    "connect_timeout",
 }
 
 

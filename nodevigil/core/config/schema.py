@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     field_validator,
+    model_validator,
 )
 
 from nodevigil.core.durations import format_duration, parse_duration
@@ -557,6 +558,25 @@ class Records(Frozen):
     retention: Duration = 90 * 86400.0
 
 
+class Database(Frozen):
+    """Shared state in PostgreSQL, for a cluster of nodevigil hosts. Without this section the
+    state lives in SQLite files under ``state_dir`` (one host, nothing else to run)."""
+
+    # libpq URL without a password, e.g. postgresql://nodevigil@db1,db2/nodevigil?
+    # target_session_attrs=read-write (several hosts: the first that takes writes is used).
+    url: Annotated[str, Field(pattern=r"^postgres(ql)?://")]
+    password_file: Path | None = None  # the password, read at start; or password_env
+    password_env: str | None = None
+    pool_size: int = Field(default=4, ge=1, le=64)  # connections kept open by this process
+    connect_timeout: Annotated[Duration, Field(gt=0, le=300)] = 5.0  # per connection attempt
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> Database:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give password_file or password_env, not both")
+        return self
+
+
 class Config(Frozen):
     """The whole configuration file."""
 
@@ -580,6 +600,7 @@ class Config(Frozen):
     notifications: Notifications = Notifications()
     sla: Sla = Sla()
     records: Records = Records()
+    database: Database | None = None  # PostgreSQL; unset: SQLite in state_dir
 
     def node(self, name: str) -> Node | None:
         """The node called ``name``, if any."""

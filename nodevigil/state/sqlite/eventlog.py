@@ -1,137 +1,93 @@
 """The durable event log (clause IV.3) in SQLite: every event written, kept, then pruned.
 
-It implements ``nodevigil.core.eventlog.EventLog``, the port the API and the daemon use.
+It implements ``nodevigil.core.eventlog.EventLog``, the port the API and the daemon use; the
+buffering it shares with PostgreSQL's is ``nodevigil.state.eventbuffer``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 from nodevigil.core.errors import StateError
-from nodevigil.core.events import Event
+from nodevigil.core.events import EVENT_SCHEMA, Event
+from nodevigil.state.eventbuffer import MAX_WAITING, BatchedEventLog
+from nodevigil.state.sqlite.schema import migrate
 from nodevigil.state.sqlite.worker import SqliteWorker
 
-log = logging.getLogger(__name__)
+# Versions by PRAGMA user_version. Files made before versioning are at 0 with version 1's
+# tables already there: hence IF NOT EXISTS in step 1, which then only records the version.
+STEPS = (
+    """
+    CREATE TABLE IF NOT EXISTS events (
+        id TEXT PRIMARY KEY,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        vantage TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS events_at ON events (at);
+    CREATE INDEX IF NOT EXISTS events_subject ON events (subject, at);
+    """,
+    # The version of the stored form (nodevigil.core.events.EVENT_SCHEMA); older rows are 1.
+    "ALTER TABLE events ADD COLUMN schema INTEGER NOT NULL DEFAULT 1;",
+)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id TEXT PRIMARY KEY,
-    at REAL NOT NULL,
-    kind TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    vantage TEXT NOT NULL,
-    data TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_at ON events (at);
-CREATE INDEX IF NOT EXISTS events_subject ON events (subject, at);
-"""
+__all__ = ["MAX_WAITING", "STEPS", "SqliteEventLog"]
 
 
-MAX_WAITING = 200_000  # events kept in memory while the disk refuses them (~100 MB at most)
-
-
-class SqliteEventLog:
+class SqliteEventLog(BatchedEventLog):
     """Buffers published events and writes them in small batches; lists and prunes them."""
+
+    refusals = (sqlite3.Error,)
 
     def __init__(
         self, path: Path, *, flush_every: float = 0.1, max_waiting: int = MAX_WAITING
     ) -> None:
+        super().__init__(flush_every=flush_every, max_waiting=max_waiting)
+        self.path = path
         self._db = SqliteWorker(path)
-        self._buffer: list[Event] = []
-        self._writing: list[Event] = []  # the batch on its way to the disk
-        self._flushing = asyncio.Lock()
-        self._flush_every = flush_every
-        self._max_waiting = max_waiting
-        self._wake = asyncio.Event()
-        self.write_errors = 0
-        self.dropped = 0  # oldest waiting events given up when the disk stayed full too long
-
-    @property
-    def waiting(self) -> int:
-        """Events published but not yet written."""
-        return len(self._buffer) + len(self._writing)
 
     async def open(self) -> None:
-        """Create the schema."""
+        """Create or migrate the schema."""
         try:
-            await self._db.call(lambda c: c.executescript(_SCHEMA))
+            await self._db.call(lambda c: migrate(c, STEPS, path=self.path))
         except sqlite3.Error as exc:
             raise StateError(f"cannot open the event log: {exc}") from exc
 
-    def append(self, event: Event) -> None:
-        """Bus sink: queue the event for the next batch."""
-        self._buffer.append(event)
-        if len(self._buffer) >= 500:
-            self._wake.set()
-
-    async def run(self) -> None:
-        """Flush batches until cancelled, then flush what is left."""
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(self._flush_every):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
-                self._wake.clear()
-                await self.flush()
-        finally:
-            await asyncio.shield(self.flush())
-
-    async def flush(self) -> None:
-        """Write every buffered event; on a write error keep them for the next try."""
-        async with self._flushing:  # one batch at a time: query() sees it until it is readable
-            if not self._buffer:
-                return
-            batch, self._buffer = self._buffer, []
-            self._writing = batch
-            try:
-                await self._write(batch)
-            except sqlite3.Error as exc:
-                self._keep(batch, exc)
-            finally:
-                self._writing = []
-
     async def _write(self, batch: list[Event]) -> None:
         rows = [
-            (e.id, e.at, e.kind, e.subject, e.vantage, json.dumps(dict(e.data), default=str))
+            (
+                e.id,
+                e.at,
+                e.kind,
+                e.subject,
+                e.vantage,
+                json.dumps(e.as_dict()["data"], default=str),
+                EVENT_SCHEMA,
+            )
             for e in batch
         ]
-        await self._db.call(
-            lambda c: c.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?)", rows)
+        await self._db.transaction(  # one transaction: the whole batch is written, or none
+            lambda c: c.executemany(
+                "INSERT OR IGNORE INTO events (id, at, kind, subject, vantage, data, schema) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
         )
 
-    def _keep(self, batch: list[Event], exc: sqlite3.Error) -> None:
-        self.write_errors += 1
-        self._buffer[:0] = batch  # keep them; nothing is lost while the disk is full
-        excess = len(self._buffer) - self._max_waiting
-        if excess > 0:  # memory is finite: give up the oldest, and count them
-            del self._buffer[:excess]
-            self.dropped += excess
-        if self.write_errors == 1 or self.write_errors % 100 == 0:
-            log.error(
-                "cannot write the event log (%d events waiting, %d dropped): %s",
-                len(self._buffer),
-                self.dropped,
-                exc,
-            )
-
-    async def query(
+    async def _select(
         self,
-        *,
-        since: float | None = None,
-        until: float | None = None,
-        kind: str | None = None,
-        subject: str | None = None,
-        limit: int = 100,
+        since: float | None,
+        until: float | None,
+        kind: str | None,
+        subject: str | None,
+        limit: int,
     ) -> list[dict[str, Any]]:
-        """Events, newest first, filtered by time, kind prefix and subject."""
-        await self.flush()
         clauses: list[str] = ["1=1"]
         args: list[object] = []
         if since is not None:
@@ -151,44 +107,20 @@ class SqliteEventLog:
             f"WHERE {' AND '.join(clauses)} ORDER BY at DESC LIMIT ?"
         )
         args.append(limit)
-        # Taken before the read: an event is then either in this list or already readable.
-        pending = [*self._writing, *self._buffer]
-        try:
-            rows = await self._db.call(lambda c: c.execute(sql, args).fetchall())
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot read the event log: {exc}") from exc
-        found = {
-            r[0]: {
-                "id": r[0],
-                "at": r[1],
-                "kind": r[2],
-                "subject": r[3],
-                "vantage": r[4],
-                "data": json.loads(r[5]),
-            }
-            for r in rows
-        }
-        # Events the disk has not taken yet (full or read-only) are listed all the same.
-        for e in pending:
-            if (
-                (since is None or e.at >= since)
-                and (until is None or e.at < until)
-                and (not kind or e.kind.startswith(kind))
-                and (not subject or e.subject == subject)
-            ):
-                data = json.loads(json.dumps(dict(e.data), default=str))
-                found[e.id] = {"id": e.id, "at": e.at, "kind": e.kind, "subject": e.subject,
-                               "vantage": e.vantage, "data": data}  # fmt: skip
-        return sorted(found.values(), key=lambda r: r["at"], reverse=True)[:limit]
+        rows = await self._db.call(lambda c: c.execute(sql, args).fetchall())
+        return [_row(r) for r in rows]
 
-    async def prune(self, before: float) -> int:
-        """Delete events older than ``before`` (wall time); return how many."""
+    async def _delete(self, before: float) -> int:
         cursor = await self._db.call(
             lambda c: c.execute("DELETE FROM events WHERE at < ?", (before,))
         )
-        return cursor.rowcount
+        return int(cursor.rowcount)
 
-    async def close(self) -> None:
-        """Flush and close."""
-        await self.flush()
+    async def _release(self) -> None:
         await asyncio.to_thread(self._db.close)
+
+
+def _row(r: tuple[Any, ...]) -> dict[str, Any]:
+    """A stored row (id, at, kind, subject, vantage, data) in ``Event.as_dict()``'s form."""
+    return {"id": r[0], "kind": r[2], "subject": r[3], "at": r[1], "vantage": r[4],
+            "data": json.loads(r[5])}  # fmt: skip

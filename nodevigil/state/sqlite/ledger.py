@@ -1,11 +1,15 @@
 """The ledger's store (``sla.store.LedgerStore``) in one SQLite file: WAL mode, schema
-versioned by ``user_version``.
+versioned by ``user_version`` (``nodevigil.state.sqlite.schema``).
 
-Days are ISO text and money Decimal text, so nothing is ever rounded through a float.
+Days are ISO text and money Decimal text, so nothing is ever rounded through a float. Errors
+are converted here, as the PostgreSQL ledger converts its own: the file busy, full, read-only
+or unreadable is a ``StateError`` (the daemon retries it later); anything else SQLite refuses
+is an ``SlaError``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -13,14 +17,18 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from nodevigil.core.errors import StateError
+from nodevigil.state.sqlite.schema import migrate
 from sla.errors import SlaError
 from sla.ledger import Ledger
 from sla.model import Cause, Charge, CreditRow, Rounding
 from sla.store import Adjustment, LedgerStore, StoredExclusion, StoredInterval
 
-SCHEMA_VERSION = 1
+P = ParamSpec("P")
+T = TypeVar("T")
+
 
 _SCHEMA_V1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,59 +61,99 @@ CREATE TABLE changes (
     id INTEGER PRIMARY KEY, at_us INTEGER NOT NULL, who TEXT NOT NULL, what TEXT NOT NULL,
     note TEXT NOT NULL);
 """
-_MIGRATIONS = {1: _SCHEMA_V1}
+# user_version n means the first n steps are applied; the first ledger's files are at 1.
+MIGRATIONS = (_SCHEMA_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# What SQLite refuses for good; any other sqlite3.Error is the file busy, full or unreadable.
+_REFUSED = (
+    sqlite3.IntegrityError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    sqlite3.DataError,
+    sqlite3.NotSupportedError,
+)
+
+
+def _converted(exc: sqlite3.Error) -> StateError | SlaError:
+    """The ledger's error for a sqlite3 error."""
+    if isinstance(exc, _REFUSED):
+        return SlaError(f"ledger: SQLite refused: {exc}")
+    return StateError(f"ledger: SQLite unavailable: {exc}")
+
+
+def _edge(
+    method: Callable[Concatenate[SqliteLedgerStore, P], T],
+) -> Callable[Concatenate[SqliteLedgerStore, P], T]:
+    """Convert sqlite3's errors to the ledger's at the edge of each store method."""
+
+    @functools.wraps(method)
+    def wrapper(self: SqliteLedgerStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _converted(exc) from exc
+
+    return wrapper
 
 
 class SqliteLedgerStore:
     """The ledger in one SQLite file, WAL mode, schema versioned."""
 
     def __init__(self, path: Path | str) -> None:
+        self.path = path
         try:
             self._db = sqlite3.connect(str(path), isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._migrate()
         except sqlite3.Error as exc:
             raise SlaError(f"ledger {path}: {exc}") from exc
-
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise SlaError(f"ledger schema {version} is newer than this nodevigil knows")
-        for step in range(version + 1, SCHEMA_VERSION + 1):
-            with self.transaction():
-                for statement in _MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={step}")
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            migrate(self._db, MIGRATIONS, path=path)
+        except StateError as exc:  # a newer schema than this nodevigil knows: refused
+            self._db.close()
+            raise SlaError(f"ledger {exc}") from exc
+        except sqlite3.Error as exc:  # not a database, unreadable
+            self._db.close()
+            raise SlaError(f"ledger {path}: {exc}") from exc
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; sqlite errors become SlaError."""
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise SlaError(f"ledger: {exc}") from exc
+            raise _converted(exc) from exc
         try:
             yield
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk): then there is nothing to undo.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise _converted(exc) from exc
 
     def close(self) -> None:
         """Close the connection."""
         self._db.close()
 
+    @_edge
     def meta(self, key: str) -> str | None:
         """A stored setting."""
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
+    @_edge
     def set_meta(self, key: str, value: str) -> None:
         """Store a setting."""
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    @_edge
     def insert_interval(
         self,
         service: str,
@@ -130,17 +178,20 @@ class SqliteLedgerStore:
     def _interval(row: tuple[Any, ...]) -> StoredInterval:
         return StoredInterval(row[0], row[1], row[2], row[3], Cause(row[4]), json.loads(row[5]))
 
+    @_edge
     def open_interval_of(self, service: str) -> StoredInterval | None:
         """The service's open interval, if any."""
         sql = self._INTERVAL + " WHERE service = ? AND end_us IS NULL"
         row = self._db.execute(sql, (service,)).fetchone()
         return None if row is None else self._interval(row)
 
+    @_edge
     def get_interval(self, interval_id: int) -> StoredInterval | None:
         """One interval by id."""
         row = self._db.execute(self._INTERVAL + " WHERE id = ?", (interval_id,)).fetchone()
         return None if row is None else self._interval(row)
 
+    @_edge
     def update_interval(
         self, interval_id: int, *, end_us: int | None = None, cause: Cause | None = None, at: int
     ) -> None:
@@ -156,6 +207,7 @@ class SqliteLedgerStore:
                 (cause.value, at, interval_id),
             )
 
+    @_edge
     def intervals(
         self, service: str | None, start_us: int | None, end_us: int | None, open_only: bool = False
     ) -> list[StoredInterval]:
@@ -175,6 +227,7 @@ class SqliteLedgerStore:
         sql = f"{self._INTERVAL} WHERE {' AND '.join(where)} ORDER BY start_us, id"
         return [self._interval(r) for r in self._db.execute(sql, args)]
 
+    @_edge
     def insert_exclusion(
         self, start_us: int, end_us: int, *, cause: Cause, services: Sequence[str], note: str,
         who: str, at: int,
@@ -187,6 +240,7 @@ class SqliteLedgerStore:
         )
         return int(cur.lastrowid or 0)
 
+    @_edge
     def exclusions(self, start_us: int | None, end_us: int | None) -> list[StoredExclusion]:
         """Exclusion windows overlapping ``[start_us, end_us)``."""
         sql = "SELECT id, start_us, end_us, cause, services, note, who FROM exclusions WHERE "
@@ -198,6 +252,7 @@ class SqliteLedgerStore:
             for r in self._db.execute(sql, (hi, lo))
         ]
 
+    @_edge
     def upsert_charges(self, charges: Iterable[Charge]) -> None:
         """Insert charges, replacing those with the same customer, service and day."""
         self._db.executemany(
@@ -208,6 +263,7 @@ class SqliteLedgerStore:
             ),
         )
 
+    @_edge
     def charges(
         self, from_day: date, to_day: date, customer: str | None = None, unsettled: bool = False
     ) -> list[Charge]:
@@ -227,11 +283,13 @@ class SqliteLedgerStore:
             for r in self._db.execute(sql, args)
         ]
 
+    @_edge
     def services_of(self, customer: str) -> set[str]:
         """Services the customer has ever been charged for."""
         sql = "SELECT DISTINCT service FROM charges WHERE customer = ?"
         return {str(r[0]) for r in self._db.execute(sql, (customer,))}
 
+    @_edge
     def settled(self, from_day: date, to_day: date) -> dict[tuple[str, str, date], CreditRow]:
         """The frozen credit rows of final days in the range, by (customer, service, day)."""
         sql = (
@@ -246,6 +304,7 @@ class SqliteLedgerStore:
             )
         return out
 
+    @_edge
     def put_settled(self, rows: Iterable[CreditRow], at: int) -> None:
         """Freeze credit rows of final days (insert or replace)."""
         self._db.executemany(
@@ -257,6 +316,7 @@ class SqliteLedgerStore:
             ),
         )  # fmt: skip
 
+    @_edge
     def insert_adjustment(self, adjustment: Adjustment) -> None:
         """Record a change to a final day's credit."""
         a = adjustment
@@ -268,6 +328,7 @@ class SqliteLedgerStore:
              str(a.old_credit), str(a.new_credit), a.currency, a.who, a.at_us, a.why),
         )  # fmt: skip
 
+    @_edge
     def adjustments(self, customer: str | None = None) -> list[Adjustment]:
         """All recorded adjustments, oldest first."""
         sql = (
@@ -284,6 +345,7 @@ class SqliteLedgerStore:
             for r in self._db.execute(sql + " ORDER BY id", args)
         ]  # fmt: skip
 
+    @_edge
     def insert_change(self, at: int, who: str, what: str, note: str) -> None:
         """Record an operator's change in the audit trail."""
         self._db.execute(
@@ -291,6 +353,7 @@ class SqliteLedgerStore:
             (at, who, what, note),
         )
 
+    @_edge
     def prune(self, before_us: int, before_day: date) -> dict[str, int]:
         """Delete records that ended before the cutoff; return counts per table."""
         day = before_day.isoformat()

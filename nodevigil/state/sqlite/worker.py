@@ -23,6 +23,7 @@ class SqliteWorker:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.stem}")
         self._path = path
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
 
     def _open(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -38,8 +39,27 @@ class SqliteWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._open()))
 
+    async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on the worker thread in one transaction: all of it or none."""
+
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back already (disk I/O error)
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return await self.call(run)
+
     def close(self) -> None:
-        """Close the connection and stop the thread."""
+        """Close the connection and stop the thread (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
 
         def _close() -> None:
             if self._conn is not None:

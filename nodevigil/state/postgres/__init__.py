@@ -1,0 +1,1 @@
+"""PostgreSQL: the shared state of a cluster of nodevigil hosts (psycopg 3, psycopg-pool)."""
