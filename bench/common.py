@@ -279,6 +279,20 @@ def rss_mb(pid: int | None = None) -> float:
     return psutil.Process(pid).memory_info().rss / (1 << 20)
 
 
+def postgres_cpu() -> float:
+    """CPU seconds of every PostgreSQL process below this one (a server that
+    ``tests/postgres_server.py`` started: postmaster, backends, WAL writer, ...)."""
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.name() == "postgres":
+                times = child.cpu_times()
+                total += float(times.user + times.system)
+        except psutil.Error:
+            pass  # a process that ended meanwhile
+    return total
+
+
 def median(values: Sequence[float]) -> float:
     """The median, or NaN for no values (a failed round must not hide the others)."""
     return statistics.median(values) if values else float("nan")

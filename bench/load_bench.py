@@ -1,8 +1,12 @@
 """Load benchmark: the whole daemon watching 10,000 nodes every second, 5 % of them flapping.
 
-Run: ``cd /work/main && .venv/bin/python bench/load_bench.py`` (5 minutes measured, about 9 in
-all) or ``--quick`` (1 minute measured, about 3 in all). ``--nodes N``, ``--minutes M``,
-``--peer-nodes N`` (0 skips the peer), ``--flap-share F``, ``--target-procs P``, ``--seed S``.
+Run: ``cd /work/main && .venv/bin/python bench/load_bench.py`` (5 minutes measured per
+backend, about 13 in all for both) or ``--quick`` (1 minute each, about 6 for both).
+Options: ``--nodes N``, ``--minutes M``, ``--peer-nodes N`` (0 skips the peer),
+``--flap-share F``, ``--target-procs P``, ``--seed S``, ``--backend sqlite|postgres|both``
+(default both: the whole run once on SQLite, then once on PostgreSQL 15 started by
+``tests/postgres_server.py``, the daemon's configuration with a ``database:`` section and a
+fresh database; the peer runs on the first backend only).
 Everything listens on 127.0.0.1 ephemeral ports and writes to a temp dir; every child process
 stops by itself when the benchmark goes away.
 
@@ -53,13 +57,23 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 
-from bench.common import Child, cpu_seconds, quantile, raise_fd_limit_to, start_switchable_targets
+from bench.common import (
+    Child,
+    cpu_seconds,
+    postgres_cpu,
+    quantile,
+    raise_fd_limit_to,
+    start_switchable_targets,
+)
+
+if TYPE_CHECKING:
+    from tests.postgres_server import PostgresAddress
 
 SITES = 20
 SERVICES = 10
@@ -68,6 +82,7 @@ SAMPLE_EVERY = 5.0
 WARMUP = 20.0  # seconds before the measured window: start-up storm and first verdicts
 KEPT_UP_RATE = 0.97
 STALLS = False
+BACKENDS = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,7 @@ class Plan:
     target_procs: int
     seed: int
     scrape_every: float = 15.0
+    backend: str = "sqlite"  # or "postgres": the daemon's configuration gets a database: section
 
 
 # --- the daemon's side (child process) -------------------------------------------------------
@@ -179,6 +195,53 @@ def _histogram(metric: Any) -> tuple[float, float]:
     return count, total
 
 
+class WriteTimer:
+    """The event log's batch writes, timed (wraps the log's ``_write``; benchmark only)."""
+
+    def __init__(self, events: Any) -> None:
+        self.batches = 0
+        self.events = 0
+        self.seconds = 0.0
+        self.longest = 0.0
+        self.largest = 0
+        write = events._write
+
+        async def timed(batch: list[Any]) -> None:
+            started = time.perf_counter()
+            try:
+                await write(batch)
+            finally:
+                took = time.perf_counter() - started
+                self.batches += 1
+                self.events += len(batch)
+                self.seconds += took
+                self.longest = max(self.longest, took)
+                self.largest = max(self.largest, len(batch))
+
+        events._write = timed
+
+    def take(self) -> dict[str, Any]:
+        """Totals so far; longest write and largest batch since the last take."""
+        out = {
+            "batches": self.batches,
+            "events": self.events,
+            "seconds": self.seconds,
+            "max": self.longest,
+            "largest": self.largest,
+        }
+        self.longest, self.largest = 0.0, 0
+        return out
+
+
+def _pool_stats(daemon: Any) -> dict[str, int] | None:
+    """The PostgreSQL pool's counters (psycopg_pool ``get_stats``: totals since start), or None
+    on SQLite."""
+    backend = getattr(daemon, "state_backend", None)
+    if backend is None or backend.name != "postgres":
+        return None
+    return dict(backend.pool.get_stats())
+
+
 def _trim_recordings(daemon: Any) -> int:
     """The recording load balancers keep every call they ever got: a test aid that would grow
     without bound here and count as the daemon's memory. Forget the calls (not the state)."""
@@ -234,6 +297,7 @@ async def daemon_role(config_path: Path, sample_every: float, stalls: bool = Fal
         helpers.append(asyncio.create_task(stall.run(), name="stalls"))
     ticker.take()
     gcw.take()
+    writes = WriteTimer(daemon.context.events)
     try:
         while not run.done():
             with contextlib.suppress(TimeoutError):
@@ -252,6 +316,9 @@ async def daemon_role(config_path: Path, sample_every: float, stalls: bool = Fal
                 "bus": daemon.bus.depth(),
                 "eventlog": events.waiting,
                 "eventlog_dropped": events.dropped,
+                "eventlog_errors": events.write_errors,
+                "writes": writes.take(),
+                "pool": _pool_stats(daemon),
                 "tasks": len(asyncio.all_tasks()),
                 "cycles": cycles,
                 "cycle_time": cycle_time,
@@ -269,8 +336,11 @@ async def daemon_role(config_path: Path, sample_every: float, stalls: bool = Fal
 # --- configuration and flaps -----------------------------------------------------------------
 
 
-def build_config(workdir: Path, ports: list[int], nodes: int) -> Path:
-    """The daemon's configuration file: ``nodes`` nodes on ``ports`` (one each)."""
+def build_config(
+    workdir: Path, ports: list[int], nodes: int, database: dict[str, str] | None = None
+) -> Path:
+    """The daemon's configuration file: ``nodes`` nodes on ``ports`` (one each); state in
+    ``workdir/state``, or in PostgreSQL with ``database`` (url, password_file)."""
     lbs: dict[str, Any] = {f"lb-{s:02d}": {"type": "recording"} for s in range(SITES)}
     lbs["gslb"] = {"type": "recording"}
     config = {
@@ -305,6 +375,8 @@ def build_config(workdir: Path, ports: list[int], nodes: int) -> Path:
             for i in range(nodes)
         ],
     }
+    if database is not None:
+        config["database"] = database
     path = workdir / "nodevigil.json"  # YAML is a superset of JSON: the loader reads it
     path.write_text(json.dumps(config))
     return path
@@ -437,6 +509,7 @@ class DaemonChild:
                 "cpu": times.user + times.system,
                 "rss": self.ps.memory_info().rss / (1 << 20),
                 "fds": float(self.ps.num_fds()),
+                "db_cpu": postgres_cpu(),  # the PostgreSQL server's processes (0 without one)
             }
         )
 
@@ -502,8 +575,9 @@ class RunResult:
     scrape_errors: int = 0
 
 
-def run_pipeline(plan: Plan, log: Any) -> RunResult:
-    """Targets, the daemon, the flaps and the samples for one plan."""
+def run_pipeline(plan: Plan, log: Any, address: PostgresAddress | None = None) -> RunResult:
+    """Targets, the daemon, the flaps and the samples for one plan (on PostgreSQL: a fresh
+    database on ``address``, dropped afterwards)."""
     per_proc = [
         plan.nodes // plan.target_procs + (i < plan.nodes % plan.target_procs)
         for i in range(plan.target_procs)
@@ -512,23 +586,36 @@ def run_pipeline(plan: Plan, log: Any) -> RunResult:
     targets = Targets(per_proc)
     try:
         with tempfile.TemporaryDirectory(prefix="load-bench-") as tmp:
-            config = build_config(Path(tmp), targets.ports, plan.nodes)
-            log(f"  starting the daemon on {plan.nodes} nodes")
-            daemon = DaemonChild(config)
-            if "error" in daemon.hello:
-                raise RuntimeError(daemon.hello["error"])
-            scraper = Scraper(int(daemon.hello["api_port"]), plan.scrape_every)
+            dbname = None
+            database = None
+            if plan.backend == "postgres":
+                assert address is not None
+                dbname = address.create_database()
+                database = {"url": address.url(dbname), "password_file": str(address.password_file)}
             try:
-                result = _drive(plan, targets, daemon, log)
+                config = build_config(Path(tmp), targets.ports, plan.nodes, database)
+                log(f"  starting the daemon on {plan.nodes} nodes ({BACKENDS[plan.backend]})")
+                daemon = DaemonChild(config)
+                if "error" in daemon.hello:
+                    raise RuntimeError(daemon.hello["error"])
+                scraper = Scraper(int(daemon.hello["api_port"]), plan.scrape_every)
+                try:
+                    result = _drive(plan, targets, daemon, log)
+                finally:
+                    scraper.stop()
+                    daemon.stop()
+                result.scrapes = scraper.times
+                result.scrape_size = max(scraper.sizes, default=0)
+                result.scrape_errors = scraper.errors
+                if address is not None and dbname is not None:
+                    result.events = read_events_postgres(address, dbname)
+                else:
+                    result.events = read_events(Path(tmp) / "state" / "events.db")
+                result.ready_after = float(daemon.hello["ready_after"])
+                return result
             finally:
-                scraper.stop()
-                daemon.stop()
-            result.scrapes = scraper.times
-            result.scrape_size = max(scraper.sizes, default=0)
-            result.scrape_errors = scraper.errors
-            result.events = read_events(Path(tmp) / "state" / "events.db")
-            result.ready_after = float(daemon.hello["ready_after"])
-            return result
+                if address is not None and dbname is not None:
+                    address.drop_database(dbname)
     finally:
         targets.stop()
 
@@ -597,6 +684,21 @@ def read_events(path: Path) -> list[tuple[str, str, float, dict[str, Any]]]:
             "WHERE kind IN ('node.down', 'node.up', 'lb.action') ORDER BY at"
         ).fetchall()
     return [(kind, subject, at, json.loads(data)) for kind, subject, at, data in rows]
+
+
+def read_events_postgres(
+    address: PostgresAddress, dbname: str
+) -> list[tuple[str, str, float, dict[str, Any]]]:
+    """The same from the ``events`` table of the daemon's PostgreSQL database."""
+    import psycopg
+
+    dsn = address.admin_dsn.replace("dbname=postgres", f"dbname={dbname}")
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT kind, subject, at, body FROM events "
+            "WHERE kind IN ('node.down', 'node.up', 'lb.action') ORDER BY at"
+        ).fetchall()
+    return [(kind, subject, at, json.loads(body)["data"]) for kind, subject, at, body in rows]
 
 
 # --- analysis --------------------------------------------------------------------------------
@@ -715,6 +817,47 @@ class Window:
     verdict: tuple[float, float, float, int]
     action: tuple[float, float, float, int]
     decided: int
+    db_cores: float = 0.0  # the PostgreSQL server's processes
+    writes: dict[str, float] = field(default_factory=dict)  # event-log batch writes
+    pool: dict[str, float] = field(default_factory=dict)  # PostgreSQL pool (empty on SQLite)
+
+
+def _writes(
+    first: dict[str, Any], last: dict[str, Any], later: list[dict[str, Any]]
+) -> dict[str, float]:
+    """Event-log batch writes between two samples: per second, mean and longest write."""
+    a, b = first.get("writes"), last.get("writes")
+    if not a or not b:
+        return {}
+    span = last["t"] - first["t"]
+    batches = b["batches"] - a["batches"]
+    return {
+        "batches_s": batches / span,
+        "events_per_batch": (b["events"] - a["events"]) / max(batches, 1),
+        "mean_ms": (b["seconds"] - a["seconds"]) / max(batches, 1) * 1000,
+        "busy": (b["seconds"] - a["seconds"]) / span,  # share of the time a write was running
+        "max_ms": max(s["writes"]["max"] for s in later) * 1000,
+        "largest": max(s["writes"]["largest"] for s in later),
+    }
+
+
+def _pool(
+    first: dict[str, Any], last: dict[str, Any], later: list[dict[str, Any]]
+) -> dict[str, float]:
+    """PostgreSQL pool use between two samples (psycopg_pool's counters)."""
+    a, b = first.get("pool"), last.get("pool")
+    if not a or not b:
+        return {}
+    span = last["t"] - first["t"]
+    requests = b.get("requests_num", 0) - a.get("requests_num", 0)
+    return {
+        "requests_s": requests / span,
+        "queued": b.get("requests_queued", 0) - a.get("requests_queued", 0),
+        "wait_ms": (b.get("requests_wait_ms", 0) - a.get("requests_wait_ms", 0)) / max(requests, 1),
+        "size": b.get("pool_max", 0),
+        "waiting_max": max((s["pool"] or {}).get("requests_waiting", 0) for s in later),
+        "errors": b.get("requests_errors", 0) - a.get("requests_errors", 0),
+    }
 
 
 def window(
@@ -731,6 +874,7 @@ def window(
     done = _total(last) - _total(first)
     ok = last["probes"]["success"] - first["probes"]["success"]
     cores = (outside[-1]["cpu"] - outside[0]["cpu"]) / (outside[-1]["t"] - outside[0]["t"])
+    db_cores = (outside[-1]["db_cpu"] - outside[0]["db_cpu"]) / (outside[-1]["t"] - outside[0]["t"])
     later = samples[1:]
     lags = [lag for s in later for lag in s["lag"]]
     wall0, wall1 = result.start_wall + t0, result.start_wall + t1
@@ -760,6 +904,9 @@ def window(
         verdict=_lags([d.verdict_lag for d in picked]),
         action=_lags([d.action_lag for d in picked]),
         decided=sum(d.action_at is not None for d in picked),
+        db_cores=db_cores,
+        writes=_writes(first, last, later),
+        pool=_pool(first, last, later),
     )
 
 
@@ -781,7 +928,7 @@ def print_table(result: RunResult, made: list[Decision]) -> list[Window]:
         if w is not None:
             rows.append(w)
     head = (
-        f"{'window':<9}{'probes/s':>9}{'ok':>7}{'shed/s':>7}{'cores':>6}{'RSS':>6}"
+        f"{'window':<9}{'probes/s':>9}{'ok':>7}{'shed/s':>7}{'cores':>6}{'db':>5}{'RSS':>6}"
         f"{'lag50':>6}{'lag99':>6}{'lagmax':>7}{'gc%':>6}{'gcmax':>6}{'bus':>5}{'elog':>5}{'orph':>5}"
         f"{'run':>5}{'cyc/s':>6}{'cyc ms':>7}{'flaps':>6}{'verdict p50/p95':>16}"
         f"{'action p50/p95':>15}{'decided':>8}"
@@ -789,7 +936,7 @@ def print_table(result: RunResult, made: list[Decision]) -> list[Window]:
     print(head)
     for w in rows:
         print(
-            f"{w.label:<9}{w.rate:>9.0f}{w.ok:>7.1%}{w.skipped:>7.0f}{w.cores:>6.2f}"
+            f"{w.label:<9}{w.rate:>9.0f}{w.ok:>7.1%}{w.skipped:>7.0f}{w.cores:>6.2f}{w.db_cores:>5.2f}"
             f"{w.rss:>6.0f}{_ms(w.lag_p50):>6}{_ms(w.lag_p99):>6}{_ms(w.lag_max):>7}{w.gc_pause:>6.1%}"
             f"{_ms(w.gc_max):>6}{w.bus:>5.0f}{w.eventlog:>5.0f}{w.orphaned:>5.0f}{w.running:>5.0f}"
             f"{w.cycles:>6.1f}{w.cycle_ms:>7.1f}"
@@ -803,7 +950,11 @@ def summarize(result: RunResult) -> dict[str, Any]:
     """The measured window (after the warm-up) and its verdicts, printed and returned."""
     plan = result.plan
     made, false = decisions(result)
-    print(f"\n--- {plan.nodes} nodes @ 1s, {plan.flap_share:.0%} flapping, ", end="")
+    print(
+        f"\n--- {BACKENDS[plan.backend]}: {plan.nodes} nodes @ 1s, "
+        f"{plan.flap_share:.0%} flapping, ",
+        end="",
+    )
     print(f"{plan.seconds:.0f}s measured after {WARMUP:.0f}s warm-up ---")
     print(f"daemon ready (API up, first controller cycle) {result.ready_after:.1f}s after start")
     rows = print_table(result, made)
@@ -867,8 +1018,27 @@ def summarize(result: RunResult) -> dict[str, Any]:
             f"{_ms(quantile(result.scrapes, 0.5))} max {_ms(max(result.scrapes))} ms, "
             f"{result.scrape_errors} failed"
         )
+    wr = whole.writes
+    if wr:
+        print(
+            f"event log writes: {wr['batches_s']:.1f} batches/s of {wr['events_per_batch']:.1f} "
+            f"events, write mean {wr['mean_ms']:.1f} ms max {wr['max_ms']:.0f} ms (largest batch "
+            f"{wr['largest']:.0f}), busy {wr['busy']:.1%} of the time; events waiting max "
+            f"{whole.eventlog:.0f}, write errors {samples[-1].get('eventlog_errors', 0)}"
+        )
+    if whole.pool:
+        pl = whole.pool
+        print(
+            f"PostgreSQL: server {whole.db_cores:.2f} cores; pool of {pl['size']:.0f}: "
+            f"{pl['requests_s']:.1f} connections handed out/s, queued for one "
+            f"{pl['queued']:.0f} (mean wait {pl['wait_ms']:.1f} ms, max waiting "
+            f"{pl['waiting_max']:.0f}), errors {pl['errors']:.0f}"
+        )
     print(f"kept up (>= {KEPT_UP_RATE:.0%} of the offered rate every minute): {kept}")
+    action_all = [d.action_lag for d in settled if d.action_lag is not None]
     return {
+        "backend": plan.backend,
+        "action_p99": quantile(action_all, 0.99),
         "nodes": plan.nodes,
         "whole": whole,
         "per_probe_us": per_probe,
@@ -901,14 +1071,57 @@ def print_ratios(main: dict[str, Any], peer: dict[str, Any]) -> None:
         print(f"{name:<34}{a:>10.1f}{b:>10.1f}{ratio:>7.2f}x")
 
 
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def print_backend_ratios(sq: list[dict[str, Any]], pg: list[dict[str, Any]]) -> None:
+    """The same plan on PostgreSQL against SQLite (same run): each figure over the measured
+    window, averaged over a backend's runs (A B B A: two each)."""
+    rows: list[tuple[str, Any]] = [
+        ("probes/s achieved", lambda r: r["whole"].rate),
+        ("daemon CPU (cores)", lambda r: r["whole"].cores),
+        ("PostgreSQL server CPU (cores)", lambda r: r["whole"].db_cores),
+        ("daemon + server CPU (cores)", lambda r: r["whole"].cores + r["whole"].db_cores),
+        ("CPU-us per probe, daemon + server",
+         lambda r: (r["whole"].cores + r["whole"].db_cores) / r["whole"].rate * 1e6),
+        ("daemon RSS at the end (MiB)", lambda r: r["whole"].rss),
+        ("loop lag p50 (ms)", lambda r: r["whole"].lag_p50 * 1000),
+        ("loop lag p99 (ms)", lambda r: r["whole"].lag_p99 * 1000),
+        ("loop lag max (ms)", lambda r: r["whole"].lag_max * 1000),
+        ("down verdict p50 (ms)", lambda r: r["down_verdict"][0] * 1000),
+        ("verdict -> lb action p50 (ms)", lambda r: r["action"][0] * 1000),
+        ("verdict -> lb action p99 (ms)", lambda r: r["action_p99"] * 1000),
+        ("event log: events waiting, max", lambda r: r["whole"].eventlog),
+        ("event bus: fullest queue, max", lambda r: r["whole"].bus),
+        ("event log: batch write mean (ms)", lambda r: r["whole"].writes.get("mean_ms", math.nan)),
+        ("event log: batch write max (ms)", lambda r: r["whole"].writes.get("max_ms", math.nan)),
+        ("GC time share (%)", lambda r: r["whole"].gc_pause * 100),
+        ("decisions missing", lambda r: r["missing"]),
+    ]  # fmt: skip
+    runs = f" (mean of {len(sq)} runs each, A B B A)" if len(sq) > 1 else ""
+    print(f"\n--- {sq[0]['nodes']} nodes: PostgreSQL against SQLite, same invocation{runs} ---")
+    print(f"{'':<36}{'SQLite':>10}{'PostgreSQL':>11}{'PG/SQLite':>10}")
+    for name, get in rows:
+        x, y = _mean([get(r) for r in sq]), _mean([get(r) for r in pg])
+        ratio = f"{y / x:>9.2f}x" if x else f"{'-':>10}"
+        print(f"{name:<36}{x:>10.2f}{y:>11.2f}{ratio}")
+    print(
+        "kept up: SQLite "
+        + ", ".join(str(r["kept_up"]) for r in sq)
+        + "; PostgreSQL "
+        + ", ".join(str(r["kept_up"]) for r in pg)
+        + f"; false verdicts: SQLite {sum(r['false'] for r in sq)}, "
+        f"PostgreSQL {sum(r['false'] for r in pg)}"
+    )
+
+
 def main_parent(args: argparse.Namespace) -> None:
-    """Run the peer and the main plan, print both and the ratios."""
+    """Run the peer and the main plan on each backend, print each and the ratios."""
     started = time.monotonic()
     raise_fd_limit_to(65536)
     seconds = 60.0 * (1 if args.quick else args.minutes)
-    plan = Plan(
-        args.nodes, seconds, args.flap_share, args.target_procs, args.seed, args.scrape_every
-    )
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     command = "cd /work/main && .venv/bin/python bench/load_bench.py" + " ".join(
         ["", *sys.argv[1:]]
     )
@@ -916,22 +1129,48 @@ def main_parent(args: argparse.Namespace) -> None:
     def log(text: str) -> None:
         print(text, flush=True)
 
-    peer_summary = None
-    if args.peer_nodes:
-        peer = Plan(
-            args.peer_nodes,
-            30.0 if args.quick else 60.0,
-            args.flap_share,
-            1,
-            args.seed,
-            args.scrape_every,
-        )
-        log(f"peer: {peer.nodes} nodes for {WARMUP + peer.seconds:.0f}s")
-        peer_summary = summarize(run_pipeline(peer, log))
-    log(f"\nmain: {plan.nodes} nodes for {WARMUP + plan.seconds:.0f}s")
-    main_summary = summarize(run_pipeline(plan, log))
+    with contextlib.ExitStack() as stack:
+        address = None
+        if "postgres" in backends:
+            from tests.postgres_server import postgres_for_session
+
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="load-bench-pg-")))
+            address = stack.enter_context(postgres_for_session(work))
+            log(f"PostgreSQL 15 on 127.0.0.1:{address.port} (tests/postgres_server.py, fsync=off)")
+        peer_summary = None
+        if args.peer_nodes:
+            # The peer runs once, on the first backend: it measures how the daemon scales.
+            peer = Plan(
+                args.peer_nodes,
+                30.0 if args.quick else 60.0,
+                args.flap_share,
+                1,
+                args.seed,
+                args.scrape_every,
+                backends[0],
+            )
+            log(f"peer: {peer.nodes} nodes for {WARMUP + peer.seconds:.0f}s on {peer.backend}")
+            peer_summary = summarize(run_pipeline(peer, log, address))
+        summaries: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
+        order = list(backends)
+        if args.abba and len(backends) == 2:
+            order = [backends[0], backends[1], backends[1], backends[0]]
+        for backend in order:
+            plan = Plan(
+                args.nodes,
+                seconds,
+                args.flap_share,
+                args.target_procs,
+                args.seed,
+                args.scrape_every,
+                backend,
+            )
+            log(f"\nmain: {plan.nodes} nodes for {WARMUP + plan.seconds:.0f}s on {backend}")
+            summaries[backend].append(summarize(run_pipeline(plan, log, address)))
     if peer_summary is not None:
-        print_ratios(main_summary, peer_summary)
+        print_ratios(summaries[backends[0]][0], peer_summary)
+    if len(summaries) == 2:
+        print_backend_ratios(summaries["sqlite"], summaries["postgres"])
     print(f"\ncommand: {command}\ntotal time: {time.monotonic() - started:.0f}s")
 
 
@@ -945,6 +1184,17 @@ def main() -> None:
     parser.add_argument("--flap-share", type=float, default=0.05)
     parser.add_argument("--target-procs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgres", "both"),
+        default="both",
+        help="state backend(s): the whole run once on each (default both)",
+    )
+    parser.add_argument(
+        "--abba",
+        action="store_true",
+        help="with both: run SQLite, PostgreSQL, PostgreSQL, SQLite (drift hits both alike)",
+    )
     parser.add_argument(
         "--scrape-every", type=float, default=15.0, help="GET /metrics this often (0: never)"
     )

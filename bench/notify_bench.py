@@ -2,6 +2,12 @@
 
 Run as ``.venv/bin/python bench/notify_bench.py`` (``--quick`` for fewer rounds and messages).
 
+``--backend sqlite|postgres|both`` (default both): the daemon's state and the outbox on SQLite
+files (as shipped, ``synchronous=FULL``) and/or on PostgreSQL 15 (``tests/postgres_server.py``,
+loopback TCP with a password, ``fsync=off``), side by side in one run. Latency: A B B A blocks of
+half the outages each, a fresh daemon and state per block. Throughput: the outbox on each backend
+is one more mode in the interleaved rounds; ``server CPU`` is PostgreSQL's processes.
+
 1. **Outage to customer notice** (contract clause VIII.6: "immediately"). The real daemon runs
    in this process (``nodevigil.app.daemon.Daemon``) with one node, an HTTP target this benchmark
    switches between 200 and 503, one site, one service and one customer whose contingency plan
@@ -17,7 +23,8 @@ Run as ``.venv/bin/python bench/notify_bench.py`` (``--quick`` for fewer rounds 
    Peer: a bare signed POST of the same body from this process (one aiohttp session, no outbox),
    timed from before signing to the receiver's arrival stamp, a few per round.
 2. **Outbox throughput**. K notifications enqueued in an ``SqliteIncidentStore`` (temp dir on disk,
-   ``synchronous=FULL``) and delivered by ``Dispatcher`` through the real ``WebhookTransport``;
+   ``synchronous=FULL``) or a ``PostgresIncidentStore`` (a fresh database, a pool as the
+   daemon's) and delivered by ``Dispatcher`` through the real ``WebhookTransport``;
    against ``WebhookTransport.send`` called directly and a bare signed aiohttp POST, both with
    the same concurrency (``notifications.concurrency``, 4). The receiver is the light 200-ok
    target of ``bench/common.py`` in its own process, so process CPU (``time.process_time``: every
@@ -44,7 +51,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +64,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import LOOPBACK, median, start_targets
+from bench.common import LOOPBACK, median, postgres_cpu, quantile, start_targets
 from failover.events import IncidentOpened, ServiceUnavailable
 from failover.incidents.model import OutboxRow, Outgoing
 from failover.notify.base import Message
@@ -66,10 +73,13 @@ from failover.notify.outbox import Dispatcher
 from failover.notify.webhook import WebhookTransport
 from nodevigil.app.daemon import Daemon
 from nodevigil.core.clock import SystemClock
-from nodevigil.core.config.schema import Notifications, WebhookNotifier
+from nodevigil.core.config.schema import Database, Notifications, WebhookNotifier
 from nodevigil.core.durations import parse_duration
 from nodevigil.core.events import Event, EventBus
+from nodevigil.state.postgres.incidents import PostgresIncidentStore
+from nodevigil.state.postgres.pool import open_pool
 from nodevigil.state.sqlite.incidents import SqliteIncidentStore
+from tests.postgres_server import PostgresAddress, postgres_for_session
 
 INTERVAL = "200ms"
 TIMEOUT = "100ms"
@@ -80,6 +90,9 @@ TOLERANCE = 300.0  # seconds a webhook-timestamp may be off (the spec's recommen
 PEER_PER_ROUND = 3
 ROUND_LIMIT = 30.0  # a round that takes longer than this is a failure, not a data point
 NOTIFIER = "acme-hook"
+# The state backends compared; PostgreSQL is tests/postgres_server.py's (fsync=off: commits are
+# not synced there, while SQLite as shipped syncs each one).
+BACKENDS = {"sqlite": "SQLite (sync=FULL)", "postgres": "PostgreSQL (fsync=off)"}
 
 
 # --- Standard Webhooks, written here from the spec (not the product's code) -------------------
@@ -244,8 +257,16 @@ class LogTally(logging.Handler):
 # --- 1. outage to customer notice -------------------------------------------------------------
 
 
-def write_config(folder: Path, *, target: str, hook: str, secret: str) -> Path:
-    """A complete daemon config: one node, one site, one service, one customer with a plan."""
+def write_config(
+    folder: Path,
+    *,
+    target: str,
+    hook: str,
+    secret: str,
+    database: dict[str, str] | None = None,
+) -> Path:
+    """A complete daemon config: one node, one site, one service, one customer with a plan;
+    state in SQLite files under the folder, or in PostgreSQL with ``database``."""
     (folder / "acme.whsec").write_text(secret + "\n")
     data: dict[str, Any] = {
         "timezone": "UTC",
@@ -278,6 +299,8 @@ def write_config(folder: Path, *, target: str, hook: str, secret: str) -> Path:
         },
         "incidents": {"reopen_window": "0s"},
     }
+    if database is not None:
+        data["database"] = database
     path = folder / "nodevigil.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -441,14 +464,27 @@ async def scrape_first_notice(port: int, session: aiohttp.ClientSession) -> tupl
 @dataclass
 class NoticeResult:
     rounds: list[NoticeRound]
-    warmup: NoticeRound
+    warmups: list[NoticeRound]  # one per daemon run (block)
     histogram: tuple[float, float]
     rejected: list[str]
     retries: float
 
+    def merge(self, other: NoticeResult) -> NoticeResult:
+        """Both blocks of one backend as one result."""
+        return NoticeResult(
+            self.rounds + other.rounds,
+            self.warmups + other.warmups,
+            (self.histogram[0] + other.histogram[0], self.histogram[1] + other.histogram[1]),
+            self.rejected + other.rejected,
+            self.retries + other.retries,
+        )
 
-async def measure_notice(rounds: int, seed: int) -> NoticeResult:
-    """Run the daemon, one warm-up outage and ``rounds`` measured ones; stop everything."""
+
+async def measure_notice(
+    rounds: int, seed: int, address: PostgresAddress | None = None
+) -> NoticeResult:
+    """Run the daemon, one warm-up outage and ``rounds`` measured ones; stop everything.
+    State in SQLite files, or in a fresh database on ``address`` (PostgreSQL)."""
     rng = random.Random(seed)
     secret = new_secret()
     key = secret_key(secret)
@@ -457,9 +493,19 @@ async def measure_notice(rounds: int, seed: int) -> NoticeResult:
     bus = BusWatch()
     await receiver.start()
     await target.start()
+    dbname = None
     try:
         with tempfile.TemporaryDirectory(prefix="notify-bench-") as folder:
-            path = write_config(Path(folder), target=target.url, hook=receiver.url, secret=secret)
+            database = None
+            if address is not None:
+                dbname = await asyncio.to_thread(address.create_database)
+                database = {
+                    "url": address.url(dbname),
+                    "password_file": str(address.password_file),
+                }
+            path = write_config(
+                Path(folder), target=target.url, hook=receiver.url, secret=secret, database=database
+            )
             daemon = Daemon(path)
             follower = asyncio.create_task(bus.follow(daemon), name="bus-watch")
             running = asyncio.create_task(daemon.run(), name="daemon")
@@ -503,28 +549,88 @@ async def measure_notice(rounds: int, seed: int) -> NoticeResult:
     finally:
         await target.close()
         await receiver.close()
-    return NoticeResult(done, warmup, histogram, receiver.rejected, retries or 0.0)
+        if address is not None and dbname is not None:
+            await asyncio.to_thread(address.drop_database, dbname)
+    return NoticeResult(done, [warmup], histogram, receiver.rejected, retries or 0.0)
+
+
+async def measure_notice_backends(
+    backends: list[str], rounds: int, seed: int, address: PostgresAddress | None
+) -> dict[str, NoticeResult]:
+    """Each backend's daemon in turn. With two, in A B B A blocks of half the rounds each (a
+    fresh daemon and database per block), so drift in the machine's load hits both alike."""
+    if len(backends) == 1:
+        blocks = [(backends[0], rounds)]
+    else:
+        first, second = (rounds + 1) // 2, rounds // 2
+        a, b = backends
+        blocks = [(a, first), (b, first), (b, second), (a, second)]
+    out: dict[str, NoticeResult] = {}
+    for n, (backend, count) in enumerate(blocks):
+        if count == 0:
+            continue
+        progress(f"{backend} block {n + 1}/{len(blocks)}")
+        got = await measure_notice(count, seed + n, address if backend == "postgres" else None)
+        out[backend] = out[backend].merge(got) if backend in out else got
+    progress("")
+    return out
 
 
 # --- 2. outbox throughput ---------------------------------------------------------------------
 
 
-class CountingStore(SqliteIncidentStore):
-    """The real store, counting the dispatcher's reads of the outbox."""
+class Counting:
+    """Mixed into the real store: counts the dispatcher's reads of the outbox."""
 
     reads = 0
 
     async def due(self, now: float, limit: int = 100) -> list[OutboxRow]:
         self.reads += 1
-        return await super().due(now, limit)
+        return await super().due(now, limit)  # type: ignore[misc, no-any-return]
 
     async def next_due_at(self) -> float | None:
         self.reads += 1
-        return await super().next_due_at()
+        return await super().next_due_at()  # type: ignore[misc, no-any-return]
 
     async def outbox_stats(self, now: float) -> tuple[int, int, float | None]:
         self.reads += 1
-        return await super().outbox_stats(now)
+        return await super().outbox_stats(now)  # type: ignore[misc, no-any-return]
+
+
+class CountingSqliteStore(Counting, SqliteIncidentStore):
+    """The SQLite store as the daemon opens it (its own file, synchronous=FULL)."""
+
+
+class CountingPostgresStore(Counting, PostgresIncidentStore):
+    """The PostgreSQL store over a pool as the daemon's (``database.pool_size``, 4)."""
+
+
+@contextlib.asynccontextmanager
+async def outbox_store(
+    backend: str, folder: Path, tag: str, address: PostgresAddress | None
+) -> AsyncIterator[CountingSqliteStore | CountingPostgresStore]:
+    """A fresh, open incident store: a new SQLite file, or a new PostgreSQL database."""
+    if backend == "sqlite":
+        sqlite = CountingSqliteStore(folder / f"{tag}.db")
+        await sqlite.open()
+        try:
+            yield sqlite
+        finally:
+            await sqlite.close()
+        return
+    assert address is not None
+    name = await asyncio.to_thread(address.create_database)
+    try:
+        settings = Database(url=address.url(name), password_file=address.password_file)
+        pool = await open_pool(settings, None)
+        try:
+            postgres = CountingPostgresStore(pool, owner="bench")
+            await postgres.open()
+            yield postgres
+        finally:
+            await pool.close()
+    finally:
+        await asyncio.to_thread(address.drop_database, name)
 
 
 def make_messages(k: int, tag: str) -> list[Message]:
@@ -577,6 +683,11 @@ class Throughput:
     delivered: int
     reads: int = 0
     enqueue_seconds: float = 0.0
+    server_cpu: float = 0.0  # PostgreSQL's processes, over the same window
+
+    @property
+    def server_per_1000(self) -> float:
+        return self.server_cpu / self.delivered * 1000
 
     @property
     def rate(self) -> float:
@@ -587,10 +698,24 @@ class Throughput:
         return self.cpu / self.delivered * 1000
 
 
-async def run_outbox(url: str, secret: str, k: int, folder: Path, tag: str) -> Throughput:
+async def run_outbox(
+    url: str,
+    secret: str,
+    k: int,
+    folder: Path,
+    tag: str,
+    *,
+    backend: str = "sqlite",
+    address: PostgresAddress | None = None,
+) -> Throughput:
     """Enqueue ``k`` in one commit, then time the dispatcher delivering all of them."""
-    store = CountingStore(folder / f"{tag}.db")
-    await store.open()
+    async with outbox_store(backend, folder, tag, address) as store:
+        return await _deliver_all(store, url, secret, k, tag)
+
+
+async def _deliver_all(
+    store: CountingSqliteStore | CountingPostgresStore, url: str, secret: str, k: int, tag: str
+) -> Throughput:
     transport = WebhookTransport(NOTIFIER, webhook_config(url), secret)
     registry = CollectorRegistry()
     try:
@@ -619,11 +744,14 @@ async def run_outbox(url: str, secret: str, k: int, folder: Path, tag: str) -> T
             on_delivered=on_delivered,
         )
         store.reads = 0
+        server = postgres_cpu() if isinstance(store, PostgresIncidentStore) else 0.0
         cpu, started = time.process_time(), time.perf_counter()
         task = asyncio.create_task(dispatcher.run(), name="dispatcher")
         try:
             await asyncio.wait_for(finished.wait(), 600)
             seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+            if isinstance(store, PostgresIncidentStore):
+                server = postgres_cpu() - server
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -633,10 +761,9 @@ async def run_outbox(url: str, secret: str, k: int, folder: Path, tag: str) -> T
         )
         if failed:
             raise RuntimeError(f"{failed:g} deliveries failed in an outbox round")
-        return Throughput(seconds, cpu, delivered, store.reads, enqueue_seconds)
+        return Throughput(seconds, cpu, delivered, store.reads, enqueue_seconds, server)
     finally:
         await transport.close()
-        await store.close()
 
 
 async def run_direct(
@@ -660,14 +787,18 @@ async def run_direct(
     return Throughput(time.perf_counter() - started, time.process_time() - cpu, delivered)
 
 
-async def measure_throughput(k: int, reps: int) -> dict[str, list[Throughput]]:
-    """Interleaved rounds of outbox / transport / bare POST; the receiver in its own process."""
+async def measure_throughput(
+    k: int, reps: int, backends: list[str], address: PostgresAddress | None
+) -> dict[str, list[Throughput]]:
+    """Interleaved rounds of the outbox on each backend / transport / bare POST; the receiver
+    in its own process."""
     secret = new_secret()
     key = secret_key(secret)
     concurrency = Notifications().concurrency
     child = start_targets(1)
     url = f"http://{LOOPBACK}:{child.hello['ports'][0]}/hook"
-    results: dict[str, list[Throughput]] = {"outbox": [], "transport": [], "bare": []}
+    results: dict[str, list[Throughput]] = {f"outbox-{b}": [] for b in backends}
+    results.update({"transport": [], "bare": []})
     try:
         with tempfile.TemporaryDirectory(prefix="notify-bench-") as folder:
             async with aiohttp.ClientSession() as session:
@@ -687,8 +818,11 @@ async def measure_throughput(k: int, reps: int) -> dict[str, list[Throughput]]:
 
                 async def one(mode: str, size: int) -> Throughput:
                     tag = f"{mode}{next(counter)}"
-                    if mode == "outbox":
-                        return await run_outbox(url, secret, size, Path(folder), tag)
+                    if mode.startswith("outbox-"):
+                        backend = mode.removeprefix("outbox-")
+                        return await run_outbox(
+                            url, secret, size, Path(folder), tag, backend=backend, address=address
+                        )
                     send = via_transport if mode == "transport" else bare
                     return await run_direct(size, concurrency, tag, send)
 
@@ -696,7 +830,7 @@ async def measure_throughput(k: int, reps: int) -> dict[str, list[Throughput]]:
                 for mode in modes:  # warm-up: connections, imports, the page cache
                     await one(mode, min(k, 200))
                 for rep in range(reps):
-                    order = modes[rep % 3 :] + modes[: rep % 3]
+                    order = modes[rep % len(modes) :] + modes[: rep % len(modes)]
                     for mode in order:
                         results[mode].append(await one(mode, k))
                     progress(f"throughput round {rep + 1}/{reps}")
@@ -715,89 +849,129 @@ def ms(value: float) -> str:
     return f"{value * 1000:8.1f}"
 
 
-def report_notice(result: NoticeResult) -> None:
-    rounds = result.rounds
+def notice_rows(rounds: list[NoticeRound]) -> list[tuple[str, list[float]]]:
+    """The latency table's rows (seconds) for one backend's outages."""
     # Like for like: the daemon's notice goes out on a keep-alive connection idle since the
     # previous round, and so does each round's first bare POST; the others follow at once.
-    idle = [r.peer[0] for r in rounds]
-    warm = [p for r in rounds for p in r.peer[1:]]
-    rows: list[tuple[str, Sequence[float]]] = [
+    return [
         ("T0 -> customer webhook arrival", [r.total for r in rounds]),
         ("  detection: T0 -> incident started_at", [r.detection for r in rounds]),
         ("    probes: T0 -> node.down verdict", [r.verdict_at - r.t0 for r in rounds]),
         ("    controller: verdict -> decision", [r.started_at - r.verdict_at for r in rounds]),
         ("  notification: started_at -> arrival", [r.notification for r in rounds]),
         ("    controller: decision -> event", [r.published_at - r.started_at for r in rounds]),
-        ("    incident + outbox commit (FULL)", [r.committed_at - r.published_at for r in rounds]),
+        ("    incident + outbox commit", [r.committed_at - r.published_at for r in rounds]),
         ("    dispatcher wake + signed POST", [r.arrival - r.committed_at for r in rounds]),
-        ("peer: bare signed POST, 1st of round", idle),
-        (f"peer: bare signed POST, next {PEER_PER_ROUND - 1} (warm)", warm),
+        ("peer: bare signed POST, 1st of round", [r.peer[0] for r in rounds]),
+        (
+            f"peer: bare signed POST, next {PEER_PER_ROUND - 1} (warm)",
+            [p for r in rounds for p in r.peer[1:]],
+        ),
     ]
+
+
+def report_notice(results: dict[str, NoticeResult]) -> None:
+    backends = list(results)
+    both = len(backends) == 2
+    counts = {b: len(results[b].rounds) for b in backends}
+    warmups = {b: len(results[b].warmups) for b in backends}
     bound = parse_duration(INTERVAL) * FALL
     print(
-        f"\n1. outage -> customer notice: real daemon in-process, {len(rounds)} outages "
-        f"(+1 warm-up), probe interval {INTERVAL} timeout {TIMEOUT} fall {FALL} rise {RISE} "
+        "\n1. outage -> customer notice: real daemon in-process, "
+        + ", ".join(f"{BACKENDS[b]} {counts[b]} outages (+{warmups[b]} warm-up)" for b in backends)
+        + (" in A B B A blocks" if both else "")
+        + f"; probe interval {INTERVAL} timeout {TIMEOUT} fall {FALL} rise {RISE} "
         f"(detection bound interval x fall = {bound * 1000:.0f} ms + a cycle), controller "
         f"cycle {CYCLE}, reopen_window 0s (every outage a new incident)"
     )
-    print(f"{'':44} {'median ms':>9} {'max ms':>8}")
-    for label, values in rows:
-        print(f"{label:44} {ms(median(values)):>9} {ms(max(values)):>8}")
-    notification = median([r.notification for r in rounds])
-    dispatch = median([r.arrival - r.committed_at for r in rounds])
-    print(f"ratio notification / bare POST 1st (medians) {notification / median(idle):9.1f}x")
-    print(f"ratio dispatch+POST / bare POST 1st          {dispatch / median(idle):9.1f}x")
-    count, total = result.histogram
-    everything = [result.warmup, *rounds]
-    ours = sum(r.notification for r in everything) / len(everything)
-    print(
-        f"daemon histogram nodevigil_incident_first_notice_seconds: count {count:g}, "
-        f"sum {total:.3f}s, mean {total / count * 1000:.1f} ms "
-        f"(bench, same {len(everything)} outages: mean started_at -> arrival {ours * 1000:.1f} ms)"
-    )
-    if result.rejected or result.retries:
-        print(f"  receiver rejected {len(result.rejected)}, daemon retried {result.retries:g}")
+    head = f"{'':42}" + "".join(f"{BACKENDS[b]:>27}" for b in backends)
+    print(head + (f"{'PG/SQLite':>11}" if both else ""))
+    print(f"{'ms':42}" + f"{'median':>11}{'p90':>8}{'max':>8}" * len(backends))
+    tables = {b: notice_rows(results[b].rounds) for b in backends}
+    for i, (label, _) in enumerate(tables[backends[0]]):
+        line = f"{label:42}"
+        for b in backends:
+            values = tables[b][i][1]
+            line += f"{ms(median(values)):>11}{ms(quantile(values, 0.9)):>8}{ms(max(values)):>8}"
+        if both:
+            a, p = (median(tables[b][i][1]) for b in backends)
+            line += f"{p / a:>10.2f}x" if a > 0 else f"{'-':>11}"
+        print(line)
+    for b in backends:
+        rounds = results[b].rounds
+        idle = median([r.peer[0] for r in rounds])
+        notification = median([r.notification for r in rounds])
+        dispatch = median([r.arrival - r.committed_at for r in rounds])
+        print(
+            f"{BACKENDS[b]}: ratio notification / bare POST 1st (medians) "
+            f"{notification / idle:.1f}x, dispatch+POST / bare POST 1st {dispatch / idle:.1f}x"
+        )
+    for b in backends:
+        result = results[b]
+        count, total = result.histogram
+        everything = [*result.warmups, *result.rounds]
+        ours = sum(r.notification for r in everything) / len(everything)
+        print(
+            f"{BACKENDS[b]}: daemon histogram nodevigil_incident_first_notice_seconds: count "
+            f"{count:g}, sum {total:.3f}s, mean {total / count * 1000:.1f} ms (bench, same "
+            f"{len(everything)} outages: mean started_at -> arrival {ours * 1000:.1f} ms)"
+        )
+        if result.rejected or result.retries:
+            print(f"  receiver rejected {len(result.rejected)}, daemon retried {result.retries:g}")
 
 
 def report_throughput(results: dict[str, list[Throughput]], k: int) -> None:
-    reps = len(results["outbox"])
+    reps = len(results["bare"])
     concurrency = Notifications().concurrency
     print(
         f"\n2. outbox throughput: K={k} signed webhooks, concurrency {concurrency}, "
         f"{reps} interleaved rounds; receiver: bench/common.py target (own process)"
     )
-    print(f"{'':44} {'deliv/s':>9} {'CPU-s/1000':>10} {'wall s':>7}")
-    labels = {
-        "outbox": "outbox: Dispatcher + WebhookTransport",
-        "transport": "WebhookTransport.send, no outbox",
-        "bare": "peer: bare signed aiohttp POST",
-    }
+    print(f"{'':44} {'deliv/s':>9} {'CPU-s/1000':>10} {'server CPU-s/1000':>18} {'wall s':>7}")
+    labels = {f"outbox-{b}": f"outbox {BACKENDS[b]}" for b in BACKENDS if f"outbox-{b}" in results}
+    labels.update(
+        {"transport": "WebhookTransport.send, no outbox", "bare": "peer: bare signed aiohttp POST"}
+    )
     med: dict[str, tuple[float, float]] = {}
     for mode, label in labels.items():
         rate = median([r.rate for r in results[mode]])
         cpu = median([r.cpu_per_1000 for r in results[mode]])
+        server = median([r.server_per_1000 for r in results[mode]])
         wall = median([r.seconds for r in results[mode]])
         med[mode] = (rate, cpu)
-        print(f"{label:44} {rate:9.0f} {cpu:10.3f} {wall:7.2f}")
-    (o_rate, o_cpu), (b_rate, b_cpu) = med["outbox"], med["bare"]
-    print(
-        f"ratio outbox / bare POST: throughput {o_rate / b_rate:.2f}x, "
-        f"CPU per notice {o_cpu / b_cpu:.2f}x"
-    )
-    outbox = results["outbox"]
-    reads = median([r.reads / r.delivered for r in outbox])
-    enqueue = median([r.enqueue_seconds for r in outbox])
-    print(
-        f"outbox reads by the dispatcher (due/next_due_at/stats) per delivery: {reads:.2f}; "
-        f"enqueue of K in one FULL commit: {enqueue * 1000:.0f} ms"
-    )
+        print(f"{label:44} {rate:9.0f} {cpu:10.3f} {server:18.3f} {wall:7.2f}")
+    b_rate, b_cpu = med["bare"]
+    for b, name in BACKENDS.items():
+        mode = f"outbox-{b}"
+        if mode not in results:
+            continue
+        o_rate, o_cpu = med[mode]
+        outbox = results[mode]
+        reads = median([r.reads / r.delivered for r in outbox])
+        enqueue = median([r.enqueue_seconds for r in outbox])
+        print(
+            f"{name}: ratio outbox / bare POST: throughput {o_rate / b_rate:.2f}x, "
+            f"CPU per notice {o_cpu / b_cpu:.2f}x; dispatcher reads (due/next_due_at/stats) "
+            f"per delivery {reads:.2f}; enqueue of K in one commit {enqueue * 1000:.0f} ms"
+        )
+    if "outbox-sqlite" in results and "outbox-postgres" in results:
+        s_rate, s_cpu = med["outbox-sqlite"]
+        p_rate, p_cpu = med["outbox-postgres"]
+        p_server = median([r.server_per_1000 for r in results["outbox-postgres"]])
+        print(
+            f"ratio outbox PostgreSQL / SQLite (medians): throughput {p_rate / s_rate:.2f}x, "
+            f"client CPU per notice {p_cpu / s_cpu:.2f}x, client+server CPU per notice "
+            f"{(p_cpu + p_server) / s_cpu:.2f}x"
+        )
 
 
-async def main_async(args: argparse.Namespace) -> None:
+async def main_async(args: argparse.Namespace, address: PostgresAddress | None) -> None:
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     if args.part in ("all", "latency"):
-        report_notice(await measure_notice(args.rounds, args.seed))
+        report_notice(await measure_notice_backends(backends, args.rounds, args.seed, address))
     if args.part in ("all", "throughput"):
-        report_throughput(await measure_throughput(args.messages, args.reps), args.messages)
+        results = await measure_throughput(args.messages, args.reps, backends, address)
+        report_throughput(results, args.messages)
 
 
 def main() -> None:
@@ -807,6 +981,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, help="K per throughput round (2000, quick 500)")
     parser.add_argument("--reps", type=int, help="throughput rounds per mode (5, quick 3)")
     parser.add_argument("--part", choices=("all", "latency", "throughput"), default="all")
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgres", "both"),
+        default="both",
+        help="state backend(s) of the daemon and the outbox (default both, side by side)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     args.rounds = args.rounds or (5 if args.quick else 15)
@@ -817,11 +997,18 @@ def main() -> None:
     if not sys.warnoptions:  # a leaked session or socket says so on stderr (-W error: fails)
         warnings.simplefilter("default")
     print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}")
-    asyncio.run(main_async(args))
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        address = None
+        if args.backend != "sqlite":
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="notify-pg-")))
+            address = stack.enter_context(postgres_for_session(work))
+        asyncio.run(main_async(args, address))
     if tally.counts:
         print("\nlog records at WARNING+ (expected: one per incident opened):")
         for (level, msg), n in tally.counts.most_common(6):
             print(f"  {n:4d} x {level} {msg}")
+    print(f"\n(total {time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 
 from failover.events import EVENT_KINDS as FAILOVER_KINDS
 from monitor.verdicts import EVENT_KINDS as MONITOR_KINDS
+from nodevigil.app.cluster_events import EVENT_KINDS as CLUSTER_KINDS
 from nodevigil.app.kinds import EVENT_KINDS
 from nodevigil.core.config import load_config
 from nodevigil.core.errors import ConfigError
@@ -28,11 +29,12 @@ PUBLISHED = {
     "incident.updated", "incident.cause", "incident.resolved", "maintenance.declared",
     "maintenance.cancelled", "notification.dead", "notification.disabled", "sla.unknown",
     "state.error", "state.recovered", "clock.stepped", "override.dropped",
+    "cluster.leader", "cluster.standby", "cluster.fenced",
 }  # fmt: skip
 
 
 def test_the_packages_kinds_are_the_published_kinds_once_each() -> None:
-    parts = [KERNEL_KINDS, MONITOR_KINDS, FAILOVER_KINDS, SLA_KINDS]
+    parts = [KERNEL_KINDS, MONITOR_KINDS, FAILOVER_KINDS, SLA_KINDS, CLUSTER_KINDS]
     assert EVENT_KINDS == PUBLISHED
     assert sum(len(p) for p in parts) == len(PUBLISHED)  # no kind declared twice
 

@@ -25,6 +25,7 @@ from failover.lb.errors import (
     LoadBalancerTimeout,
     LoadBalancerUnavailable,
 )
+from nodevigil.core.authority import Authority
 from nodevigil.core.config.schema import Config
 from nodevigil.core.errors import ConfigError
 
@@ -157,14 +158,22 @@ async def apply(
     global_lbs: Mapping[str, GlobalLoadBalancer],
     seconds: float,
     report: Report,
+    *,
+    authority: Authority | None = None,
 ) -> list[Applied]:
-    """Apply actions: one load balancer's in order, different load balancers concurrently."""
+    """Apply actions: one load balancer's in order, different load balancers concurrently.
+
+    With ``authority``, each command is sent only while it may act, checked immediately
+    before the command: an action not sent for want of it is left out of the results.
+    """
     by_lb: dict[str, list[Action]] = {}
     for action in actions:
         by_lb.setdefault(action.lb, []).append(action)
     results: list[Applied] = []
 
     async def one(action: Action) -> None:
+        if authority is not None and not authority.may_act():
+            return  # the lease ran out mid-cycle: the next leader repairs what is left
         if isinstance(action, SetServerState):
             key = f"set:{action.lb}:{action.backend}:{action.server}"
             target = f"{action.backend}/{action.server}"
@@ -207,6 +216,8 @@ async def release(
     local_lbs: Mapping[str, LocalLoadBalancer],
     seconds: float,
     report: Report,
+    *,
+    authority: Authority | None = None,
 ) -> tuple[list[Applied], list[Release]]:
     """Set each released server that is still out back to ready; return the results and the
     releases to retry next cycle (a read or a set failed)."""
@@ -244,13 +255,16 @@ async def release(
             # A server gone from HAProxy, or already in, has nothing of nodevigil's to undo.
             if (status := got.get(r.server)) is not None and status.admin is not ServerState.READY
         )
-        results = await apply(actions, local_lbs, {}, seconds, report)
+        results = await apply(actions, local_lbs, {}, seconds, report, authority=authority)
         failed = {
             a.action.server
             for a in results
             if a.error is not None and isinstance(a.action, SetServerState)
         }
-        retry += [r for r in group if r.server in failed]
+        # Failed, or not sent because this process stopped acting: retried next cycle.
+        sent = {a.action.server for a in results if isinstance(a.action, SetServerState)}
+        unsent = {a.server for a in actions} - sent
+        retry += [r for r in group if r.server in failed or r.server in unsent]
         applied += results
     return applied, retry
 

@@ -55,6 +55,7 @@ from failover.controller.store import ActionRecord, Store
 from failover.events import ControllerDecision, FailoverFailed, LbRecovered
 from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer
 from monitor.verdicts import NodeVerdictEvent, Verdict
+from nodevigil.core.authority import Authority, Sole
 from nodevigil.core.clock import Clock
 from nodevigil.core.config.schema import Config
 from nodevigil.core.errors import NodevigilError
@@ -64,6 +65,9 @@ from nodevigil.core.failpoints import failpoint
 log = logging.getLogger(__name__)
 
 PACE = 2.0  # rest this many times a cycle's duration before the next (see _loop)
+# In a cluster, how often every host re-reads the shared overrides: a drain written through a
+# standby's API is in the store, not in the leader's memory. A few rows: cheap.
+OVERRIDES_REFRESH = 2.0
 
 
 class Controller:
@@ -71,6 +75,10 @@ class Controller:
 
     Use ``async with Controller(...) as c:`` to run the loop; ``run_once()`` runs one cycle
     (tests). The caller owns the load-balancer adapters and the store and closes them.
+
+    ``authority`` says whether this process may act (``Sole`` on a single host). Without it the
+    controller is a warm standby: it reads back and decides every cycle, so it can take over
+    in one, but applies nothing, saves nothing to the shared store and logs what it would do.
     """
 
     def __init__(
@@ -86,6 +94,7 @@ class Controller:
         vantage: str | None = None,
         registry: CollectorRegistry | None = None,
         lb_timeout: float = 10.0,
+        authority: Authority | None = None,
     ) -> None:
         if lb_timeout <= 0:
             raise ValueError("lb_timeout must be positive")
@@ -100,6 +109,8 @@ class Controller:
         self.vantage = vantage or config.vantage
         self.metrics = ControllerMetrics(registry)
         self._lb_timeout = lb_timeout
+        self._authority: Authority = authority or Sole()
+        self._acting: bool | None = None  # whether the last cycle could act (None: no cycle)
         self._overrides = Overrides(
             store,
             emit=self._emit,
@@ -107,6 +118,8 @@ class Controller:
             vantage=lambda: self.vantage,
             store_failed=lambda what, exc: self._report("store", "store", "delete", what, exc),
         )
+        self._overrides_read: float | None = None  # monotonic time of the last re-read
+        self._overrides_stale = False  # the last re-read failed (logged once per streak)
         self._releases: list[Release] = []  # servers a reload let go of, still to put back
         self._book = Book()
         self._saved_book: Book | None = None
@@ -218,8 +231,11 @@ class Controller:
             for event in self._sub.drain():  # a burst of verdicts becomes one decision
                 self._note(event)
             config = self._config
-            await self._overrides.drop_orphaned(config, self._clock.wall())
-            await self._overrides.expire(self._clock.wall(), config.failover.drain_max)
+            acting = await self._take_authority()
+            await self._refresh_overrides()
+            if acting:  # a standby leaves the shared overrides to the leader
+                await self._overrides.drop_orphaned(config, self._clock.wall())
+                await self._overrides.expire(self._clock.wall(), config.failover.drain_max)
             observed, complete = await read_back(
                 config, self._local, self._global, self._lb_timeout, self._report
             )
@@ -233,23 +249,69 @@ class Controller:
             )
             decision = decide(config, state, now, wall)
             self._book = decision.book
-            # Saved before acting: after a crash between the two, a restart still knows why a
-            # node is out instead of putting it back in while its verdict is still unknown.
-            await self._save_book()
-            if decision.actions:
-                failpoint("controller.before_apply")
-            applied = await apply(
-                decision.actions, self._local, self._global, self._lb_timeout, self._report
-            )
-            if applied:
-                failpoint("controller.after_apply")
+            applied: list[Applied] = []
+            released: list[Applied] = []
+            if acting:
+                # Saved before acting: after a crash between the two, a restart still knows why
+                # a node is out instead of putting it back in while its verdict is unknown.
+                await self._save_book()
+                if decision.actions:
+                    failpoint("controller.before_apply")
+                # The authority is checked again right before each command (``apply``).
+                applied = await apply(
+                    decision.actions,
+                    self._local,
+                    self._global,
+                    self._lb_timeout,
+                    self._report,
+                    authority=self._authority,
+                )
+                if applied:
+                    failpoint("controller.after_apply")
+                released = await self._release_servers()
             self._observed = after_applied(observed, applied)
-            released = await self._release_servers(config)
             self._last = decision
             self._last_cycle_at = wall
-            await self._publish(decision, applied, released, state, wall)
-            self._update_metrics(decision, [*applied, *released], complete, wall, started)
+            await self._publish(decision, applied, released, state, wall, acting=acting)
+            reconciled = complete and acting and len(applied) == len(decision.actions)
+            self._update_metrics(decision, [*applied, *released], reconciled, wall, started)
             return decision
+
+    async def _take_authority(self) -> bool:
+        """Whether this cycle may act; on becoming the leader, reload the durable state the
+        previous leader kept (overrides, bookkeeping) before acting on it."""
+        acting = self._authority.may_act()
+        if acting and self._acting is False:
+            log.info("failover: acting from now on (epoch %s)", self._authority.epoch)
+            self._loaded = False
+            await self.start()
+        self._acting = acting
+        return acting
+
+    async def _refresh_overrides(self) -> None:
+        """In a cluster, re-read the overrides every ``OVERRIDES_REFRESH`` seconds so the
+        leader acts on a drain written through another host's API (a single host has them all
+        in memory already)."""
+        now = self._clock.monotonic()
+        if isinstance(self._authority, Sole) or (
+            self._overrides_read is not None and now - self._overrides_read < OVERRIDES_REFRESH
+        ):
+            return
+        self._overrides_read = now
+
+        async def read() -> Mapping[tuple[OverrideKind, str], Override]:
+            return (await self._store.load()).overrides
+
+        try:
+            await self._overrides.refresh(read)
+        except NodevigilError as exc:
+            if not self._overrides_stale:
+                log.warning("cannot re-read the overrides (using those in memory): %s", exc)
+            self._overrides_stale = True
+            return
+        if self._overrides_stale:
+            log.info("the overrides are read from the store again")
+        self._overrides_stale = False
 
     async def _publish(
         self,
@@ -258,6 +320,8 @@ class Controller:
         released: list[Applied],
         state: ControllerState,
         wall: float,
+        *,
+        acting: bool = True,
     ) -> None:
         records = []
         for result in [*applied, *released]:
@@ -276,6 +340,10 @@ class Controller:
         phrases = [decision.text] if decision.text else []
         phrases += [r.action.describe() for r in released]
         text = "; ".join(phrases)
+        if text and not acting:
+            text = f"standby: would {text}"
+        elif decision.actions and len(applied) < len(decision.actions):
+            text += f" [{len(decision.actions) - len(applied)} not sent: no longer the leader]"
         if text:
             failed = sum(1 for r in [*applied, *released] if r.error is not None)
             line = text + (f" [{failed} failed, retrying]" if failed else "")
@@ -459,15 +527,23 @@ class Controller:
         self._poke.set()
         return override
 
-    async def _release_servers(self, config: Config) -> list[Applied]:
-        """Put back the servers a reload let go of (see ``release.py``); retry failures."""
-        pending = still_released(self._releases, config)
+    async def _release_servers(self) -> list[Applied]:
+        """Put back the servers a reload let go of (see ``release.py``); retry failures.
+
+        Judged against the configuration in force now, not the one this cycle began with: a
+        reload during the cycle hands over servers the older configuration still named, and
+        those must not be forgotten (nor those a reload adds while the commands run).
+        """
+        pending = still_released(self._releases, self._config)
+        self._releases = []
         if not pending:
-            self._releases = []
             return []
-        applied, self._releases = await release(
-            pending, self._local, self._lb_timeout, self._report
+        applied, failed = await release(
+            pending, self._local, self._lb_timeout, self._report, authority=self._authority
         )
+        added = self._releases  # by a reload during the commands above
+        known = {r.key for r in added}
+        self._releases = [r for r in failed if r.key not in known] + added
         return applied
 
     # --- read-only views ---------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypedDict
 
 from failover.controller.release import orphaned
@@ -67,6 +67,14 @@ class Overrides:
     def load(self, stored: Mapping[tuple[OverrideKind, str], Override]) -> None:
         """Start from what the store held."""
         self._current = dict(stored)
+
+    async def refresh(
+        self, read: Callable[[], Awaitable[Mapping[tuple[OverrideKind, str], Override]]]
+    ) -> None:
+        """Replace what is in force with what ``read`` finds in the store (another host's API
+        may have written there). Read under the lock, so a change made meanwhile is not lost."""
+        async with self._lock:
+            self._current = dict(await read())
 
     def snapshot(self) -> dict[tuple[OverrideKind, str], Override]:
         """A copy of the overrides in force."""

@@ -7,6 +7,12 @@ and the notifications it causes are committed together before anything is sent; 
 incident's cause and a maintenance window with the change the SLA ledger must make for them
 (a pending ``LedgerChange``, which the application applies to the ledger: ``ledger_pending``
 tells it when one was written).
+
+Only a process that may act (``authority``: the holder of the leader lease, or ``Sole`` on one
+host) opens, resolves and repeats incidents and queues alerts; a standby drops the controller's
+events and, once it becomes the leader, reloads the open incidents from the shared store and
+reconciles within a second. Operators' writes (updates, causes, maintenance) go to the shared
+store from any process; the leader sends what they queue.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from failover.incidents.messages import Composer, human_duration
 from failover.incidents.model import Incident, IncidentState, Outgoing, Window, iso
 from failover.incidents.ports import IncidentStore, LedgerChange
 from failover.notify.metrics import NotifyMetrics
+from nodevigil.core.authority import Authority, Fenced, Sole, check
 from nodevigil.core.backlog import Backlog
 from nodevigil.core.clock import Clock, Timeline
 from nodevigil.core.config import Config
@@ -68,8 +75,11 @@ class IncidentManager:
         metrics: NotifyMetrics,
         outbox_changed: Callable[[], None],
         status_url: str | None = None,
+        authority: Authority | None = None,
     ) -> None:
         self._store = store
+        self._authority: Authority = authority or Sole()
+        self._acting: bool | None = None  # whether the last reconcile could act
         self._config = config
         self._bus = bus
         # The process's timeline already; with any other clock, the same timeline the outbox
@@ -139,6 +149,8 @@ class IncidentManager:
             await self._service_backlog.add(event)
 
     async def _service_event(self, event: Event) -> None:
+        if not self._authority.may_act():
+            return  # a standby: the leader opens it (and this process reconciles if it leads)
         match event:
             case ServiceUnavailable():
                 await self.service_down(event.subject, event.started_at)
@@ -150,6 +162,8 @@ class IncidentManager:
             await self._alert_backlog.add(event)
 
     async def _alert(self, event: Event) -> None:
+        if not self._authority.may_act():
+            return  # the leader queues the alert: one per event, not one per host
         outgoing = self._composer().alerts(event)
         if outgoing and await self._store.enqueue(outgoing):
             self._outbox_changed()
@@ -165,6 +179,8 @@ class IncidentManager:
                     await self.reconcile()
                     await self.repeat_due()
                     failing = False
+            except Fenced as exc:  # the lease ran out between the check and the write
+                log.info("incident upkeep: %s", exc)
             except NodevigilError as exc:
                 if not failing:  # once per streak, not once a second
                     failing = True
@@ -173,6 +189,8 @@ class IncidentManager:
 
     async def reconcile(self) -> None:
         """Open what the controller says is down, resolve what it says is back."""
+        if not await self._take_authority():
+            return
         wanted = self._unavailable()
         if wanted is None:
             return  # the controller has not judged yet: resolving now would end real outages
@@ -185,9 +203,23 @@ class IncidentManager:
                 note = None if service in configured else "the service is no longer configured"
                 await self.service_up(service, self._clock.wall(), note=note)
 
+    async def _take_authority(self) -> bool:
+        """Whether this process may act; on becoming the leader, the open incidents are
+        reloaded from the shared store first (the previous leader may have opened some)."""
+        acting = self._authority.may_act()
+        if acting and self._acting is False:
+            async with self._lock:
+                self._open = {i.service: i for i in await self._store.incidents(open_only=True)}
+                self._metrics.incidents_open.set(len(self._open))
+        self._acting = acting
+        return acting
+
     async def service_down(self, service: str, started_at: float) -> Incident:
-        """The whole service is unavailable: open (or reopen) its incident and tell customers."""
+        """The whole service is unavailable: open (or reopen) its incident and tell customers.
+
+        Raises ``Fenced`` when this process may not act."""
         async with self._lock:
+            check(self._authority, f"open an incident for {service}")
             current = self._open.get(service)
             if current is not None:
                 return current
@@ -234,8 +266,11 @@ class IncidentManager:
         return incident
 
     async def service_up(self, service: str, ended_at: float, *, note: str | None = None) -> None:
-        """The service is available again: resolve its incident and send the notices."""
+        """The service is available again: resolve its incident and send the notices.
+
+        Raises ``Fenced`` when this process may not act."""
         async with self._lock:
+            check(self._authority, f"resolve the incident of {service}")
             current = self._open.get(service)
             if current is None:
                 return
@@ -265,6 +300,8 @@ class IncidentManager:
 
     async def repeat_due(self) -> None:
         """Queue the repeats that plans ask for, for incidents still open."""
+        if not self._authority.may_act():
+            return
         now = self._clock.wall()
         composer = self._composer()
         outgoing: list[Outgoing] = []

@@ -194,6 +194,15 @@ class IncidentStore(Protocol):
         """
         ...
 
+    async def take_over_claims(self) -> int:
+        """Free every pending notification another owner holds; return how many.
+
+        Only for a new leader of a cluster: the previous leader lost the lease (and with it,
+        its fencing epoch) before this one took it, so what it claimed and did not mark
+        delivered is sent again now, with the same message id, instead of after its lease.
+        """
+        ...
+
     async def next_due_at(self) -> float | None:
         """When the next pending notification no other owner holds may be claimed."""
         ...

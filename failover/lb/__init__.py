@@ -14,6 +14,7 @@ from failover.lb.base import (
 )
 from failover.lb.errors import (
     LoadBalancerError,
+    LoadBalancerFenced,
     LoadBalancerInvalid,
     LoadBalancerLocalError,
     LoadBalancerNotFound,
@@ -22,6 +23,7 @@ from failover.lb.errors import (
     LoadBalancerUnavailable,
 )
 from failover.lb.retry import NO_RETRY, RetryPolicy, call_with_retries
+from nodevigil.core.authority import Authority
 from nodevigil.core.config.load import read_secret
 from nodevigil.core.config.schema import (
     HAProxyLB,
@@ -36,6 +38,7 @@ __all__ = [
     "NO_RETRY",
     "GlobalLoadBalancer",
     "LoadBalancerError",
+    "LoadBalancerFenced",
     "LoadBalancerInvalid",
     "LoadBalancerLocalError",
     "LoadBalancerNotFound",
@@ -54,7 +57,11 @@ __all__ = [
 
 
 def _haproxy(
-    name: str, cfg: LoadBalancer, base_dir: Path | None, retry: RetryPolicy | None
+    name: str,
+    cfg: LoadBalancer,
+    base_dir: Path | None,
+    retry: RetryPolicy | None,
+    authority: Authority | None = None,
 ) -> LocalLoadBalancer:
     from failover.lb.haproxy import HAProxyLoadBalancer
 
@@ -70,12 +77,21 @@ def _haproxy(
     else:
         raise ConfigError([f"load_balancers.{name}: give socket or address"])
     return HAProxyLoadBalancer(
-        name=name, socket_path=socket_path, address=address, timeout=cfg.timeout, retry=retry
+        name=name,
+        socket_path=socket_path,
+        address=address,
+        timeout=cfg.timeout,
+        retry=retry,
+        authority=authority,
     )
 
 
 def _local_recording(
-    name: str, cfg: LoadBalancer, base_dir: Path | None, retry: RetryPolicy | None
+    name: str,
+    cfg: LoadBalancer,
+    base_dir: Path | None,
+    retry: RetryPolicy | None,
+    authority: Authority | None = None,
 ) -> LocalLoadBalancer:
     from failover.lb.recording import RecordingLocalLoadBalancer
 
@@ -83,7 +99,11 @@ def _local_recording(
 
 
 def _rfc2136(
-    name: str, cfg: LoadBalancer, base_dir: Path | None, retry: RetryPolicy | None
+    name: str,
+    cfg: LoadBalancer,
+    base_dir: Path | None,
+    retry: RetryPolicy | None,
+    authority: Authority | None = None,
 ) -> GlobalLoadBalancer:
     from failover.lb.rfc2136 import Rfc2136LoadBalancer
 
@@ -106,13 +126,18 @@ def _rfc2136(
             tsig_secret=tsig_secret,
             tsig_algorithm=tsig_algorithm,
             retry=retry,
+            authority=authority,
         )
     except ValueError as exc:
         raise ConfigError([f"load_balancers.{name}: {exc}"]) from None
 
 
 def _powerdns(
-    name: str, cfg: LoadBalancer, base_dir: Path | None, retry: RetryPolicy | None
+    name: str,
+    cfg: LoadBalancer,
+    base_dir: Path | None,
+    retry: RetryPolicy | None,
+    authority: Authority | None = None,
 ) -> GlobalLoadBalancer:
     from failover.lb.powerdns import PowerDnsLoadBalancer
 
@@ -126,19 +151,29 @@ def _powerdns(
         timeout=cfg.timeout,
         api_key=read_secret(cfg.api_key, base_dir),
         retry=retry,
+        authority=authority,
     )
 
 
 def _global_recording(
-    name: str, cfg: LoadBalancer, base_dir: Path | None, retry: RetryPolicy | None
+    name: str,
+    cfg: LoadBalancer,
+    base_dir: Path | None,
+    retry: RetryPolicy | None,
+    authority: Authority | None = None,
 ) -> GlobalLoadBalancer:
     from failover.lb.recording import RecordingGlobalLoadBalancer
 
     return RecordingGlobalLoadBalancer(name)
 
 
-LocalFactory = Callable[[str, LoadBalancer, Path | None, RetryPolicy | None], LocalLoadBalancer]
-GlobalFactory = Callable[[str, LoadBalancer, Path | None, RetryPolicy | None], GlobalLoadBalancer]
+# (name, config entry, base directory, retry policy, authority): see build_local/build_global.
+LocalFactory = Callable[
+    [str, LoadBalancer, Path | None, RetryPolicy | None, Authority | None], LocalLoadBalancer
+]
+GlobalFactory = Callable[
+    [str, LoadBalancer, Path | None, RetryPolicy | None, Authority | None], GlobalLoadBalancer
+]
 LOCAL_REGISTRY: dict[str, LocalFactory] = {
     "haproxy": _haproxy,
     "recording": _local_recording,
@@ -151,24 +186,38 @@ GLOBAL_REGISTRY: dict[str, GlobalFactory] = {
 
 
 def build_local(
-    name: str, cfg: LoadBalancer, base_dir: Path | None = None, *, retry: RetryPolicy | None = None
+    name: str,
+    cfg: LoadBalancer,
+    base_dir: Path | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    authority: Authority | None = None,
 ) -> LocalLoadBalancer:
-    """Build the local load-balancer adapter for the config entry ``name``."""
+    """Build the local load-balancer adapter for the config entry ``name``.
+
+    With ``authority`` (a cluster's leader lease) its changes are fenced: see the adapters."""
     factory = LOCAL_REGISTRY.get(cfg.type)
     if factory is None:
         raise ConfigError(
             [f"load_balancers.{name}.type: {cfg.type!r} is not a local load balancer"]
         )
-    return factory(name, cfg, base_dir, retry)
+    return factory(name, cfg, base_dir, retry, authority)
 
 
 def build_global(
-    name: str, cfg: LoadBalancer, base_dir: Path | None = None, *, retry: RetryPolicy | None = None
+    name: str,
+    cfg: LoadBalancer,
+    base_dir: Path | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    authority: Authority | None = None,
 ) -> GlobalLoadBalancer:
-    """Build the global load-balancer adapter for the config entry ``name``."""
+    """Build the global load-balancer adapter for the config entry ``name``.
+
+    With ``authority`` (a cluster's leader lease) its changes are fenced: see the adapters."""
     factory = GLOBAL_REGISTRY.get(cfg.type)
     if factory is None:
         raise ConfigError(
             [f"load_balancers.{name}.type: {cfg.type!r} is not a global load balancer"]
         )
-    return factory(name, cfg, base_dir, retry)
+    return factory(name, cfg, base_dir, retry, authority)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nodevigil.core.authority import Authority, Fenced
 from nodevigil.core.errors import AdapterError
 from nodevigil.core.resources import explain, local_errno
 
@@ -36,6 +37,16 @@ class LoadBalancerRejected(LoadBalancerError):
         self.code = code
 
 
+class LoadBalancerFenced(LoadBalancerRejected, Fenced):
+    """A command not sent, or refused by the load balancer itself, because this process is no
+    longer the leader: a newer epoch holds the DNS fence, or the lease's time left does not
+    cover the command. Never retried: the next leader repairs what is left."""
+
+    def __init__(self, message: str, *, code: str = "fenced", epoch: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.epoch = epoch  # this process's epoch (None: it holds no lease)
+
+
 class LoadBalancerInvalid(LoadBalancerError, ValueError):
     """A call's argument cannot be sent at all (a name with spaces, an address that is not IP)."""
 
@@ -49,6 +60,25 @@ class LoadBalancerLocalError(LoadBalancerError):
     def __init__(self, message: str, *, errno_name: str) -> None:
         super().__init__(message)
         self.errno_name = errno_name
+
+
+def check_lease(authority: Authority | None, lb: str, what: str, *, needs: float) -> None:
+    """Raise LoadBalancerFenced unless ``authority`` may act for at least ``needs`` seconds
+    more: for a load balancer that cannot check an epoch itself, the command must be able to
+    finish (its timeout) before this leader's local deadline. Nothing to check without one."""
+    if authority is None:
+        return
+    if not authority.may_act():
+        raise LoadBalancerFenced(
+            f"{lb}: not sending {what}: this process does not hold the leader lease"
+        )
+    left = authority.remaining()
+    if left < needs:
+        raise LoadBalancerFenced(
+            f"{lb}: not sending {what}: {left:.2f}s left of the leader lease, less than the "
+            f"command's timeout {needs:g}s",
+            epoch=authority.epoch,
+        )
 
 
 def local_failure(

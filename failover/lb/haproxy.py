@@ -1,4 +1,12 @@
-"""HAProxy's runtime API (stats socket, ``level admin``) as a local load balancer."""
+"""HAProxy's runtime API (stats socket, ``level admin``) as a local load balancer.
+
+Fencing (a cluster: ``authority``). The runtime API cannot check an epoch, so a change is sent
+only while this leader's lease covers the command: before each attempt (retries included) it
+must still may act with at least ``timeout`` seconds left before its local deadline, else
+``LoadBalancerFenced`` and nothing is sent. Every change is idempotent (``set server ... state``
+to a target state), so a command that does land late repeats what a leader wanted, never
+undoes a newer one by itself. Reads are never fenced: standbys read back every cycle.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +22,11 @@ from failover.lb.errors import (
     LoadBalancerRejected,
     LoadBalancerTimeout,
     LoadBalancerUnavailable,
+    check_lease,
     local_failure,
 )
 from failover.lb.retry import RetryPolicy, call_with_retries
+from nodevigil.core.authority import Authority
 
 # HAProxy's CLI splits commands on ';' and words on spaces: names must not carry either.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -94,6 +104,7 @@ class HAProxyLoadBalancer:
         address: tuple[str, int] | None = None,
         timeout: float = 2.0,
         retry: RetryPolicy | None = None,
+        authority: Authority | None = None,
     ) -> None:
         if (socket_path is None) == (address is None):
             raise ValueError("give exactly one of socket_path and address")
@@ -104,6 +115,7 @@ class HAProxyLoadBalancer:
         self._address = address
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
+        self._authority = authority
 
     @property
     def name(self) -> str:
@@ -133,7 +145,14 @@ class HAProxyLoadBalancer:
         _check_name("backend", backend)
         _check_name("server", server)
         state = ServerState(state)
-        answer = await self.command(f"set server {backend}/{server} state {state.value}")
+        line = f"set server {backend}/{server} state {state.value}"
+
+        async def fenced_once() -> str:
+            # Immediately before each attempt: a retry must not outlive the lease either.
+            check_lease(self._authority, self._name, repr(line), needs=self._timeout)
+            return await self._command_once(line)
+
+        answer = await call_with_retries(fenced_once, self._retry)
         self._raise_for_answer(answer, backend, server)
         if answer.strip():
             # A successful 'set server' answers nothing; any text is a refusal.

@@ -1,4 +1,10 @@
-"""The PowerDNS Authoritative HTTP API as a global load balancer."""
+"""The PowerDNS Authoritative HTTP API as a global load balancer.
+
+Fencing (a cluster: ``authority``). The HTTP API has no prerequisites: a PATCH cannot be made
+conditional on a fence record, so PowerDNS cannot refuse a deposed leader itself. As for
+HAProxy, a change is sent only while this leader's lease covers the request's timeout (checked
+before each attempt); the remaining window is documented in docs/operations.md.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +21,11 @@ from failover.lb.errors import (
     LoadBalancerRejected,
     LoadBalancerTimeout,
     LoadBalancerUnavailable,
+    check_lease,
     local_failure,
 )
 from failover.lb.retry import RetryPolicy, call_with_retries
+from nodevigil.core.authority import Authority
 
 # The zone with its records; a big zone is a few MiB. An answer past this is not PowerDNS's.
 MAX_ANSWER = 64 * 2**20
@@ -41,6 +49,7 @@ class PowerDnsLoadBalancer:
         ttl: int = 30,
         timeout: float = 2.0,
         retry: RetryPolicy | None = None,
+        authority: Authority | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -54,6 +63,7 @@ class PowerDnsLoadBalancer:
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self._api_key = api_key
+        self._authority = authority
         zone_id = quote(self._zone.to_text(), safe=".")
         self._zone_url = (
             f"{url.rstrip('/')}/api/v1/servers/{quote(server_id, safe='')}/zones/{zone_id}"
@@ -87,9 +97,12 @@ class PowerDnsLoadBalancer:
         fqdn = record_name(record, self._zone).to_text()
         v4, v6 = split_addresses(addresses)
         rrsets = [self._rrset(fqdn, "A", v4), self._rrset(fqdn, "AAAA", v6)]
-        await call_with_retries(
-            lambda: self._request("PATCH", self._zone_url, body={"rrsets": rrsets}), self._retry
-        )
+
+        async def fenced_once() -> Any:
+            check_lease(self._authority, self._name, f"PATCH {fqdn}", needs=self._timeout)
+            return await self._request("PATCH", self._zone_url, body={"rrsets": rrsets})
+
+        await call_with_retries(fenced_once, self._retry)
 
     async def close(self) -> None:
         """Close the HTTP session."""

@@ -11,6 +11,10 @@ Due times and ages are compared on a timeline carried by the monotonic clock (``
 never on a raw wall clock: a step back cannot make a due notification wait (or a resolution
 cancel a first notice it delayed), and a step forward cannot fire an escalation early or make a
 fresh notification look older than ``max_age``.
+
+Only a process that may act (``authority``: the leader lease's holder, ``Sole`` on one host)
+claims and sends; the authority is checked again right before each send. A standby keeps its
+gauges and leaves the outbox to the leader.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from failover.incidents.model import OutboxRow
 from failover.incidents.ports import CLAIM_LEASE, IncidentStore
 from failover.notify.base import Delivery, Transport
 from failover.notify.metrics import NotifyMetrics
+from nodevigil.core.authority import Authority, Sole
 from nodevigil.core.clock import Clock, Timeline
 from nodevigil.core.config.schema import Notifications
 from nodevigil.core.errors import NodevigilError
@@ -66,8 +71,11 @@ class Dispatcher:
         vantage: Callable[[], str],
         on_delivered: Callable[[OutboxRow, float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
+        authority: Authority | None = None,
     ) -> None:
         self._store = store
+        self._authority: Authority = authority or Sole()
+        self._taken_over: int | None = None  # the epoch whose takeover of claims is done
         self._transports = dict(transports)
         self._settings = settings
         # The process's timeline already; this keeps the schedule sound with any clock given.
@@ -155,6 +163,17 @@ class Dispatcher:
 
     async def _pass(self) -> None:
         now = self._clock.wall()
+        if not self._authority.may_act():
+            await self._gauges(now)
+            return  # a standby: the leader dispatches
+        epoch = self._authority.epoch
+        if epoch is not None and epoch != self._taken_over:
+            # A new leader: what the previous one claimed and did not mark delivered is sent
+            # again now (same message id: receivers deduplicate), not after its claims expire.
+            freed = await self._store.take_over_claims()
+            self._taken_over = epoch
+            if freed:
+                log.warning("new leader (epoch %d): %d notifications taken over", epoch, freed)
         # Claimed rows are not read again while they are sent: a slow receiver costs nothing.
         for row in await self._store.claim_due(now, limit=MAX_IN_FLIGHT - len(self._in_flight)):
             if row.message.id in self._in_flight:
@@ -163,6 +182,9 @@ class Dispatcher:
             task = asyncio.create_task(self._deliver(row, now), name=f"notify-{row.message.id}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        await self._gauges(now)
+
+    async def _gauges(self, now: float) -> None:
         if time.monotonic() - self._gauges_at >= GAUGES_EVERY:
             self._gauges_at = time.monotonic()
             await self._update_gauges(now)
@@ -196,6 +218,9 @@ class Dispatcher:
         try:
             async with self._slot(message.notifier):
                 if not await self._still_claimed(row, claimed_at):
+                    return
+                if not self._authority.may_act():  # the lease ran out while this row waited
+                    await self._store.release_claims(message.id)
                     return
                 failpoint("outbox.before_send")
                 await self._attempt(row)

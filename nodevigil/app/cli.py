@@ -134,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = actions.add_parser("cancel", help="cancel a window that has not begun")
     cancel.add_argument("id", type=int)
     remote.append(cancel)
+    leader = sub.add_parser("leader", help="the cluster's leader: show it, or hand over")
+    actions = leader.add_subparsers(dest="action", required=True, metavar="ACTION")
+    remote.append(actions.add_parser("show", help="this host's role, the leader, the members"))
+    remote.append(
+        actions.add_parser(
+            "step-down",
+            help="the leader (the daemon at --url / -c) stops acting and revokes its lease; "
+            "another host takes over within about a second",
+        )
+    )
     from nodevigil.app.demo import options as demo_options
 
     demo = sub.add_parser(
@@ -191,7 +201,15 @@ def main(argv: list[str] | None = None, *, early: EarlySignals | None = None) ->
             from nodevigil.app import state_cli
 
             return state_cli.run(args)
-        if args.command in ("drain", "undrain", "cause", "exclude", "incident", "maintenance"):
+        if args.command in (
+            "drain",
+            "undrain",
+            "cause",
+            "exclude",
+            "incident",
+            "maintenance",
+            "leader",
+        ):
             from nodevigil.app.remote import call_api
 
             return asyncio.run(call_api(args))

@@ -35,12 +35,20 @@ from monitor.heartbeat import HeartbeatBoard, HeartbeatListener
 from monitor.metrics import AgentCollector, MonitorMetrics
 from monitor.monitor import Monitor
 from nodevigil.app import systemd
-from nodevigil.app.api import failover_routes, incident_routes, sla_routes, status_page
+from nodevigil.app.api import (
+    cluster_routes,
+    failover_routes,
+    incident_routes,
+    sla_routes,
+    status_page,
+)
 from nodevigil.app.api.app import ApiContext, api_runner, build_app
 from nodevigil.app.api.auth import TokenBook
 from nodevigil.app.api.status_snapshot import StatusSnapshot
 from nodevigil.app.gctuning import freeze_after_first_rounds, freeze_long_lived
 from nodevigil.app.kinds import EVENT_KINDS
+from nodevigil.app.leader_marks import LeaderMarker
+from nodevigil.app.leadership import LeaderLease, Leadership, SoleLeadership
 from nodevigil.app.metrics import DaemonMetrics
 from nodevigil.app.sla_bridge import SlaBridge, utc
 from nodevigil.app.upkeep import Upkeep
@@ -51,7 +59,7 @@ from nodevigil.core.errors import ConfigError, StartError, StateError
 from nodevigil.core.events import EventBus
 from nodevigil.core.resources import raise_descriptor_limit
 from nodevigil.core.signals import EarlySignals
-from nodevigil.state.backend import PostgresBackend, backend_for
+from nodevigil.state.backend import Backend, PostgresBackend, backend_for
 from nodevigil.state.lock import StateLock
 from nodevigil.state.postgres.watch import DatabaseWatch, database_up_gauge
 from nodevigil.state.statedir import StateDirWatch
@@ -166,6 +174,7 @@ class Daemon:
         # Secrets too: an unreadable one is a ConfigError naming its key, before anything acts.
         listener = self._heartbeat_listener(config)
         transports = self._build_transports(config)
+        etcd_password = self._etcd_password(config)
         # SQLite files in state_dir, or PostgreSQL (database:): opened before anything acts.
         state = backend_for(config, self.base_dir)
         await state.open()
@@ -177,6 +186,12 @@ class Daemon:
         self.bus.add_sink(events.append)
         self.registry.register(AgentCollector(self.board))
         self.metrics.config_reloads.set(self.clock.wall())
+        # Who may act: the holder of the leader lease in etcd (cluster:), else this process.
+        # Campaigning starts before anything that acts, which all ask it before each action.
+        self.leadership = await self._leadership(config, etcd_password, stack)
+        # Fencing: the stores and the DNS adapters check the lease's epoch (docs/operations.md,
+        # "Fencing"); on one host the epoch is None and nothing changes.
+        state.fence(self.leadership)
         local_lbs, global_lbs = await stack.enter_async_context(self._adapters(config))
         store = state.controller_store()
         stack.push_async_callback(store.close)
@@ -199,6 +214,7 @@ class Daemon:
                 global_lbs=global_lbs,
                 store=store,
                 registry=self.registry,
+                authority=self.leadership,
             )
         )
         if self._tune_gc:
@@ -212,6 +228,7 @@ class Daemon:
             clock=self.clock,
             # Ready once the controller has read the load balancers back and reconciled once.
             readiness=[lambda: self.controller.last_cycle_at is not None],
+            cluster=self.leadership.view if config.cluster is not None else None,
         )
         incident_store = state.incident_store()
         await incident_store.open()
@@ -227,6 +244,7 @@ class Daemon:
             bus=self.bus,
             vantage=lambda: self.config.vantage,
             on_delivered=self._first_notice,
+            authority=self.leadership,
         )
         stack.push_async_callback(lambda: self._close_transports(self.dispatcher.transports))
         self.notify_metrics = notify_metrics
@@ -238,6 +256,7 @@ class Daemon:
             unavailable=self._unavailable_services,
             metrics=notify_metrics,
             outbox_changed=self.dispatcher.wake,
+            authority=self.leadership,
         )
         await self.incidents.start()
         ledger = await Ledger.open(
@@ -258,8 +277,11 @@ class Daemon:
             registry=self.registry,
             incidents=self.incidents,
             transient=state.transient_errors,
+            authority=self.leadership,
+            in_cluster=config.cluster is not None,
         )
         await bridge.record_downtime()  # before the first mark replaces the last one
+        leader_marks = self._leader_marks(config, state, bridge)
         state_watch = StateDirWatch(
             config.state_dir,
             bus=self.bus,
@@ -285,8 +307,10 @@ class Daemon:
                 *sla_routes.routes(),
                 *incident_routes.routes(),
                 *status_page.routes(),
+                *cluster_routes.routes(),
             ],
         )
+        app[cluster_routes.LEADERSHIP] = self.leadership
         app[failover_routes.CONTROLLER] = self.controller
         app[sla_routes.LEDGER] = ledger
         app[incident_routes.INCIDENTS] = self.incidents
@@ -320,6 +344,8 @@ class Daemon:
                     tg.create_task(database_watch.run(), name="database")
                 tg.create_task(upkeep.run(), name="upkeep")
                 tg.create_task(bridge.run(), name="sla-ledger")
+                if leader_marks is not None:
+                    tg.create_task(leader_marks.run(), name="leader-marks")
                 tg.create_task(self.dispatcher.run(), name="outbox")
                 tg.create_task(self.incidents.run(), name="incidents")
                 if listener is not None:
@@ -338,6 +364,8 @@ class Daemon:
                 if self.on_started is not None:
                     self.on_started()
                 await self._stop.wait()
+                # A planned stop (SIGTERM) of the leader hands over at once, not after a TTL.
+                await self.leadership.step_down()
                 raise _Stop
         except* _Stop:
             pass
@@ -367,11 +395,23 @@ class Daemon:
         local_names = {s.local_lb for s in config.sites if s.local_lb}
         global_names = {s.global_lb for s in config.services if s.global_lb}
         local = {
-            n: build_local(n, config.load_balancers[n], self.base_dir, retry=LB_RETRY)
+            n: build_local(
+                n,
+                config.load_balancers[n],
+                self.base_dir,
+                retry=LB_RETRY,
+                authority=self.leadership,
+            )
             for n in sorted(local_names)
         }
         global_ = {
-            n: build_global(n, config.load_balancers[n], self.base_dir, retry=LB_RETRY)
+            n: build_global(
+                n,
+                config.load_balancers[n],
+                self.base_dir,
+                retry=LB_RETRY,
+                authority=self.leadership,
+            )
             for n in sorted(global_names)
         }
         for site in config.sites:
@@ -408,6 +448,78 @@ class Daemon:
         if cycle is None:
             return True  # still starting: TimeoutStartSec covers a start that never ends
         return now - self._last_progress < max(5 * self.config.failover.cycle, 10.0)
+
+    def _leader_marks(
+        self, config: Config, state: Backend, bridge: SlaBridge
+    ) -> LeaderMarker | None:
+        """In a cluster, the leader's marks in the shared database: a new leader books the time
+        without one as ``unknown`` (docs/sla.md). None on a single host (the alive file)."""
+        if config.cluster is None or not isinstance(state, PostgresBackend):
+            return None
+        from nodevigil.state.postgres.leader_marks import PostgresLeaderMarks
+
+        marker = LeaderMarker(
+            PostgresLeaderMarks(state.pool),
+            authority=self.leadership,
+            me=config.vantage,
+            clock=self.clock,
+            takeover=bridge.record_takeover,
+            bus=self.bus,
+            transient=state.transient_errors,
+        )
+        if isinstance(self.leadership, LeaderLease):
+            self.leadership.on_step_down(marker.stepping_down)  # the last mark, a clean one
+        return marker
+
+    async def _leadership(
+        self, config: Config, password: str | None, stack: contextlib.AsyncExitStack
+    ) -> Leadership:
+        """``SoleLeadership`` without ``cluster:``; else the leader lease, campaigning."""
+        cluster = config.cluster
+        if cluster is None:
+            return SoleLeadership(config.vantage)
+        from nodevigil.state.etcd.client import EtcdClient
+
+        etcd = cluster.etcd
+        tls = None
+        if etcd.tls is not None:
+            cert, key = (
+                None if p is None else str(self.base_dir / p)
+                for p in (etcd.tls.cert_file, etcd.tls.key_file)
+            )
+            if etcd.tls.ca_file is None:  # the client trusts only the CA it is given
+                raise ConfigError(["cluster.etcd.tls.ca_file: required with tls"])
+            tls = (str(self.base_dir / etcd.tls.ca_file), cert, key)
+        try:
+            client = EtcdClient(
+                etcd.endpoints,
+                prefix=etcd.prefix,
+                timeout=etcd.timeout,
+                tls=tls,
+                username=etcd.username,
+                password=password,
+            )
+        except ValueError as exc:
+            raise ConfigError([f"cluster.etcd: {exc}"]) from None
+        await stack.enter_async_context(client)
+        lease = LeaderLease(
+            client,
+            me=config.vantage,
+            ttl=cluster.lease_ttl,
+            renew_every=cluster.renew_every or cluster.lease_ttl / 3,
+            timeout=etcd.timeout,
+            clock=self.clock,
+            bus=self.bus,
+            registry=self.registry,
+        )
+        return await stack.enter_async_context(lease)
+
+    def _etcd_password(self, config: Config) -> str | None:
+        """The etcd password (cluster.etcd.password_file), read before anything acts."""
+        etcd = None if config.cluster is None else config.cluster.etcd
+        if etcd is None or etcd.password_file is None:
+            return None
+        return self._secret(SecretRef(secret_file=etcd.password_file), "cluster.etcd.password_file")
 
     def _heartbeat_listener(self, config: Config) -> HeartbeatListener | None:
         """The MQTT listener with its secrets read, or None without an ``mqtt`` section."""

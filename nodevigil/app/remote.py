@@ -1,5 +1,5 @@
 """CLI commands that act through the running daemon's API: drain, undrain, cause, exclude,
-incident and maintenance."""
+incident, maintenance and leader."""
 
 from __future__ import annotations
 
@@ -47,6 +47,10 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
         return "POST", "/api/v1/sla/exclusions", {**body, "services": args.service}
     if args.command == "incident":
         return _incident_request(args)
+    if args.command == "leader":
+        if args.action == "show":
+            return "GET", "/api/v1/cluster", None
+        return "POST", "/api/v1/cluster/step-down", None
     if args.command == "maintenance":
         if args.action == "list":
             return "GET", "/api/v1/maintenance", None

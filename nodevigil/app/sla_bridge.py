@@ -10,6 +10,15 @@ store writes them as pending ledger changes in the same transaction as the incid
 and ``apply_ledger_changes`` applies them here, at start, when woken and on every upkeep pass
 until the ledger takes them. The ledger records each change's stable id with the change, so one
 applied again (a crash before it was marked applied) changes nothing.
+
+Only a process that may act (``authority``: the leader lease's holder, ``Sole`` on one host)
+writes the ledger; a standby drops the controller's events and leaves the shared ledger to the
+leader, whose reconcile pass repairs anything an event carried during a hand-over.
+
+In a cluster, ``unknown`` time is time when no leader held the lease, not one host's downtime:
+the host's own ``alive`` mark books nothing, and a new leader books the gap since the previous
+leader's last mark (``record_takeover``, called by ``nodevigil.app.leader_marks``) by the same
+rules, with ``CLEAN_HANDOVER`` for a planned hand-over.
 """
 
 from __future__ import annotations
@@ -27,11 +36,13 @@ from prometheus_client.registry import Collector
 
 from failover.events import ServiceAvailable, ServiceUnavailable
 from failover.incidents.ports import LedgerChange
+from nodevigil.core.authority import Authority, Sole, check
 from nodevigil.core.backlog import Backlog
 from nodevigil.core.clock import Clock
 from nodevigil.core.errors import StateError
 from nodevigil.core.events import Event, EventBus
 from nodevigil.core.failpoints import failpoint
+from nodevigil.core.leader_marks import LeaderMark
 from nodevigil.state.sqlite.worker import DATABASE_ERRORS
 from nodevigil.state.statedir import AliveMark, boot_id, read_alive
 from sla.errors import SlaError
@@ -47,6 +58,9 @@ log = logging.getLogger(__name__)
 # longer than this was nodevigil not running (a quick planned restart is not worth a review).
 # After a crash every gap counts: a crash loop must not hide an outage in gaps under this.
 UNKNOWN_AFTER = 5.0
+# A planned hand-over (the leader's last mark is clean) is booked only past this: the next
+# leader acts within about a second. An unclean loss of the leader is booked however short.
+CLEAN_HANDOVER = 2.0
 UPKEEP_EVERY = 5.0  # maintenance exclusions, reconcile, settlement, the minutes gauge
 FIRST_RECONCILE_EVERY = 0.5  # until the controller has judged once (a crash loop is short)
 
@@ -54,6 +68,19 @@ FIRST_RECONCILE_EVERY = 0.5  # until the controller has judged once (a crash loo
 def utc(seconds: float) -> datetime:
     """Wall-clock seconds as an aware UTC datetime."""
     return datetime.fromtimestamp(seconds, UTC)
+
+
+def leaderless(previous: LeaderMark, took_over: float) -> tuple[float, float] | None:
+    """The time without a leader to book as ``unknown``, between the previous leader's last
+    mark and the moment this one took over; None when there is none to book.
+
+    Both ends are wall times of two hosts: a new leader whose clock is behind the old one's
+    by more than the gap sees none (``docs/sla.md``: keep the cluster's clocks in NTP sync).
+    """
+    gap = took_over - previous.wall
+    if gap <= 0 or (previous.clean and gap <= CLEAN_HANDOVER):
+        return None
+    return previous.wall, took_over
 
 
 class LedgerMinutes(Collector):
@@ -89,8 +116,13 @@ class SlaBridge:
         registry: CollectorRegistry,
         incidents: IncidentManager | None = None,
         transient: tuple[type[Exception], ...] = DATABASE_ERRORS,
+        authority: Authority | None = None,
+        in_cluster: bool = False,
     ) -> None:
         self._ledger = ledger
+        # In a cluster the leader's marks, not this host's alive mark, measure unknown time.
+        self._in_cluster = in_cluster
+        self._authority: Authority = authority or Sole()
         # Causes tagged on incidents and announced maintenance windows reach the ledger here.
         self._incidents = incidents
         self._bus = bus
@@ -126,12 +158,60 @@ class SlaBridge:
 
         After a crash (the mark is not a clean one) however short the gap was; after a clean
         stop only when longer than ``UNKNOWN_AFTER``. Then the services the ledger holds open
-        (an outage the previous process saw) are handed to the incidents at once.
+        (an outage the previous process saw) are handed to the incidents at once. In a cluster
+        this host's own downtime books nothing: ``record_takeover`` books the leader's absence.
         """
-        mark = await asyncio.to_thread(read_alive, self._state_dir)
-        if mark is not None:
-            await self._record_gap(mark)
+        if not self._authority.may_act():
+            return  # a standby: this host's own downtime is not the service's unknown time
+        if not self._in_cluster:
+            mark = await asyncio.to_thread(read_alive, self._state_dir)
+            if mark is not None:
+                await self._record_gap(mark)
         await self._resume_outages()
+
+    async def record_takeover(self, previous: LeaderMark | None, took_over: float) -> None:
+        """On becoming the leader: book, for every service, the time since the previous
+        leader's last mark as ``unknown`` (``leaderless``). An outage open in the ledger across
+        the gap stays one interval: the unknown time is booked beside it and subtracted from it.
+
+        Raises ``Fenced`` when this process no longer leads; the ledger's errors pass through
+        (the caller retries with the same ``took_over``).
+        """
+        check(self._authority, "book the time without a leader")
+        if previous is None:
+            log.info("cluster: no earlier leader left a mark; no unknown time to book")
+            return
+        gap = leaderless(previous, took_over)
+        services = self._services()
+        if gap is None or not services:
+            log.info(
+                "cluster: took over %.1fs after %s's last mark (epoch %d, %s): nothing to book",
+                took_over - previous.wall,
+                previous.who,
+                previous.epoch,
+                "clean" if previous.clean else "unclean",
+            )
+            return
+        start, end = gap
+        await self._ledger.record_unknown(utc(start), utc(end), services)
+        how = "stepped down cleanly" if previous.clean else "was lost without a hand-over"
+        log.warning(
+            "cluster: no leader for %.1fs (%s at epoch %d %s); recorded as unknown for review",
+            end - start,
+            previous.who,
+            previous.epoch,
+            how,
+        )
+        self._bus.publish(
+            SlaUnknown(
+                subject="nodevigil",
+                at=took_over,
+                vantage="",
+                start=start,
+                end=end,
+                clean=previous.clean,
+            )
+        )
 
     async def _record_gap(self, mark: AliveMark) -> None:
         now = self._clock.wall()
@@ -197,6 +277,8 @@ class SlaBridge:
             await self._backlog.add(event)
 
     async def _apply(self, event: Event) -> None:
+        if not self._authority.may_act():
+            return  # the leader writes it; its reconcile repairs a hand-over
         match event:
             case ServiceUnavailable():
                 start = event.started_at
@@ -222,7 +304,7 @@ class SlaBridge:
         stops here and is raised: the rest wait for the next pass. A change the ledger refuses
         for good is logged and set aside so it cannot hold back those behind it.
         """
-        if self._incidents is None:
+        if self._incidents is None or not self._authority.may_act():
             return 0
         applied = 0
         async with self._changes_lock:
@@ -270,7 +352,9 @@ class SlaBridge:
         judged = False
         while True:
             try:
-                if await self._backlog.replay():  # never reconcile past refused events
+                acting = self._authority.may_act()
+                judged = judged and acting  # a standby looks twice a second for its turn
+                if await self._backlog.replay() and acting:  # never reconcile past refusals
                     await self.apply_ledger_changes()  # causes and exclusions first
                     judged = await self.reconcile()
                     for row in await self._ledger.settle():
@@ -305,6 +389,8 @@ class SlaBridge:
 
         Whether the controller had judged (nothing is done before it has).
         """
+        if not self._authority.may_act():
+            return False
         wanted = self._unavailable()
         if wanted is None:
             return False  # the controller has not judged: closing now would end real outages

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from failover.controller.store import Store
 from failover.incidents.ports import IncidentStore
+from nodevigil.core.authority import Authority
 from nodevigil.core.config.schema import Config, Database
+from nodevigil.core.errors import StateError
 from nodevigil.core.eventlog import EventLog
 from nodevigil.state.schemas import Migrated, SchemaVersion
 from sla.store import LedgerStore
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 
     from nodevigil.core.clock import Clock
     from nodevigil.core.events import EventBus
+    from nodevigil.state.postgres.epoch import EpochFence
     from nodevigil.state.postgres.watch import DatabaseWatch
 
 
@@ -67,6 +70,11 @@ class Backend(Protocol):
         StateError, and nothing changed, when one is newer than this nodevigil knows."""
         ...
 
+    def fence(self, authority: Authority) -> None:
+        """Fence the leader's writes of every store (made before or after) with the epoch of
+        ``authority``; a store that cannot check an epoch ignores it."""
+        ...
+
     async def schema_versions(self) -> list[SchemaVersion]:
         """Each store's schema version as found (``nodevigil db status``); changes nothing."""
         ...
@@ -93,6 +101,9 @@ class SqliteBackend:
 
     async def close(self) -> None:
         """Nothing shared to release."""
+
+    def fence(self, authority: Authority) -> None:
+        """Nothing to fence: SQLite files belong to one host, which always may act."""
 
     def event_log(self) -> EventLog:
         """``events.db``."""
@@ -151,6 +162,10 @@ class PostgresBackend:
         # False while the database watch sees PostgreSQL away: the controller's store then
         # fails at once instead of waiting on the failover path.
         self.answering = True
+        from nodevigil.state.postgres import epoch
+
+        # Shared by every store; inert until ``fence()`` hands it the leader lease.
+        self.epoch_fence: EpochFence = epoch.EpochFence(holder=owner)
 
     @property
     def pool(self) -> AsyncConnectionPool:
@@ -178,6 +193,29 @@ class PostgresBackend:
         if pool is not None:
             await pool.close()
 
+    def fence(self, authority: Authority) -> None:
+        """Every leader write of the stores (the controller's book and action log, incidents
+        opened and resolved, outbox claims, the ledger's intervals) checks, in its own
+        transaction, that ``authority``'s epoch holds the ``nodevigil_epoch`` row, advancing
+        it once per new epoch; a newer epoch there refuses it (``EpochFenced``). With a single
+        host's authority (no epoch) nothing is checked."""
+        self.epoch_fence.authority = authority
+
+    async def advance_epoch(self) -> int | None:
+        """Advance the epoch row to this process's epoch now (a new leader, on taking over,
+        so a deposed leader is refused even before this one writes); the epoch the database
+        holds afterwards, or None when nothing is fenced. EpochFenced when not the leader."""
+        epoch = self.epoch_fence.wanted("advance the fencing epoch")
+        if epoch is None:
+            return None
+        try:
+            async with self.pool.connection() as conn:
+                return await self.epoch_fence.advance(conn, epoch)
+        except self.transient_errors as exc:
+            if isinstance(exc, StateError):
+                raise
+            raise StateError(f"cannot advance the fencing epoch to {epoch}: {exc}") from exc
+
     def event_log(self) -> EventLog:
         """The ``events`` table."""
         from nodevigil.state.postgres.eventlog import PostgresEventLog
@@ -188,7 +226,9 @@ class PostgresBackend:
         """The controller's tables."""
         from nodevigil.state.postgres.controller import PostgresControllerStore
 
-        return PostgresControllerStore(self.pool, available=lambda: self.answering)
+        return PostgresControllerStore(
+            self.pool, available=lambda: self.answering, fence=self.epoch_fence
+        )
 
     def database_watch(
         self, *, bus: EventBus, clock: Clock, gauge: Gauge, vantage: str
@@ -214,7 +254,7 @@ class PostgresBackend:
         """Incidents, outbox, notifiers, maintenance windows."""
         from nodevigil.state.postgres.incidents import PostgresIncidentStore
 
-        return PostgresIncidentStore(self.pool, owner=self.owner)
+        return PostgresIncidentStore(self.pool, owner=self.owner, fence=self.epoch_fence)
 
     def ledger_store(self) -> Callable[[], LedgerStore]:
         """The ledger's tables, over a connection of its own on the ledger's thread."""
@@ -223,7 +263,8 @@ class PostgresBackend:
 
         url = self.database.url
         kwargs = connect_kwargs(self.database, password(self.database, self.base_dir))
-        return lambda: PostgresLedgerStore(url, kwargs)
+        fence = self.epoch_fence
+        return lambda: PostgresLedgerStore(url, kwargs, fence=fence)
 
     async def migrate(self) -> list[Migrated]:
         """Every component, on a connection of its own (no ``open()`` needed)."""

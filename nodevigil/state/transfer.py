@@ -18,6 +18,10 @@ same state always gives the same file, whichever backend it was read from.
 
 Each backend reads and writes its own tables (``nodevigil.state.sqlite.transfer``,
 ``nodevigil.state.postgres.transfer``); this module holds what they share.
+
+Not moved, on purpose: PostgreSQL's fencing epoch (``nodevigil_epoch``, component ``cluster``).
+It says which leader of the cluster on that database may write, not what happened; the
+target keeps its own, and a cluster's next leader advances it.
 """
 
 from __future__ import annotations

@@ -162,3 +162,32 @@ async def test_real_daemon_reload_puts_a_removed_drained_node_back_in_haproxy(
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 15)
+
+
+async def test_a_reload_during_a_cycle_still_puts_the_removed_server_back(rig: Rig) -> None:
+    """The cycle in flight began with the older configuration, which still named the server:
+    judged against that one, the release was forgotten (the real daemon left n1 in maint)."""
+    await rig.controller.drain_node("sh-1", duration=3600, reason="disk", who="alice")
+    await rig.cycle()
+    assert rig.out() == {"sh-1"}
+    lb = rig.local["sh-lb"]
+    reading, go_on = asyncio.Event(), asyncio.Event()
+    read = lb.servers
+
+    async def slow_read(backend: str) -> Any:
+        reading.set()
+        await go_on.wait()
+        return await read(backend)
+
+    lb.servers = slow_read  # type: ignore[method-assign]
+    cycle = asyncio.create_task(rig.controller.run_once())
+    await asyncio.wait_for(reading.wait(), 5)
+    config = make_config()
+    rig.controller.update_config(
+        config.model_copy(update={"nodes": [n for n in config.nodes if n.name != "sh-1"]})
+    )
+    go_on.set()
+    await asyncio.wait_for(cycle, 5)
+    lb.servers = read  # type: ignore[method-assign]
+    await rig.cycle()
+    assert rig.out() == set()

@@ -76,7 +76,8 @@ def test_db_migrate_on_a_fresh_postgresql_database(
 ) -> None:
     config = postgres_config(tmp_path, postgres, database)
     assert main(["db", "status", "-c", str(config)]) == 0
-    assert capsys.readouterr().out.count("not created yet") == 4
+    # The four stores, the cluster's fencing epoch and its leader marks.
+    assert capsys.readouterr().out.count("not created yet") == len(STEPS) == 6
     assert main(["db", "migrate", "-c", str(config)]) == 0
     out = capsys.readouterr().out
     for component, steps in STEPS.items():
@@ -87,7 +88,7 @@ def test_db_migrate_on_a_fresh_postgresql_database(
         assert conn.execute("SELECT count(*) FROM ledger_intervals").fetchone() == (0,)
     assert stored == {c: len(s) for c, s in STEPS.items()}
     assert main(["db", "status", "-c", str(config)]) == 0
-    assert capsys.readouterr().out.count("current") == 4
+    assert capsys.readouterr().out.count("current") == 6
 
 
 def test_a_newer_schema_is_refused_with_the_stores_message(
@@ -145,4 +146,4 @@ async def test_export_and_import_through_the_command(
     assert done.returncode == 0, done.stderr
     assert b.read_bytes() == a.read_bytes()
     done = nodevigil("db", "status", "-c", to_postgres)
-    assert done.returncode == 0 and done.stdout.count("current") == 4
+    assert done.returncode == 0 and done.stdout.count("current") == 6  # with the cluster's

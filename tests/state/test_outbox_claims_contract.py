@@ -237,3 +237,22 @@ async def test_a_dead_hosts_claim_is_delivered_by_another_after_the_lease(
         finally:
             await stop(task)
     assert [(h, m.id) for h, m in receiver.sent] == [("b", "m1")]
+
+
+async def test_a_new_leader_takes_over_the_claims_of_the_old_one_at_once(
+    backend: Backend,
+) -> None:
+    """A leader change does not wait for the old leader's claims to expire: the new leader
+    frees them (its fencing epoch has already shut the old one out) and sends what was not
+    marked delivered, with the same id. Delivered rows and its own claims are left alone."""
+    async with stores(backend, "ops-1", "ops-2") as (old, new):
+        await old.enqueue([outgoing("sent", T0), outgoing("lost", T0 + 1), outgoing("b", T0 + 2)])
+        claimed = await old.claim_due(T0 + 10, lease=CLAIM_LEASE)
+        assert ids(claimed) == ["b", "lost", "sent"]
+        await old.mark_delivered("sent", T0 + 11, 1)  # the old leader got this one out
+        assert await new.claim_due(T0 + 12) == []  # held by ops-1 for the whole lease
+        assert await new.take_over_claims() == 2
+        rows = await new.claim_due(T0 + 12)
+        assert ids(rows) == ["b", "lost"]
+        assert await new.take_over_claims() == 0  # nothing of another owner left
+        assert await old.extend_claim("lost", T0 + 13) is False  # the old one cannot hold it

@@ -326,4 +326,10 @@ def test_the_transfer_covers_every_schema_version() -> None:
 
     files = sqlite_components.FILES
     assert {c: len(steps) for c, (_, steps) in files.items()} == sqlite_transfer.COVERED
-    assert {c: len(s) for c, s in pg_components.STEPS.items()} == pg_transfer.COVERED
+    steps = pg_components.STEPS
+    moved = {c: len(s) for c, s in steps.items() if c not in pg_transfer.NOT_MOVED}
+    assert moved == pg_transfer.COVERED
+    # Left out on purpose, not by oversight: the fencing epoch and the leaders' alive marks
+    # belong to the cluster on that database, they are not state to move.
+    assert set(pg_transfer.NOT_MOVED) == {"cluster", "leader_marks"}
+    assert set(pg_transfer.NOT_MOVED) <= set(steps)

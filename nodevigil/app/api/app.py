@@ -46,6 +46,9 @@ class ApiContext:
     tokens: TokenBook
     ready: bool = False
     readiness: list[Callable[[], bool]] = field(default_factory=list)
+    # Said by /readyz besides ready or not: in a cluster, this process's role and why (a
+    # fenced process still serves the API, so it stays ready, and says it cannot act).
+    cluster: Callable[[], dict[str, Any]] | None = None
     clock: Clock = field(default_factory=SystemClock)
 
 
@@ -189,9 +192,13 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: configuration loaded, probes running, first reconcile done."""
     ctx = request.app[CONTEXT]
+    extra: dict[str, Any] = {}
+    if ctx.cluster is not None:
+        view = ctx.cluster()
+        extra = {"role": view.get("role"), "reason": view.get("reason")}
     if not ctx.ready or not all(check() for check in ctx.readiness):
-        return web.json_response({"status": "starting"}, status=503)
-    return web.json_response({"status": "ready"})
+        return web.json_response({"status": "starting", **extra}, status=503)
+    return web.json_response({"status": "ready", **extra})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from nodevigil.app.api.app import (
     require_admin,
     require_operator,
 )
+from nodevigil.app.api.cluster_routes import role_of
 from nodevigil.app.api.openapi_schemas import DURATION_PATTERN, MAX_REASON
 from nodevigil.app.api.params import check_keys, json_object, limit
 from nodevigil.core.durations import format_duration, parse_duration
@@ -50,9 +51,9 @@ def _parse_override(body: dict[str, Any], longest: float) -> tuple[float | None,
 
 
 async def status(request: web.Request) -> web.Response:
-    """Nodes, sites and services as the controller sees them."""
+    """Nodes, sites and services as the controller sees them, and this process's role."""
     require_operator(request)
-    return web.json_response(_controller(request).status().as_dict())
+    return web.json_response({**_controller(request).status().as_dict(), "role": role_of(request)})
 
 
 async def services(request: web.Request) -> web.Response:

@@ -260,6 +260,32 @@ def _operations() -> dict[str, dict[str, Any]]:
         },
         **_sla_operations(),
         **_incident_operations(),
+        **_cluster_operations(),
+    }
+
+
+def _cluster_operations() -> dict[str, dict[str, Any]]:
+    return {
+        "/api/v1/cluster": {
+            "get": _op(
+                "This process's role, the leader, the fencing epoch and the members "
+                "(on a single host: always the leader, epoch null)",
+                "cluster",
+                ref("Cluster"),
+                role="operator",
+            )
+        },
+        "/api/v1/cluster/step-down": {
+            "post": _op(
+                "Hand over: this process stops acting and revokes its leader lease, so "
+                "another host takes over within about a second (409: not the leader, or no "
+                "cluster)",
+                "cluster",
+                ref("Cluster"),
+                role="admin",
+                errors=("409",),
+            )
+        },
     }
 
 

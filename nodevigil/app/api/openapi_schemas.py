@@ -74,7 +74,14 @@ SCHEMAS: dict[str, Schema] = {
         {"error": {"type": "string", "description": "what was wrong, naming the value"}},
         {"hint": STRING},
     ),
-    "Health": obj({"status": {"type": "string", "enum": ["ok", "ready", "starting"]}}),
+    "Health": obj(
+        {"status": {"type": "string", "enum": ["ok", "ready", "starting"]}},
+        {
+            # In a cluster (/readyz): this process's role and why it may or may not act.
+            "role": {"type": "string", "enum": ["leader", "standby", "fenced"]},
+            "reason": {"type": ["string", "null"]},
+        },
+    ),
     "ProbeResult": obj(
         {
             "ok": {
@@ -162,8 +169,23 @@ SCHEMAS: dict[str, Schema] = {
             "sites": {"type": "array", "items": ref("SiteStatus")},
             "services": {"type": "array", "items": ref("ServiceStatus")},
             "last_cycle_at": nullable(NUMBER),
+            "role": {"type": "string", "enum": ["leader", "standby", "fenced"]},
         }
     ),
+    "Cluster": obj(
+        {
+            "me": STRING,
+            "role": {"type": "string", "enum": ["leader", "standby", "fenced"]},
+            "leader": nullable(STRING),
+            "epoch": nullable({"type": "integer"}),
+            "members": {
+                "type": "array",
+                "items": {"anyOf": [STRING, ref("ClusterMember")]},
+            },
+        },
+        {"reason": STRING},
+    ),
+    "ClusterMember": obj({"name": STRING, "alive": BOOL, "last_seen": nullable(NUMBER)}),
     "Action": obj(
         {
             "at": NUMBER,

@@ -177,6 +177,28 @@ def _semantic_problems(config: Config, event_kinds: Collection[str] | None) -> I
     yield from _lb_problems(config)
     yield from _people_problems(config)
     yield from _notification_problems(config, event_kinds)
+    if config.cluster is not None and config.database is None:
+        yield "cluster: needs a database section (the hosts share their state in PostgreSQL)"
+    yield from _lease_problems(config)
+
+
+def _lease_problems(config: Config) -> Iterator[str]:
+    """In a cluster a command is sent only while the lease has its timeout left: a load
+    balancer timeout longer than a renewed lease ever has left would never be sent."""
+    cluster = config.cluster
+    if cluster is None:
+        return
+    renew = cluster.renew_every if cluster.renew_every is not None else cluster.lease_ttl / 3
+    margin = min(cluster.lease_ttl / 10, cluster.etcd.timeout)  # as the leader lease keeps it
+    room = cluster.lease_ttl - margin - renew
+    for name, lb in config.load_balancers.items():
+        timeout = getattr(lb, "timeout", None)
+        if isinstance(timeout, float) and timeout > room:
+            yield (
+                f"load_balancers.{name}.timeout: {format_duration(timeout)} does not fit in the "
+                f"leader lease: commands are sent only while this much of it is left, and at "
+                f"most {format_duration(room)} ever is (lease_ttl - renew_every - margin)"
+            )
 
 
 def _field_problems(config: Config) -> Iterator[str]:

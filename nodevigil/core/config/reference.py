@@ -71,6 +71,9 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("sla", schema.Sla),
     ("records", schema.Records),
     ("database", schema.Database),
+    ("cluster", schema.Cluster),
+    ("cluster.etcd", schema.Etcd),
+    ("cluster.etcd.tls", schema.EtcdTls),
 ]
 
 
@@ -623,6 +626,46 @@ EXAMPLES: dict[str, Example] = {
           connect_timeout: 5s                # per connection attempt
         """,
     ),
+    "cluster": _example(
+        "cluster",
+        text="""
+        database: {url: "postgresql://nodevigil@db1.example/nodevigil"}  # required by cluster
+        cluster:                             # several hosts; only the lease holder acts
+          etcd:
+            endpoints: ["https://etcd1:2379", "https://etcd2:2379", "https://etcd3:2379"]
+          lease_ttl: 5s                      # a dead leader's successor acts within about this
+          renew_every: 1500ms                # renew_every + 2 x etcd.timeout <= lease_ttl
+        """,
+    ),
+    "cluster.etcd": _example(
+        "cluster",
+        "etcd",
+        text="""
+        database: {url: "postgresql://nodevigil@db1.example/nodevigil"}
+        cluster:
+          etcd:
+            endpoints: ["https://etcd1:2379", "https://etcd2:2379", "https://etcd3:2379"]
+            prefix: /nodevigil/prod/         # this installation's keys
+            username: nodevigil              # etcd's own auth, with password_file
+            password_file: /etc/nodevigil/etcd.password
+            timeout: 1s                      # per call, every endpoint tried
+        """,
+    ),
+    "cluster.etcd.tls": _example(
+        "cluster",
+        "etcd",
+        "tls",
+        text="""
+        database: {url: "postgresql://nodevigil@db1.example/nodevigil"}
+        cluster:
+          etcd:
+            endpoints: ["https://etcd1:2379"]
+            tls:
+              ca_file: /etc/nodevigil/etcd-ca.pem
+              cert_file: /etc/nodevigil/etcd-client.pem   # when etcd asks for client certificates
+              key_file: /etc/nodevigil/etcd-client.key
+        """,
+    ),
 }
 
 _DURATION_FIELDS = {
@@ -636,6 +679,8 @@ _DURATION_FIELDS = {
     "hold_down",
     "hold_down_max",
     "site_hold_down",
+    "lease_ttl",
+    "renew_every",
     "drain_max",
     "reconnect_grace",
     "max_clock_skew",

@@ -577,6 +577,48 @@ class Database(Frozen):
         return self
 
 
+class EtcdTls(Frozen):
+    """TLS towards etcd: the CA to trust, and a client certificate when etcd asks for one."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class Etcd(Frozen):
+    """The etcd cluster that holds the leader lease (etcd v3 API)."""
+
+    endpoints: Annotated[list[Annotated[str, Field(pattern=r"^https?://")]], Field(min_length=1)]
+    prefix: str = "/nodevigil/"  # every key of this installation lives under it
+    tls: EtcdTls | None = None
+    username: str | None = None
+    password_file: Path | None = None  # with username
+    timeout: Annotated[Duration, Field(gt=0, le=60)] = 1.0  # per call, all endpoints tried
+
+
+class Cluster(Frozen):
+    """Several nodevigil hosts: every one probes and serves the API, only the holder of the
+    leader lease in etcd acts. Needs ``database`` (the shared state)."""
+
+    etcd: Etcd
+    lease_ttl: Annotated[Duration, Field(ge=2, le=300)] = 5.0
+    # How often the leader renews its lease and standbys look for a vacant one (default a
+    # third of the TTL). renew_every + 2 x etcd.timeout must fit in lease_ttl (Patroni's rule).
+    renew_every: Annotated[Duration, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _timing(self) -> Cluster:
+        renew = self.renew_every if self.renew_every is not None else self.lease_ttl / 3
+        if renew + 2 * self.etcd.timeout > self.lease_ttl:
+            raise ValueError(
+                f"renew_every ({format_duration(renew)}) + 2 x etcd.timeout "
+                f"({format_duration(self.etcd.timeout)}) must not exceed lease_ttl "
+                f"({format_duration(self.lease_ttl)}): a leader could lose its lease between "
+                "two renewals"
+            )
+        return self
+
+
 class Config(Frozen):
     """The whole configuration file."""
 
@@ -601,6 +643,7 @@ class Config(Frozen):
     sla: Sla = Sla()
     records: Records = Records()
     database: Database | None = None  # PostgreSQL; unset: SQLite in state_dir
+    cluster: Cluster | None = None  # several hosts, one leader (needs database)
 
     def node(self, name: str) -> Node | None:
         """The node called ``name``, if any."""

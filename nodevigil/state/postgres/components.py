@@ -16,7 +16,14 @@ from psycopg.rows import TupleRow
 
 from nodevigil.core.config.schema import Database
 from nodevigil.core.errors import StateError
-from nodevigil.state.postgres import controller, eventlog, incidents_db, ledger
+from nodevigil.state.postgres import (
+    controller,
+    epoch,
+    eventlog,
+    incidents_db,
+    leader_marks,
+    ledger,
+)
 from nodevigil.state.postgres.pool import connect_kwargs, password
 from nodevigil.state.postgres.schema import migrate_sync
 from nodevigil.state.schemas import Migrated, SchemaVersion
@@ -26,6 +33,8 @@ STEPS: dict[str, Sequence[str]] = {
     controller.COMPONENT: controller.STEPS,
     incidents_db.COMPONENT: incidents_db.STEPS,
     ledger.COMPONENT: ledger.MIGRATIONS,
+    epoch.COMPONENT: epoch.STEPS,  # the fencing epoch of a cluster's leader
+    leader_marks.COMPONENT: leader_marks.STEPS,  # when each leader was last alive
 }
 DAEMON = "nodevigil"  # the application_name of the daemon's connections (pool.connect_kwargs)
 

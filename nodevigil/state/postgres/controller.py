@@ -21,6 +21,7 @@ from failover.controller.store import ActionRecord, StoredState
 from nodevigil.core.errors import StateError
 from nodevigil.state.controller_rows import action_body, action_from, book_changes, book_from
 from nodevigil.state.postgres.bounded import Bounded
+from nodevigil.state.postgres.epoch import EpochFence
 from nodevigil.state.postgres.schema import migrate
 
 T = TypeVar("T")
@@ -82,27 +83,42 @@ class PostgresControllerStore:
     """The controller's store in the shared database, over the backend's connection pool."""
 
     def __init__(
-        self, pool: AsyncConnectionPool, *, available: Callable[[], bool] = lambda: True
+        self,
+        pool: AsyncConnectionPool,
+        *,
+        available: Callable[[], bool] = lambda: True,
+        fence: EpochFence | None = None,
     ) -> None:
         self._pool = pool  # the backend's: it closes it
+        # The leader's writes (book, action log) are refused once a newer epoch holds the
+        # database; overrides are operators' writes from any host and are not fenced.
+        self._fence = fence or EpochFence(holder="")
         self._ready = False  # the schema is migrated (on the first call)
         self._saved: Book | None = None  # what the database holds, so a save writes changes only
         # The book is saved on the failover path: never wait long for a database that does
         # not answer (nodevigil.state.postgres.bounded); the controller retries next cycle.
         self._bounded = Bounded("controller store (PostgreSQL)", wait=WAIT, available=available)
 
-    async def _run(self, what: str, fn: Callable[[Conn], Awaitable[T]]) -> T:
+    async def _run(
+        self, what: str, fn: Callable[[Conn], Awaitable[T]], *, leader: bool = False
+    ) -> T:
         """``fn`` in one transaction, waited for at most ``WAIT`` seconds; errors as StateError."""
-        return await self._bounded.run(lambda: self._transaction(what, fn), what=what)
+        return await self._bounded.run(
+            lambda: self._transaction(what, fn, leader=leader), what=what
+        )
 
-    async def _transaction(self, what: str, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """``fn`` in one transaction, the schema brought up to date first; errors as StateError."""
+    async def _transaction(
+        self, what: str, fn: Callable[[Conn], Awaitable[T]], *, leader: bool = False
+    ) -> T:
+        """``fn`` in one transaction, the schema brought up to date first; errors as StateError.
+
+        A ``leader`` write is fenced by the epoch (``nodevigil.state.postgres.epoch``)."""
         try:
             async with self._pool.connection() as conn:
                 if not self._ready:
                     await migrate(conn, COMPONENT, STEPS)
                     self._ready = True
-                async with conn.transaction():
+                async with self._fence.transaction(conn, what, leader=leader):
                     return await fn(conn)
         except psycopg.Error as exc:
             raise StateError(f"controller store (PostgreSQL): cannot {what}: {exc}") from exc
@@ -163,7 +179,7 @@ class PostgresControllerStore:
                 )
 
         async def save_and_note() -> None:
-            await self._transaction("save the book", save)
+            await self._transaction("save the book", save, leader=True)
             # Only after the commit; also when it commits after the controller stopped waiting.
             self._saved = book
 
@@ -181,7 +197,7 @@ class PostgresControllerStore:
                     "INSERT INTO controller_actions (at, body) VALUES (%s, %s)", rows
                 )
 
-        await self._run("record actions", record)
+        await self._run("record actions", record, leader=True)
 
     async def actions(self, limit: int = 100) -> list[ActionRecord]:
         """The latest ``limit`` action records, newest last."""
@@ -202,7 +218,7 @@ class PostgresControllerStore:
             cursor = await conn.execute("DELETE FROM controller_actions WHERE at < %s", (before,))
             return cursor.rowcount
 
-        return await self._run("prune the action log", prune)
+        return await self._run("prune the action log", prune, leader=True)
 
     async def close(self) -> None:
         """Cancel an operation still waiting for the server (the pool belongs to the backend)."""

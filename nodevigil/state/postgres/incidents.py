@@ -108,7 +108,7 @@ class PostgresIncidentStore(PostgresOutbox, PostgresWindows, PostgresLedgerChang
             await enqueue(conn, outgoing(incident))
             return incident
 
-        return await self._run("open an incident", run)
+        return await self._run("open an incident", run, leader=True)
 
     async def reopen_incident(
         self,
@@ -133,7 +133,7 @@ class PostgresIncidentStore(PostgresOutbox, PostgresWindows, PostgresLedgerChang
             await enqueue(conn, outgoing(current))
             return current
 
-        return await self._run("reopen an incident", run)
+        return await self._run("reopen an incident", run, leader=True)
 
     async def resolve_incident(
         self,
@@ -171,7 +171,7 @@ class PostgresIncidentStore(PostgresOutbox, PostgresWindows, PostgresLedgerChang
             await enqueue(conn, outgoing(current))
             return current, max(cancelled.rowcount, 0)
 
-        return await self._run("resolve an incident", run)
+        return await self._run("resolve an incident", run, leader=True)
 
     async def add_update(
         self,
@@ -288,5 +288,6 @@ class PostgresIncidentStore(PostgresOutbox, PostgresWindows, PostgresLedgerChang
             f"UPDATE incidents SET first_notice_at = %s WHERE id = %s "
             f"AND first_notice_at IS NULL RETURNING {INCIDENT_COLUMNS}",
             (at, incident),
+            leader=True,
         )
         return None if row is None else incident_of(row)

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from failover.incidents.model import Incident, IncidentState, OutboxRow, Outgoing, Window
 from failover.notify.base import Message
 from nodevigil.core.errors import StateError
+from nodevigil.state.postgres.epoch import EpochFence
 
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -231,40 +232,58 @@ async def enqueue(conn: Conn, items: Sequence[Outgoing]) -> int:
 class IncidentsDb:
     """The backend's pool and the owner this store claims outbox rows for."""
 
-    def __init__(self, pool: AsyncConnectionPool, *, owner: str) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, *, owner: str, fence: EpochFence | None = None
+    ) -> None:
         if not owner:
             raise ValueError("an incident store needs an owner (this host's name)")
         self._pool = pool  # the backend's: it closes it
         self.owner = owner
+        # The leader's writes (incidents opened and resolved, outbox claims and results) are
+        # refused once a newer epoch holds the database; operators' writes are not fenced.
+        self._fence = fence or EpochFence(holder=owner)
 
-    async def _run(self, what: str, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """``fn`` in one transaction; a psycopg error becomes a StateError saying what failed."""
+    async def _run(
+        self, what: str, fn: Callable[[Conn], Awaitable[T]], *, leader: bool = False
+    ) -> T:
+        """``fn`` in one transaction; a psycopg error becomes a StateError saying what failed.
+
+        A ``leader`` write is fenced by the epoch (``nodevigil.state.postgres.epoch``)."""
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with (
+                self._pool.connection() as conn,
+                self._fence.transaction(conn, what, leader=leader),
+            ):
                 return await fn(conn)
         except psycopg.Error as exc:
             raise StateError(f"incident store (PostgreSQL): cannot {what}: {exc}") from exc
 
-    async def _one(self, what: str, sql: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+    async def _one(
+        self, what: str, sql: str, args: Sequence[Any] = (), *, leader: bool = False
+    ) -> tuple[Any, ...] | None:
         """The first row of one statement."""
 
         async def run(conn: Conn) -> tuple[Any, ...] | None:
             return await (await conn.execute(sql, args)).fetchone()
 
-        return await self._run(what, run)
+        return await self._run(what, run, leader=leader)
 
-    async def _all(self, what: str, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    async def _all(
+        self, what: str, sql: str, args: Sequence[Any] = (), *, leader: bool = False
+    ) -> list[tuple[Any, ...]]:
         """Every row of one statement."""
 
         async def run(conn: Conn) -> list[tuple[Any, ...]]:
             return await (await conn.execute(sql, args)).fetchall()
 
-        return await self._run(what, run)
+        return await self._run(what, run, leader=leader)
 
-    async def _changed(self, what: str, sql: str, args: Sequence[Any] = ()) -> int:
+    async def _changed(
+        self, what: str, sql: str, args: Sequence[Any] = (), *, leader: bool = False
+    ) -> int:
         """How many rows one statement changed."""
 
         async def run(conn: Conn) -> int:
             return max((await conn.execute(sql, args)).rowcount, 0)
 
-        return await self._run(what, run)
+        return await self._run(what, run, leader=leader)

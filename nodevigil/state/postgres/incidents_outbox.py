@@ -43,7 +43,8 @@ class PostgresOutbox(IncidentsDb):
         """Write notifications (an id already written is left alone); how many are new."""
         if not items:
             return 0
-        return await self._run("enqueue notifications", lambda c: enqueue(c, items))
+        # The leader's alerts and repeats; operators' notices come with their update.
+        return await self._run("enqueue notifications", lambda c: enqueue(c, items), leader=True)
 
     async def due(self, now: float, limit: int = 100) -> list[OutboxRow]:
         """Pending notifications whose time has come and that no live claim holds, oldest first."""
@@ -61,7 +62,10 @@ class PostgresOutbox(IncidentsDb):
         # A row locked by a concurrent claim is skipped; one that claim committed meanwhile is
         # re-checked against the WHERE on its new version, which its live claim now fails.
         rows = await self._all(
-            "claim due notifications", _CLAIM, (now, now, limit, self.owner, now + lease)
+            "claim due notifications",
+            _CLAIM,
+            (now, now, limit, self.owner, now + lease),
+            leader=True,
         )
         return sorted((outbox_row_of(r) for r in rows), key=lambda r: r.next_at)
 
@@ -74,6 +78,7 @@ class PostgresOutbox(IncidentsDb):
             "UPDATE outbox SET claimed_until = %s "
             "WHERE id = %s AND claimed_by = %s AND state = 'pending'",
             (now + lease, message_id, self.owner),
+            leader=True,
         )
         return bool(changed)
 
@@ -85,6 +90,16 @@ class PostgresOutbox(IncidentsDb):
             sql += " AND id = %s"
             args += (message_id,)
         await self._changed("release claims", sql, args)
+
+    async def take_over_claims(self) -> int:
+        """Free every pending notification another owner holds (a new leader's takeover)."""
+        return await self._changed(
+            "take over claims",
+            "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL "
+            "WHERE state = 'pending' AND claimed_by IS NOT NULL AND claimed_by <> %s",
+            (self.owner,),
+            leader=True,  # fenced: only the holder of the newest epoch takes claims over
+        )
 
     async def next_due_at(self) -> float | None:
         """When the next pending notification no other owner holds may be claimed."""
@@ -113,6 +128,7 @@ class PostgresOutbox(IncidentsDb):
             "UPDATE outbox SET attempts = %s, next_at = %s, last_error = %s, claimed_by = NULL, "
             f"claimed_until = NULL WHERE id = %s AND {_STILL_MINE}",
             (attempts, next_at, error[:500], message_id, self.owner),
+            leader=True,
         )
 
     async def mark_dead(self, message_id: str, attempts: int, error: str) -> None:
@@ -123,6 +139,7 @@ class PostgresOutbox(IncidentsDb):
             "UPDATE outbox SET state = 'dead', attempts = %s, last_error = %s, "
             f"claimed_by = NULL, claimed_until = NULL WHERE id = %s AND {_STILL_MINE}",
             (attempts, error[:500], message_id, self.owner),
+            leader=True,
         )
 
     async def requeue(self, message_id: str, now: float) -> bool:
@@ -182,6 +199,7 @@ class PostgresOutbox(IncidentsDb):
             "ON CONFLICT (name) DO UPDATE SET disabled_at = excluded.disabled_at, "
             "reason = excluded.reason",
             (name, at, reason[:500]),
+            leader=True,
         )
 
     async def enable_notifier(self, name: str) -> bool:

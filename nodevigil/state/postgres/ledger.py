@@ -26,6 +26,8 @@ from psycopg import errors as pgerrors
 from psycopg.rows import TupleRow
 
 from nodevigil.core.errors import StateError
+from nodevigil.state.postgres import epoch
+from nodevigil.state.postgres.epoch import EpochFence
 from nodevigil.state.postgres.schema import migrate_sync
 from sla.errors import SlaError
 from sla.model import Cause, Charge, CreditRow
@@ -109,8 +111,13 @@ def _edge(
 class PostgresLedgerStore:
     """The ledger's tables in PostgreSQL over one connection, re-opened when it is lost."""
 
-    def __init__(self, url: str, connect_kwargs: Mapping[str, object]) -> None:
+    def __init__(
+        self, url: str, connect_kwargs: Mapping[str, object], *, fence: EpochFence | None = None
+    ) -> None:
         self._url = url
+        # Recording availability (intervals opened and closed) is the leader's write, refused
+        # once a newer epoch holds the database; causes, charges and settlement are not fenced.
+        self._fence = fence
         # Keepalives and timeouts come with connect_kwargs (nodevigil.state.postgres.pool).
         self._kwargs: dict[str, Any] = dict(connect_kwargs)
         self._conn: psycopg.Connection[TupleRow] | None = None
@@ -118,6 +125,8 @@ class PostgresLedgerStore:
         conn = self._connection()  # a StateError when the server cannot be reached
         try:
             migrate_sync(conn, COMPONENT, MIGRATIONS)
+            if fence is not None:
+                migrate_sync(conn, epoch.COMPONENT, epoch.STEPS)
         except StateError as exc:  # a newer schema: refused, as the SQLite ledger refuses it
             self.close()
             raise SlaError(f"ledger: {exc}") from exc
@@ -200,6 +209,12 @@ class PostgresLedgerStore:
         """Close the connection."""
         self._drop()
 
+    def _hold_epoch(self, what: str) -> None:
+        """A leader write: refused (EpochFenced) unless this process's epoch holds the database,
+        checked in the caller's transaction (``nodevigil.state.postgres.epoch``)."""
+        if self._fence is not None:
+            self._fence.hold_sync(self._connection(), what)
+
     @_edge
     def meta(self, key: str) -> str | None:
         """A stored setting."""
@@ -228,6 +243,7 @@ class PostgresLedgerStore:
         at: int,
     ) -> int:
         """Add an interval and return its id."""
+        self._hold_epoch(f"open an SLA interval of {service}")
         row = (
             self._connection()
             .execute(
@@ -267,6 +283,7 @@ class PostgresLedgerStore:
         """Close an interval or change its cause."""
         conn = self._connection()
         if end_us is not None:
+            self._hold_epoch(f"close SLA interval {interval_id}")
             conn.execute(
                 "UPDATE ledger_intervals SET end_us = %s, updated_us = %s WHERE id = %s",
                 (end_us, at, interval_id),

@@ -83,6 +83,19 @@ class SqliteOutbox(IncidentsDb):
             args += (message_id,)
         await self._call(lambda c: c.execute(sql, args))
 
+    async def take_over_claims(self) -> int:
+        """Free every pending notification another owner holds (a new leader's takeover)."""
+        changed = await self._call(
+            lambda c: (
+                c.execute(
+                    "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL "
+                    "WHERE state = 'pending' AND claimed_by IS NOT NULL AND claimed_by != ?",
+                    (self.owner,),
+                ).rowcount
+            )
+        )
+        return int(changed)
+
     async def next_due_at(self) -> float | None:
         """When the next pending notification no other owner holds may be claimed."""
         row = await self._call(

@@ -1,0 +1,28 @@
+"""etcd v3: the coordination store of a cluster of nodevigil hosts (leader lease, votes).
+
+A thin asyncio client over etcd's v3 JSON gateway (``/v3/...`` on the client port), on aiohttp:
+see ``client.EtcdClient`` for what each call guarantees.
+"""
+
+from nodevigil.state.etcd.client import EtcdClient
+from nodevigil.state.etcd.errors import (
+    EtcdCompacted,
+    EtcdError,
+    EtcdLeaseNotFound,
+    EtcdRejected,
+    EtcdUnavailable,
+)
+from nodevigil.state.etcd.values import EventType, KeyValue, Lease, WatchEvent
+
+__all__ = [
+    "EtcdClient",
+    "EtcdCompacted",
+    "EtcdError",
+    "EtcdLeaseNotFound",
+    "EtcdRejected",
+    "EtcdUnavailable",
+    "EventType",
+    "KeyValue",
+    "Lease",
+    "WatchEvent",
+]
