@@ -19,14 +19,8 @@ import psycopg
 from failover.incidents.model import Incident, IncidentState, Outgoing, Update
 from failover.incidents.ports import LedgerChange
 from nodevigil.core.errors import StateError
-from nodevigil.state.postgres.incidents_db import (
-    COMPONENT,
-    INCIDENT_COLUMNS,
-    STEPS,
-    Conn,
-    enqueue,
-    incident_of,
-)
+from nodevigil.state.incident_rows import INCIDENT_COLUMNS, incident_of
+from nodevigil.state.postgres.incidents_db import COMPONENT, STEPS, Conn, enqueue
 from nodevigil.state.postgres.incidents_ledger import PostgresLedgerChanges, put_ledger_change
 from nodevigil.state.postgres.incidents_outbox import PostgresOutbox
 from nodevigil.state.postgres.incidents_windows import PostgresWindows

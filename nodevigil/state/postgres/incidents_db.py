@@ -16,8 +16,7 @@ import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-from failover.incidents.model import Incident, IncidentState, OutboxRow, Outgoing, Window
-from failover.notify.base import Message
+from failover.incidents.model import Outgoing
 from nodevigil.core.errors import StateError
 from nodevigil.state.postgres.epoch import EpochFence
 
@@ -124,73 +123,7 @@ STEPS = (
     """,
 )
 
-INCIDENT_COLUMNS = (
-    "id, service, state, cause, cause_note, maintenance, started_at, resolved_at, openings, "
-    "opened_at, first_notice_at"
-)
-OUTBOX_COLUMNS = (
-    "id, notifier, kind, subject, created_at, data, summary, text, state, not_before, next_at, "
-    "attempts, last_error, delivered_at, incident, customer, step"
-)
 WINDOW_COLUMNS = "id, start_at, end_at, services, note, source, who, exclusion_id, cancelled"
-
-
-def incident_of(row: Sequence[Any]) -> Incident:
-    """An ``incidents`` row (``INCIDENT_COLUMNS``) as an Incident."""
-    return Incident(
-        id=row[0],
-        service=row[1],
-        state=IncidentState(row[2]),
-        cause=row[3],
-        cause_note=row[4],
-        maintenance=row[5],
-        started_at=row[6],
-        resolved_at=row[7],
-        openings=row[8],
-        opened_at=row[9],
-        first_notice_at=row[10],
-    )
-
-
-def outbox_row_of(row: Sequence[Any]) -> OutboxRow:
-    """An ``outbox`` row (``OUTBOX_COLUMNS``) as an OutboxRow."""
-    message = Message(
-        id=row[0],
-        notifier=row[1],
-        kind=row[2],
-        subject=row[3],
-        created_at=row[4],
-        data=json.loads(row[5]),
-        summary=row[6],
-        text=row[7],
-    )
-    return OutboxRow(
-        message=message,
-        state=row[8],
-        not_before=row[9],
-        next_at=row[10],
-        attempts=row[11],
-        last_error=row[12],
-        delivered_at=row[13],
-        incident=row[14],
-        customer=row[15],
-        step=row[16],
-    )
-
-
-def window_of(row: Sequence[Any]) -> Window:
-    """A ``maintenance_windows`` row (``WINDOW_COLUMNS``) as a Window."""
-    return Window(
-        id=row[0],
-        start=row[1],
-        end=row[2],
-        services=tuple(row[3]),
-        note=row[4],
-        source=row[5],
-        who=row[6],
-        exclusion_id=row[7],
-        cancelled=row[8],
-    )
 
 
 # One statement for a whole batch: ``ON CONFLICT DO NOTHING`` leaves an id already written

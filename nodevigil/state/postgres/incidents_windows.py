@@ -6,7 +6,8 @@ from collections.abc import Callable, Sequence
 
 from failover.incidents.model import Window
 from failover.incidents.ports import LedgerChange
-from nodevigil.state.postgres.incidents_db import WINDOW_COLUMNS, Conn, IncidentsDb, window_of
+from nodevigil.state.incident_rows import window_of
+from nodevigil.state.postgres.incidents_db import WINDOW_COLUMNS, Conn, IncidentsDb
 from nodevigil.state.postgres.incidents_ledger import put_ledger_change
 
 

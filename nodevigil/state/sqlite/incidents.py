@@ -19,7 +19,8 @@ from typing import Any
 from failover.incidents.model import Incident, IncidentState, Outgoing, Update
 from failover.incidents.ports import LedgerChange
 from nodevigil.core.errors import StateError
-from nodevigil.state.sqlite.incidents_db import INCIDENT_COLUMNS, STEPS, enqueue, incident_of
+from nodevigil.state.incident_rows import INCIDENT_COLUMNS, incident_of
+from nodevigil.state.sqlite.incidents_db import STEPS, enqueue
 from nodevigil.state.sqlite.incidents_ledger import SqliteLedgerChanges, put_ledger_change
 from nodevigil.state.sqlite.incidents_outbox import SqliteOutbox
 from nodevigil.state.sqlite.incidents_windows import SqliteWindows

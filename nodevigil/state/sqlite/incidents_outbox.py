@@ -12,7 +12,8 @@ from typing import Any
 
 from failover.incidents.model import OutboxRow, Outgoing
 from failover.incidents.ports import CLAIM_LEASE
-from nodevigil.state.sqlite.incidents_db import OUTBOX_COLUMNS, IncidentsDb, enqueue, outbox_row_of
+from nodevigil.state.incident_rows import OUTBOX_COLUMNS, outbox_row_of
+from nodevigil.state.sqlite.incidents_db import IncidentsDb, enqueue
 
 # Pending, due, and held by no live claim (parameters: now, now).
 _CLAIMABLE = "state = 'pending' AND next_at <= ? AND (claimed_by IS NULL OR claimed_until <= ?)"

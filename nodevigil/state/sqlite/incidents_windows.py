@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 
 from failover.incidents.model import Window
 from failover.incidents.ports import LedgerChange
-from nodevigil.state.sqlite.incidents_db import WINDOW_COLUMNS, IncidentsDb, window_of
+from nodevigil.state.incident_rows import window_of
+from nodevigil.state.sqlite.incidents_db import WINDOW_COLUMNS, IncidentsDb
 from nodevigil.state.sqlite.incidents_ledger import put_ledger_change
 
 
