@@ -147,11 +147,17 @@ async def test_an_outage_across_a_change_of_leader_is_one_incident(cluster: Harn
         what="resolved notice",
     )
     await asyncio.sleep(1.0)  # a duplicate would come now, from a resend or the other side
-    ids = Counter(d.id for d in hook.accepted)
-    assert all(n == 1 for n in ids.values()), f"a webhook-id delivered twice: {ids}"
-    assert Counter(d.type for d in hook.accepted) == Counter(
+    # At least once, each under one webhook-id: the old leader was killed right after the
+    # receiver took the opened notice, perhaps before it could mark it delivered, and the new
+    # leader sends what is not marked delivered again under the same id, which the receiver
+    # deduplicates (Standard Webhooks). No second notice under another id, ever.
+    unique = {d.id: d for d in hook.accepted}
+    assert Counter(d.type for d in unique.values()) == Counter(
         {"incident.opened": 1, "incident.resolved": 1}
-    )
+    ), Counter(d.id for d in hook.accepted)
+    resent = len(hook.accepted) - len(unique)
+    print(f"\nnotices resent under the same webhook-id across the leader change: {resent}")
+    assert resent <= 1  # at most the one in flight when the leader died
     status, body = await cluster.call(new, "GET", "/api/v1/incidents")
     assert status == 200 and len(body["incidents"]) == 1, body
     [incident] = body["incidents"]
