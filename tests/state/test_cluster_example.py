@@ -13,7 +13,8 @@ EXAMPLE = Path(__file__).parents[2] / "configs" / "cluster.yaml"
 
 def test_the_cluster_example_validates_and_chooses_postgresql() -> None:
     config = load_config(EXAMPLE, event_kinds=EVENT_KINDS)
-    assert config.database is not None
+    assert config.database is not None and config.cluster is not None
+    assert len(config.cluster.etcd.endpoints) == 3
     assert "@" in config.database.url and ":" not in config.database.url.split("@")[0][13:]
     backend = backend_for(config)
     assert isinstance(backend, PostgresBackend) and backend.owner == config.vantage
