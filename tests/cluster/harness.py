@@ -6,7 +6,10 @@ the same configuration except ``vantage`` and ``api.listen``. The lease is short
 renewed every 500 ms, 300 ms per etcd call: 0.5 + 2 x 0.3 <= 2, the timing rule) so a
 take-over costs about two seconds. The global load balancer is the ``recording`` type: BIND's
 fencing is tested on its own (tests/failover/test_rfc2136_fence.py) and would add a program
-start to every test here without telling anything more about the lease.
+start to every test here without telling anything more about the lease. ``run_cluster(...,
+bind=True)`` adds a real BIND as the service's global load balancer (``rfc2136``, TSIG) and a
+second site ``far`` (one HTTP node, no local load balancer) so there is something to withdraw:
+the test of the DNS and PostgreSQL fences through the real processes uses it.
 
 Helpers find the leader (``GET /api/v1/cluster`` on every daemon), SIGKILL, SIGSTOP/SIGCONT and
 restart a daemon, and read HAProxy's admin states back from HAProxy itself.
@@ -29,13 +32,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import psycopg
 import yaml
 
 from failover.lb import ServerState
 from nodevigil.app.api.auth import token_digest
 from nodevigil.app.demo.servers.process import PortTaken, Program, spawn, wait_ready
 from tests.etcd_cluster import EtcdCluster
-from tests.failover.daemons import HAProxyInstance, run_haproxy
+from tests.failover.daemons import BindInstance, HAProxyInstance, HttpNode, run_bind, run_haproxy
 from tests.failover.haproxy_daemon import admin_states
 from tests.notify.receivers import WebhookReceiver
 from tests.postgres_server import PostgresAddress
@@ -103,6 +107,22 @@ class Harness:
     database: str
     http: aiohttp.ClientSession
     extra_env: dict[str, str] = field(default_factory=dict)
+    postgres: PostgresAddress | None = None
+    bind: BindInstance | None = None  # the global load balancer, with ``bind=True``
+    far: HttpNode | None = None  # the ``far`` site's one node, with ``bind=True``
+
+    # --- PostgreSQL -----------------------------------------------------------------------
+
+    async def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """``sql``'s rows, read from the cluster's database on a connection of the test's."""
+        assert self.postgres is not None
+        dsn = self.postgres.admin_dsn.replace("dbname=postgres", f"dbname={self.database}")
+
+        def run() -> list[tuple[Any, ...]]:
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=2) as conn:
+                return list(conn.execute(sql).fetchall())
+
+        return await asyncio.to_thread(run)
 
     # --- the daemons ----------------------------------------------------------------------
 
@@ -271,11 +291,15 @@ def daemon_config(
     hook: WebhookReceiver,
     secret_file: Path,
     nodes: int = 0,
+    bind: BindInstance | None = None,
+    far: HttpNode | None = None,
 ) -> dict[str, Any]:
     """One member's configuration: everything but ``vantage`` and ``api.listen`` is shared.
 
     ``nodes`` adds that many extra nodes in a second site without a load balancer (a TCP
-    probe of HAProxy's frontend every 10 s each), for the benchmark's CPU figures.
+    probe of HAProxy's frontend every 10 s each), for the benchmark's CPU figures. ``bind``
+    (with ``far``, an HTTP node) makes BIND the service's global load balancer (record
+    ``www``) over two sites, ``sh`` and ``far`` (``far-f1``, probing ``far``).
     """
     data: dict[str, Any] = {
         "timezone": "UTC",
@@ -344,6 +368,27 @@ def daemon_config(
             "renew_every": f"{RENEW_EVERY}s",
         },
     }
+    if bind is not None:
+        assert far is not None and not nodes
+        data["load_balancers"]["gslb"] = {
+            "type": "rfc2136",
+            "server": bind.server,
+            "zone": bind.zone,
+            "ttl": 5,
+            "timeout": "500ms",  # like HAProxy's: a command must fit in the lease
+            "tsig": {
+                "name": bind.key_name,
+                "algorithm": bind.key_algorithm,
+                "secret_file": str(bind.key_file),
+            },
+        }
+        data["sites"].append({"name": "far", "address": "192.0.2.20"})
+        data["nodes"].append(
+            {"name": "far-f1", "site": "far", "probes": [{"type": "http", "url": far.url}]}
+        )
+        data["services"] = [
+            {"name": "web", "sites": ["sh", "far"], "global_lb": "gslb", "record": "www"}
+        ]
     if nodes:
         frontend = f"127.0.0.1:{haproxy.frontend_port}"
         data["sites"].append({"name": "far", "address": "192.0.2.20"})
@@ -403,12 +448,14 @@ async def run_cluster(
     daemons: int = 3,
     nodes: tuple[str, ...] = NODES,
     start: bool = True,
+    bind: bool = False,
 ) -> AsyncIterator[Harness]:
     """Start the whole cluster under ``root`` (logs and state) and stop everything afterwards.
 
     HAProxy lives in a short temporary directory of its own: a unix socket path has to fit in
     108 bytes and pytest's directories are long. With ``start=False`` the daemons are
-    configured but not started (the benchmark starts them itself).
+    configured but not started (the benchmark starts them itself). ``bind=True``: a real BIND
+    as the global load balancer and a second site (see ``daemon_config``).
     """
     short = Path(tempfile.mkdtemp(prefix="nvc-"))
     database = await asyncio.to_thread(postgres.create_database)
@@ -418,6 +465,12 @@ async def run_cluster(
             stack.callback(etcd.close)
             haproxy = await stack.enter_async_context(run_haproxy(short / "haproxy", list(nodes)))
             hook = await stack.enter_async_context(WebhookReceiver())
+            bind_server, far = None, None
+            if bind:
+                bind_server = await stack.enter_async_context(run_bind(root / "bind"))
+                far = HttpNode("far-f1")
+                await far.start()
+                stack.push_async_callback(far.stop)
             http = await stack.enter_async_context(
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
             )
@@ -441,11 +494,14 @@ async def run_cluster(
                     password_file=postgres.password_file,
                     hook=hook,
                     secret_file=secret_file,
+                    bind=bind_server,
+                    far=far,
                 )
                 config = home / "nodevigil.yaml"
                 config.write_text(yaml.safe_dump(data))
                 members.append(Member(name, config, port, home / "daemon.log"))
             harness = Harness(root, etcd, haproxy, hook, members, database, http)
+            harness.postgres, harness.bind, harness.far = postgres, bind_server, far
             stack.push_async_callback(harness.stop_all)
             if start:
                 await asyncio.gather(*(harness.start(m) for m in members))
