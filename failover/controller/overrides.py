@@ -2,7 +2,7 @@
 
 Every change holds one lock across the store's await. Without it two undrains (or an undrain
 and an expiry) both saw the override, and the second one's delete raised KeyError: a 500 for
-the request, or an aborted controller cycle (issue 12).
+the request, or an aborted controller cycle.
 """
 
 from __future__ import annotations
