@@ -73,6 +73,9 @@ class LbAction(Event):
     KIND = "lb.action"
     lb: str
     why: str
+    # The leader lease's fencing epoch the command was sent under (None on a single host):
+    # with ``vantage``, which leader did it, across a change of leader.
+    epoch: int | None = None
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> Self:
@@ -157,6 +160,36 @@ class FailoverPanicOver(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BrakeEngaged(Event):
+    """More than ``share`` of a scope's nodes went down within ``window``: new drains there
+    slow to ``rate`` a minute (``subject`` is the site, or ``fleet``)."""
+
+    KIND = "failover.brake"
+    scope: str  # "site" or "fleet"
+    site: str | None = field(default=None, metadata=json_key("site", omit_none=True))
+    nodes: int
+    went_down: int
+    down: int
+    window: float
+    share: float
+    rate: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrakeReleased(Event):
+    """No more than ``share`` of the scope's nodes are down: drains go ahead again."""
+
+    KIND = "failover.brake_released"
+    scope: str
+    site: str | None = field(default=None, metadata=json_key("site", omit_none=True))
+    nodes: int
+    down: int
+    duration: float  # seconds the brake held
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ControllerDecision(Event):
     """One cycle's decision line (``subject`` is the vantage) and the evidence behind it."""
 
@@ -165,6 +198,7 @@ class ControllerDecision(Event):
     actions: int
     failed: int
     evidence: Mapping[str, Mapping[str, str]]
+    epoch: int | None = None  # the lease's epoch while acting; None on one host or a standby
 
 
 # --- operator overrides -----------------------------------------------------------------------
@@ -349,6 +383,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     FailoverFailed,
     FailoverPanic,
     FailoverPanicOver,
+    BrakeEngaged,
+    BrakeReleased,
     ControllerDecision,
     OverrideSet,
     OverrideCleared,

@@ -6,6 +6,8 @@ from failover.controller.metrics import ControllerMetrics
 from failover.controller.state import (
     Action,
     Book,
+    BrakeBook,
+    BrakeView,
     ControllerState,
     Decision,
     NodeBook,
@@ -19,13 +21,22 @@ from failover.controller.state import (
     UnknownNameError,
     VerdictSource,
 )
-from failover.controller.status import ControllerStatus, NodeStatus, ServiceStatus, SiteStatus
+from failover.controller.status import (
+    BrakeStatus,
+    ControllerStatus,
+    NodeStatus,
+    ServiceStatus,
+    SiteStatus,
+)
 from failover.controller.store import ActionRecord, Store, StoredState
 
 __all__ = [
     "Action",
     "ActionRecord",
     "Book",
+    "BrakeBook",
+    "BrakeStatus",
+    "BrakeView",
     "Controller",
     "ControllerMetrics",
     "ControllerState",

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from failover.controller.brake import Throttle, forgive, judge, scopes
 from failover.controller.state import (
     Action,
     Book,
@@ -210,9 +211,18 @@ def decide(config: Config, st: ControllerState, now: float, wall: float) -> Deci
     by_site: dict[str, list[Node]] = {}
     for n in config.nodes:  # one pass, not one per site (O(sites x nodes) at 10,000 nodes)
         by_site.setdefault(n.site, []).append(n)
+    all_scopes = scopes(config, by_site)
+    books = forgive(books, st.book.brakes, all_scopes, st, now)
+    brakes, down, brake_notices = judge(
+        s.brake, all_scopes, books, st.book.brakes, now=now, wall=wall
+    )
+    notices += brake_notices
+    throttle = Throttle(s.brake, brakes, config.nodes, books, now)
     for site in config.sites:
         nodes = by_site.get(site.name, [])
         plan = _plan_site(config, site, nodes, st, books)
+        if throttle.engaged:
+            plan = replace(plan, desired=throttle.hold_drains(site.name, plan.desired, st, books))
         for name in plan.released:  # let back in early: its hold-down starts over if it fails
             books[name] = replace(books[name], held=False, up_since=None, back_at=now)
         old = st.book.sites.get(site.name, SiteBook())
@@ -277,12 +287,19 @@ def decide(config: Config, st: ControllerState, now: float, wall: float) -> Deci
                     )
                 )
         drained = ("site", site.name) in st.overrides
-        site_views[site.name] = SiteView(new.can_serve, new.up and not drained, panic, nodes_out)
+        site_views[site.name] = SiteView(
+            new.can_serve, new.up and not drained, panic, nodes_out, throttle.site_braked(site.name)
+        )
+    if throttle.engaged:
+        site_views = throttle.hold_withdrawals(config, st, site_views)
     available, outages = _services(
         config=config, st=st, sites=site_views, wall=wall, notices=notices, actions=actions
     )
-    book = Book(nodes=books, sites=site_books, outages=outages)
-    return Decision(tuple(actions), tuple(notices), book, node_views, site_views, available)
+    brakes, brake_views = throttle.outcome(st.book.brakes, down)
+    book = Book(nodes=books, sites=site_books, outages=outages, brakes=brakes)
+    return Decision(
+        tuple(actions), tuple(notices), book, node_views, site_views, available, brake_views
+    )
 
 
 def _site_notices(

@@ -39,6 +39,8 @@ class Applied:
 
     action: Action
     error: str | None
+    # The fencing epoch the command was sent under, read right before it (None on one host).
+    epoch: int | None = None
 
 
 async def _bounded(call: Awaitable[object], seconds: float) -> object:
@@ -174,6 +176,7 @@ async def apply(
     async def one(action: Action) -> None:
         if authority is not None and not authority.may_act():
             return  # the lease ran out mid-cycle: the next leader repairs what is left
+        epoch = None if authority is None else authority.epoch
         if isinstance(action, SetServerState):
             key = f"set:{action.lb}:{action.backend}:{action.server}"
             target = f"{action.backend}/{action.server}"
@@ -195,10 +198,10 @@ async def apply(
         except Exception as exc:
             failure = _failure(exc, action.lb, seconds)
             report(key, action.lb, "set", target, failure)
-            results.append(Applied(action, str(failure) or type(failure).__name__))
+            results.append(Applied(action, str(failure) or type(failure).__name__, epoch))
             return
         report(key, action.lb, "set", target, None)
-        results.append(Applied(action, None))
+        results.append(Applied(action, None, epoch))
 
     async def run(group: list[Action]) -> None:
         for action in group:
@@ -272,7 +275,8 @@ async def release(
 def describe_applied(
     result: Applied, wall: float, vantage: str
 ) -> tuple[ServerStateSet | AddressesSet, ActionRecord]:
-    """The ``lb.action`` event and the action-log record, for one result."""
+    """The ``lb.action`` event and the action-log record, for one result: both name the
+    acting ``vantage`` and the epoch the command was sent under."""
     a = result.action
     event: ServerStateSet | AddressesSet
     if isinstance(a, SetServerState):
@@ -282,6 +286,7 @@ def describe_applied(
             vantage=vantage,
             lb=a.lb,
             why=a.why,
+            epoch=result.epoch,
             backend=a.backend,
             server=a.server,
             node=a.node,
@@ -297,6 +302,7 @@ def describe_applied(
             vantage=vantage,
             lb=a.lb,
             why=a.why,
+            epoch=result.epoch,
             record=a.record,
             service=a.service,
             old=tuple(sorted(a.old)),
@@ -305,7 +311,19 @@ def describe_applied(
         # The action log's text as before: the sorted lists' repr.
         target, old, new = a.record, str(list(event.old)), str(list(event.new))
     outcome = "ok" if result.error is None else "error"
-    record = ActionRecord(wall, a.lb, event.what, target, old, new, a.why, outcome, result.error)
+    record = ActionRecord(
+        wall,
+        a.lb,
+        event.what,
+        target,
+        old,
+        new,
+        a.why,
+        outcome,
+        result.error,
+        vantage=vantage,
+        epoch=result.epoch,
+    )
     return event, record
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from failover.controller.brake import FLEET
 from failover.controller.decide import decide
 from failover.controller.lbio import (
     Applied,
@@ -232,6 +233,9 @@ class Controller:
                 self._note(event)
             config = self._config
             acting = await self._take_authority()
+            # The epoch this cycle acts under, for its decision line (each command carries
+            # the one read right before it was sent).
+            epoch = self._authority.epoch if acting else None
             await self._refresh_overrides()
             if acting:  # a standby leaves the shared overrides to the leader
                 await self._overrides.drop_orphaned(config, self._clock.wall())
@@ -272,7 +276,9 @@ class Controller:
             self._observed = after_applied(observed, applied)
             self._last = decision
             self._last_cycle_at = wall
-            await self._publish(decision, applied, released, state, wall, acting=acting)
+            await self._publish(
+                decision, applied, released, state, wall, acting=acting, epoch=epoch
+            )
             reconciled = complete and acting and len(applied) == len(decision.actions)
             self._update_metrics(decision, [*applied, *released], reconciled, wall, started)
             return decision
@@ -322,6 +328,7 @@ class Controller:
         wall: float,
         *,
         acting: bool = True,
+        epoch: int | None = None,
     ) -> None:
         records = []
         for result in [*applied, *released]:
@@ -347,7 +354,9 @@ class Controller:
         if text:
             failed = sum(1 for r in [*applied, *released] if r.error is not None)
             line = text + (f" [{failed} failed, retrying]" if failed else "")
-            log.info("failover: %s", line)
+            # In a cluster, which leader decided: hosts' logs are read side by side.
+            who = "" if epoch is None else f" [{self.vantage}, epoch {epoch}]"
+            log.info("failover: %s%s", line, who)
             # Evidence: the nodes acted on and every node not up (not the whole fleet).
             acted = {r.action.node for r in applied if isinstance(r.action, SetServerState)}
             evidence = {
@@ -364,6 +373,7 @@ class Controller:
                     actions=len(applied) + len(released),
                     failed=failed,
                     evidence=evidence,
+                    epoch=epoch,
                 )
             )
         if records:
@@ -395,6 +405,12 @@ class Controller:
             m.nodes_out.labels(name).set(sv.nodes_out)
             m.panic.labels(name).set(int(sv.panic))
             m.site_serving.labels(name).set(int(sv.serving))
+            m.brake.labels("site", name).set(int(sv.brake))
+        m.brake.labels("fleet", "").set(int(FLEET in d.brakes))
+        for view in d.brakes.values():
+            if view.new_held or view.new_held_sites:
+                held = len(view.new_held) + len(view.new_held_sites)
+                m.brake_held.labels(view.scope, view.site or "").inc(held)
         for name, ok in d.available.items():
             m.service_available.labels(name).set(int(ok))
         if complete and all(r.error is None for r in applied):

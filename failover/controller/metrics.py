@@ -44,6 +44,18 @@ class ControllerMetrics:
             ["site"],
             registry=r,
         )
+        self.brake = Gauge(
+            "nodevigil_failover_brake",
+            "1 while the brake on mass failure holds drains in the scope (site, or the fleet)",
+            ["scope", "site"],
+            registry=r,
+        )
+        self.brake_held = Counter(
+            "nodevigil_failover_brake_held",
+            "Node drains and site withdrawals a brake held (each once per brake)",
+            ["scope", "site"],
+            registry=r,
+        )
         self.site_serving = Gauge(
             "nodevigil_site_serving",
             "1 while the global LBs publish the site",

@@ -8,7 +8,7 @@ wall-clock seconds appear only where a record is made (overrides, outages, event
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from failover.lb.base import ServerState
@@ -88,6 +88,24 @@ class SiteBook:
 
 
 @dataclass(frozen=True, slots=True)
+class BrakeBook:
+    """An engaged brake of one scope (``brake.py``); monotonic times.
+
+    ``nodes`` and ``went_down`` are the counts that engaged it (its reason). The token bucket
+    holds ``tokens`` as of ``refilled_at`` and refills at ``failover.brake.rate`` a minute up to
+    one; ``held`` and ``held_sites`` are the drains and site withdrawals it held last cycle.
+    """
+
+    since: float
+    nodes: int
+    went_down: int
+    tokens: float = 0.0
+    refilled_at: float | None = None  # None: since
+    held: tuple[str, ...] = ()
+    held_sites: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Outage:
     """An open whole-service unavailability; ``started_at`` is wall-clock."""
 
@@ -104,6 +122,7 @@ class Book:
     nodes: Mapping[str, NodeBook] = field(default_factory=dict)
     sites: Mapping[str, SiteBook] = field(default_factory=dict)
     outages: Mapping[str, Outage] = field(default_factory=dict)
+    brakes: Mapping[str, BrakeBook] = field(default_factory=dict)  # engaged scopes only
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +200,49 @@ class SiteView:
     serving: bool  # published by the global load balancers
     panic: bool
     nodes_out: int
+    brake: bool = False  # the site's own brake is engaged
+    withdrawal_held: bool = False  # cannot serve, but the fleet's brake keeps it published
+
+
+@dataclass(frozen=True, slots=True)
+class BrakeView:
+    """An engaged brake as the last decision saw it (``key``: ``fleet`` or ``site:NAME``)."""
+
+    key: str
+    site: str | None  # None: the fleet
+    since: float  # monotonic
+    nodes: int
+    went_down: int
+    down: int  # nodes of the scope down now
+    reason: str  # "braked: 6 of 8 nodes of site west went down within 1m"
+    held: tuple[str, ...] = ()  # node drains held
+    held_sites: tuple[str, ...] = ()  # site withdrawals held (the fleet's brake only)
+    new_held: tuple[str, ...] = ()  # of which held for the first time this cycle
+    new_held_sites: tuple[str, ...] = ()
+
+    @property
+    def scope(self) -> str:
+        """``site`` or ``fleet``."""
+        return "fleet" if self.site is None else "site"
+
+    def phrases(self) -> list[str]:
+        """What the decision line says about drains and withdrawals held for the first time."""
+        out = []
+        if self.new_held:
+            out.append(f"would drain {_some(self.new_held)} ({self.reason})")
+        if self.new_held_sites:
+            sites = _some(self.new_held_sites)
+            out.append(
+                f"would withdraw site{'s' * (len(self.new_held_sites) > 1)} {sites} "
+                f"from DNS ({self.reason})"
+            )
+        return out
+
+
+def _some(names: tuple[str, ...], most: int = 20) -> str:
+    """``a, b, c``; past ``most`` names, ``and N more`` (the status lists them all)."""
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,12 +266,14 @@ class Decision:
     nodes: Mapping[str, NodeView]
     sites: Mapping[str, SiteView]
     available: Mapping[str, bool]
+    brakes: Mapping[str, BrakeView] = field(default_factory=dict)  # engaged scopes only
 
     @property
     def text(self) -> str:
         """The one-line decision string; empty when the cycle had nothing to do."""
         phrases = [a.describe() for a in self.actions]
         phrases += [n.phrase for n in self.notices if n.phrase]
+        phrases += [p for view in self.brakes.values() for p in view.phrases()]
         return "; ".join(phrases)
 
 
@@ -235,4 +299,8 @@ def shift_book(book: Book, delta: float) -> Book:
         name: SiteBook(b.can_serve, b.up, move(b.recovering_since), b.panic)
         for name, b in book.sites.items()
     }
-    return Book(nodes, sites, book.outages)
+    brakes = {
+        key: replace(b, since=b.since + delta, refilled_at=move(b.refilled_at))
+        for key, b in book.brakes.items()
+    }
+    return Book(nodes, sites, book.outages, brakes)

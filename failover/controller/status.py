@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from failover.controller.state import Decision, Observed, Override, OverrideKind
@@ -36,6 +36,23 @@ class SiteStatus:
     panic: bool
     nodes_out: int
     override: dict[str, Any] | None
+    brake: bool = False  # the site's own brake is engaged
+    withdrawal_held: bool = False  # cannot serve, kept in DNS by the fleet's brake
+
+
+@dataclass(frozen=True, slots=True)
+class BrakeStatus:
+    """An engaged brake: a site's or the fleet's; ``since`` is wall-clock."""
+
+    scope: str  # "site" or "fleet"
+    site: str | None
+    since: float
+    nodes: int
+    went_down: int
+    down: int
+    reason: str
+    held: list[str]  # nodes whose drains it holds
+    held_sites: list[str]  # sites whose withdrawals it holds (the fleet's brake)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +72,7 @@ class ControllerStatus:
     sites: list[SiteStatus]
     services: list[ServiceStatus]
     last_cycle_at: float | None  # wall-clock
+    brakes: list[BrakeStatus] = field(default_factory=list)  # engaged ones
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
@@ -103,9 +121,25 @@ def build_status(
                 panic=sv.panic if sv else False,
                 nodes_out=sv.nodes_out if sv else 0,
                 override=override.as_dict() if override else None,
+                brake=sv.brake if sv else False,
+                withdrawal_held=sv.withdrawal_held if sv else False,
             )
         )
-    return ControllerStatus(nodes, sites, build_services(config, last), last_cycle_at)
+    brakes = [
+        BrakeStatus(
+            scope=b.scope,
+            site=b.site,
+            since=b.since + mono_to_wall,
+            nodes=b.nodes,
+            went_down=b.went_down,
+            down=b.down,
+            reason=b.reason,
+            held=list(b.held),
+            held_sites=list(b.held_sites),
+        )
+        for b in (last.brakes.values() if last else ())
+    ]
+    return ControllerStatus(nodes, sites, build_services(config, last), last_cycle_at, brakes)
 
 
 def build_services(config: Config, last: Decision | None) -> list[ServiceStatus]:

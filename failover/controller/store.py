@@ -29,6 +29,10 @@ class ActionRecord:
     why: str
     result: str  # "ok" or "error"
     error: str | None = None
+    # Who acted: the process's vantage and the leader lease's fencing epoch it acted under
+    # (None on a single host). Records written before these existed read back as "" / None.
+    vantage: str = ""
+    epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

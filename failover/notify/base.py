@@ -15,6 +15,7 @@ RESOLVES: Mapping[str, str] = {
     "incident.resolved": "incident.opened",
     "lb.recovered": "failover.failed",
     "failover.panic_over": "failover.panic",
+    "failover.brake_released": "failover.brake",
 }
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from failover.controller.state import Book, NodeBook, Outage, SiteBook
+from failover.controller.state import Book, BrakeBook, NodeBook, Outage, SiteBook
 from failover.controller.store import ActionRecord
 
 T = TypeVar("T")
@@ -24,7 +24,7 @@ class BookChanges:
     """What one ``save_book`` writes: everything when ``rewrite``, else only what changed."""
 
     rewrite: bool  # nothing known about the stored book: delete it all first
-    entries: list[tuple[str, str, str]]  # (kind "node"/"site", name, body) to insert or replace
+    entries: list[tuple[str, str, str]]  # (kind "node"/"site"/"brake", name, body) to write
     gone: list[tuple[str, str]]  # (kind, name) to delete
     outages: list[tuple[str, float, str]]  # (service, started_at, body) to insert or replace
     ended: list[str]  # services whose outage is over
@@ -44,12 +44,16 @@ def book_changes(book: Book, saved: Book | None) -> BookChanges:
     # on the drain path (SQLite), writing the few that changed takes a few.
     nodes, gone_nodes = _changes(book.nodes, None if saved is None else saved.nodes)
     sites, gone_sites = _changes(book.sites, None if saved is None else saved.sites)
+    brakes, gone_brakes = _changes(book.brakes, None if saved is None else saved.brakes)
     outages, ended = _changes(book.outages, None if saved is None else saved.outages)
     return BookChanges(
         rewrite=saved is None,
         entries=[("node", name, json.dumps(asdict(b))) for name, b in nodes.items()]
-        + [("site", name, json.dumps(asdict(b))) for name, b in sites.items()],
-        gone=[("node", n) for n in gone_nodes] + [("site", n) for n in gone_sites],
+        + [("site", name, json.dumps(asdict(b))) for name, b in sites.items()]
+        + [("brake", key, json.dumps(asdict(b))) for key, b in brakes.items()],
+        gone=[("node", n) for n in gone_nodes]
+        + [("site", n) for n in gone_sites]
+        + [("brake", key) for key in gone_brakes],
         outages=[(o.service, o.started_at, outage_body(o)) for o in outages.values()],
         ended=ended,
     )
@@ -64,18 +68,23 @@ def book_from(entries: list[tuple[str, str, str]], outages: list[tuple[str, floa
     """The book from stored (kind, name, body) entries and (service, started_at, body) outages."""
     nodes: dict[str, NodeBook] = {}
     sites: dict[str, SiteBook] = {}
+    brakes: dict[str, BrakeBook] = {}
     for kind, name, body in entries:
         if kind == "node":
             nodes[name] = NodeBook(**json.loads(body))
         elif kind == "site":
             sites[name] = SiteBook(**json.loads(body))
+        elif kind == "brake":  # an engaged brake (scope "fleet" or "site:NAME")
+            fields: dict[str, Any] = json.loads(body)
+            held, held_sites = fields.pop("held", ()), fields.pop("held_sites", ())
+            brakes[name] = BrakeBook(**fields, held=tuple(held), held_sites=tuple(held_sites))
     found: dict[str, Outage] = {}
     for service, started_at, body in outages:
         extra: dict[str, Any] = json.loads(body)
         found[service] = Outage(
             service, started_at, tuple(extra.get("sites", ())), extra.get("evidence", {})
         )
-    return Book(nodes, sites, found)
+    return Book(nodes, sites, found, brakes)
 
 
 def action_body(record: ActionRecord) -> str:

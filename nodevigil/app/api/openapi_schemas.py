@@ -158,6 +158,21 @@ SCHEMAS: dict[str, Schema] = {
             "panic": BOOL,
             "nodes_out": COUNT,
             "override": nullable(ref("Override")),
+            "brake": BOOL,
+            "withdrawal_held": BOOL,
+        }
+    ),
+    "BrakeStatus": obj(
+        {
+            "scope": {"type": "string", "enum": ["site", "fleet"]},
+            "site": nullable(STRING),
+            "since": NUMBER,
+            "nodes": COUNT,
+            "went_down": COUNT,
+            "down": COUNT,
+            "reason": STRING,
+            "held": {"type": "array", "items": STRING},
+            "held_sites": {"type": "array", "items": STRING},
         }
     ),
     "ServiceStatus": obj(
@@ -169,6 +184,7 @@ SCHEMAS: dict[str, Schema] = {
             "sites": {"type": "array", "items": ref("SiteStatus")},
             "services": {"type": "array", "items": ref("ServiceStatus")},
             "last_cycle_at": nullable(NUMBER),
+            "brakes": {"type": "array", "items": ref("BrakeStatus")},
             "role": {"type": "string", "enum": ["leader", "standby", "fenced"]},
         }
     ),
