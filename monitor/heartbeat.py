@@ -96,6 +96,9 @@ class HeartbeatBoard:
         self.agents: dict[str, AgentState] = {}
         self.connected = False
         self.connected_since: float | None = None  # monotonic time of the last (re)connect
+        # Monotonic time we sent the latest request the broker answered (``link_confirmed``):
+        # our link is known to work up to then, and agents' silence is judged only up to it.
+        self.confirmed_at: float | None = None
         self.link_epoch = 0  # bumped on every link change, to tell stale wills apart
         self.dropped: dict[str, int] = {}
         # Called with the agent's name when its will is believed: the monitor confirms it.
@@ -135,11 +138,25 @@ class HeartbeatBoard:
             key = self._keys[agent] = derive_key(self._secret, agent)
         return key
 
+    @property
+    def clock(self) -> Clock:
+        """The clock the board judges by (the listener times its link checks on it)."""
+        return self._clock
+
     def link_up(self) -> None:
         """The daemon (re)connected to the broker: silence is measured from now on."""
         self.connected = True
-        self.connected_since = self._clock.monotonic()
+        self.connected_since = self.confirmed_at = self._clock.monotonic()
         self.link_epoch += 1
+
+    def link_confirmed(self, sent: float) -> None:
+        """The broker answered a request we sent at monotonic ``sent``: our link worked then.
+
+        Without this a link that goes silent (an uplink cut: no FIN, no RST) looks up until
+        MQTT's keepalive gives up, 10 to 20 s later, and every agent would look silent first.
+        """
+        if self.connected and (self.confirmed_at is None or sent > self.confirmed_at):
+            self.confirmed_at = sent
 
     def link_down(self) -> None:
         """The daemon lost the broker: heartbeat probes are inconclusive until it is back."""
@@ -312,19 +329,33 @@ class HeartbeatBoard:
         silence_limit = spec.max_silence
         heard = state.last_seen if state is not None else None
         since_link = now - self.connected_since
+        # Silence counts only up to the broker's latest answer: after it, the silent one may
+        # be our own link (see ``link_confirmed``), and nodevigil's trouble judges no node.
+        confirmed = self.connected_since if self.confirmed_at is None else self.confirmed_at
         if heard is None or heard < self.connected_since:
             # After our own (re)connect, agents get a grace period to be heard again.
-            if since_link <= (grace if grace is not None else silence_limit + AGENT_MAX_BACKOFF):
+            allowed = grace if grace is not None else silence_limit + AGENT_MAX_BACKOFF
+            if since_link <= allowed:
                 return None, "waiting for the first heartbeat since the broker link came up"
+            if confirmed - self.connected_since <= allowed:
+                return None, self._unconfirmed(f"no heartbeat for {since_link:.1f}s", now)
             return False, f"no heartbeat for {since_link:.1f}s"
         silence = now - heard
         if silence > silence_limit:
-            return False, f"no heartbeat for {silence:.1f}s (max {silence_limit:g}s)"
+            said = f"no heartbeat for {silence:.1f}s (max {silence_limit:g}s)"
+            if confirmed - heard <= silence_limit:
+                return None, self._unconfirmed(said, now)
+            return False, said
         assert state is not None
         over = _over_limits(spec, state.figures)
         if over:
             return False, over
         return True, f"heartbeat {silence:.1f}s ago"
+
+    def _unconfirmed(self, said: str, now: float) -> str:
+        """Why a silence is not judged: the broker has not answered us since it began."""
+        quiet = now - (self.confirmed_at or now)
+        return f"not judged: {said}, but the MQTT broker has not answered us for {quiet:.1f}s"
 
 
 class _Refused(Exception):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -77,6 +78,8 @@ class MonitorMetrics:
             registry=registry,
         )
         registry.register(LocalErrorCollector(PROBES))
+        # Registered with the monitor's so every process exports them (0 on a single host).
+        self.vantage = VantageMetrics(registry)
 
     def set_verdict(self, node: str, site: str, verdict: Verdict) -> None:
         """Mark ``verdict`` as the node's current one."""
@@ -88,6 +91,60 @@ class MonitorMetrics:
         for v in Verdict:
             with contextlib.suppress(KeyError):
                 self.node_verdict.remove(node, site, v.value)
+
+
+class VantageMetrics:
+    """Whether this vantage is cut off (``monitor.isolation``), and each canary's last check.
+
+    One set of gauges per registry, however many times this is made: the monitor's metrics
+    make it, so every process exports ``nodevigil_vantage_isolated`` (0 on a single host), and
+    the cluster wiring that sets the gauges gets the same ones.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        shared = _VANTAGE_GAUGES.get(registry)
+        if shared is None:
+            shared = _VANTAGE_GAUGES[registry] = _VantageGauges(registry)
+        self._shared = shared
+        self.isolated = shared.isolated
+        self.canary_up = shared.canary_up
+
+    def set_isolated(self, isolated: bool) -> None:
+        """Show the isolation state."""
+        self.isolated.set(1 if isolated else 0)
+
+    def set_canaries(self, results: Mapping[str, bool | None]) -> None:
+        """Show the canaries' last results; a target gone or not judged loses its series."""
+        judged = {target: ok for target, ok in results.items() if ok is not None}
+        for gone in self._shared.shown - judged.keys():
+            with contextlib.suppress(KeyError):
+                self.canary_up.remove(gone)
+        for target, ok in judged.items():
+            self.canary_up.labels(target).set(1 if ok else 0)
+        self._shared.shown = set(judged)
+
+
+class _VantageGauges:
+    """The gauges behind every VantageMetrics of one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.isolated = Gauge(
+            "nodevigil_vantage_isolated",
+            "1 while this vantage looks cut off and votes unknown for every node, else 0.",
+            registry=registry,
+        )
+        self.canary_up = Gauge(
+            "nodevigil_vantage_canary_up",
+            "1 if the canary answered its last check, 0 if it failed (absent until judged).",
+            ["target"],
+            registry=registry,
+        )
+        self.shown: set[str] = set()  # the targets with a series
+
+
+_VANTAGE_GAUGES: weakref.WeakKeyDictionary[CollectorRegistry, _VantageGauges] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class AgentCollector(Collector):

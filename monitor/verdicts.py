@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from monitor.vantage_events import VantageIsolated, VantageRejoined
 from nodevigil.core.events import Event, kinds_of
 
 
@@ -91,5 +92,11 @@ _BY_VERDICT: dict[Verdict, type[NodeVerdictEvent]] = {
 _VERDICT_OF = {cls.KIND: verdict for verdict, cls in _BY_VERDICT.items()}
 
 # The kinds of event the monitor publishes (alert routes are checked against every package's).
-EVENT_TYPES: tuple[type[Event], ...] = (NodeUp, NodeDown, NodeUnknown)
+EVENT_TYPES: tuple[type[Event], ...] = (
+    NodeUp,
+    NodeDown,
+    NodeUnknown,
+    VantageIsolated,
+    VantageRejoined,
+)
 EVENT_KINDS = kinds_of(EVENT_TYPES)

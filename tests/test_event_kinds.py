@@ -24,12 +24,13 @@ from sla.events import EVENT_KINDS as SLA_KINDS
 PUBLISHED = {
     "node.up", "node.down", "node.unknown", "site.up", "site.down", "service.available",
     "service.unavailable", "lb.action", "lb.recovered", "failover.failed", "failover.panic",
-    "failover.panic_over", "controller.decision", "override.set", "override.cleared",
+    "failover.panic_over", "failover.brake", "failover.brake_released",
+    "controller.decision", "override.set", "override.cleared",
     "override.expired", "override.below_floor", "incident.opened", "incident.reopened",
     "incident.updated", "incident.cause", "incident.resolved", "maintenance.declared",
     "maintenance.cancelled", "notification.dead", "notification.disabled", "sla.unknown",
     "state.error", "state.recovered", "clock.stepped", "override.dropped",
-    "cluster.leader", "cluster.standby", "cluster.fenced",
+    "cluster.leader", "cluster.standby", "cluster.fenced", "vantage.isolated", "vantage.rejoined",
 }  # fmt: skip
 
 

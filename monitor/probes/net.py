@@ -7,6 +7,7 @@ import contextlib
 import os
 import ssl
 import time
+from collections.abc import Awaitable
 
 import dns.asyncquery
 import dns.exception
@@ -27,6 +28,14 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
+async def tcp_connect(host: str, port: int) -> str:
+    """One try of a TCP probe (and of a ``tcp://`` canary): open and close a connection."""
+    started = time.monotonic()
+    _, writer = await asyncio.open_connection(host, port)
+    await _close(writer)
+    return f"connected in {(time.monotonic() - started) * 1000:.0f}ms"
+
+
 class TcpProber(HedgedProber[TcpProbe]):
     """Opens (and closes) a TCP connection."""
 
@@ -34,11 +43,8 @@ class TcpProber(HedgedProber[TcpProbe]):
         self.spec = spec
         self._host, self._port = split_host_port(spec.address)
 
-    async def _attempt(self) -> str:
-        started = time.monotonic()
-        _, writer = await asyncio.open_connection(self._host, self._port)
-        await _close(writer)
-        return f"connected in {(time.monotonic() - started) * 1000:.0f}ms"
+    def _attempt(self) -> Awaitable[str]:
+        return tcp_connect(self._host, self._port)
 
 
 class TlsProber(HedgedProber[TlsProbe]):

@@ -22,8 +22,8 @@ from monitor.heartbeat import HeartbeatBoard, HeartbeatListener
 from monitor.metrics import AgentCollector, MonitorMetrics
 from monitor.monitor import Monitor
 from monitor.verdicts import Verdict
-from nodevigil.core.clock import SystemClock
-from nodevigil.core.config import Config, parse_config
+from nodevigil.core.clock import ManualClock, SystemClock
+from nodevigil.core.config import Config, MqttProbe, parse_config
 from nodevigil.core.events import Event, EventBus
 from tests.brokers import Broker
 from tests.failover.daemons import poll_until
@@ -253,3 +253,143 @@ def test_a_will_is_believed_only_if_our_link_survives_it() -> None:
     for fn in later:
         fn()
     assert seen == ["a", "b"]
+
+
+class SilentCut:
+    """A TCP relay to the broker that can stop forwarding without closing anything: the
+    daemon's own link goes silent, as when its uplink breaks (no FIN, no RST)."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server: asyncio.Server | None = None
+        self._pumps: set[asyncio.Task[None]] = set()
+        self.url = ""
+
+    async def __aenter__(self) -> SilentCut:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.url = f"mqtt://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for pump in self._pumps:
+            pump.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def cut(self) -> None:
+        """Hold every byte from now on, both ways (delivered late if ``heal``)."""
+        self._flowing.clear()
+
+    def heal(self) -> None:
+        """Forward again, the held bytes first (as TCP retransmits once a path is back)."""
+        self._flowing.set()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._port)
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            pump = asyncio.create_task(self._pump(source, sink))
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                await self._flowing.wait()
+                sink.write(data)
+                await sink.drain()
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+
+async def test_a_silent_cut_of_our_own_link_judges_no_node(mosquitto: Broker) -> None:
+    """Our broker link goes silent (no FIN, no RST): MQTT's keepalive notices only after 10 to
+    20 s, and agents look silent long before. Their silence is not judged until the broker has
+    answered us since; a silent agent on a link that answers still is (the test above)."""
+    board = HeartbeatBoard(SystemClock())
+    agent = NodeAgent(url=mosquitto.url, node="n1", interval=0.2)
+    async with SilentCut(mosquitto.port) as relay:
+        base = mqtt_config(mosquitto, max_silence="1s")
+        assert base.mqtt is not None  # the daemon reaches the broker through the relay
+        config = base.model_copy(update={"mqtt": base.mqtt.model_copy(update={"url": relay.url})})
+        async with watching(config, board) as (monitor, bus), background(agent.run()):
+            downs = bus.subscribe(["node.down"])
+
+            async def up() -> bool:
+                return monitor.verdicts()["n1"] is Verdict.UP
+
+            await poll_until(up, within=15, what="n1 up")
+            relay.cut()
+            cut_at = asyncio.get_running_loop().time()
+
+            async def doubted() -> bool:
+                status = monitor.node_status("n1")
+                assert status is not None
+                last = status["probes"][0]["last"]
+                # Past max_silence and fall rounds of 200 ms: the old code had judged n1 down.
+                late = asyncio.get_running_loop().time() - cut_at > 2.5
+                return late and last["ok"] is None and "not answered" in last["detail"]
+
+            await poll_until(doubted, within=10, what="silence not judged while cut")
+            assert board.connected  # the keepalive has not noticed yet
+            assert downs.drain() == []
+            relay.heal()
+            seq = board.agents["n1"].seq
+
+            async def resumed() -> bool:
+                return board.agents["n1"].seq > seq + 3
+
+            await poll_until(resumed, within=20, what="heartbeats after the cut healed")
+            assert downs.drain() == []
+            assert monitor.verdicts()["n1"] is Verdict.UP
+
+
+def test_silence_is_judged_only_up_to_the_brokers_last_answer() -> None:
+    clock = ManualClock()
+    config = parse_config(
+        {
+            "mqtt": {"url": "mqtt://127.0.0.1:1883"},
+            "sites": [{"name": "s", "address": "192.0.2.1"}],
+            "nodes": [
+                {"name": "n1", "site": "s", "probes": [{"type": "mqtt", "max_silence": "2s"}]}
+            ],
+        }
+    )
+    spec = config.nodes[0].probes[0]
+    assert isinstance(spec, MqttProbe)
+    board = HeartbeatBoard(clock, agents=["n1", "n2"])
+    board.link_up()
+    start = clock.monotonic()
+    clock.advance(1.0)
+    board.handle("nodevigil/nodes/n1/heartbeat", b'{"seq": 1}', "nodevigil")
+    clock.advance(2.5)  # n1 silent for 2.5 s, and the broker has not answered since the start
+    assert board.judge(spec, "n1", grace=5.0) == (
+        None,
+        "not judged: no heartbeat for 2.5s (max 2s), but the MQTT broker has not answered us "
+        "for 3.5s",
+    )
+    board.link_confirmed(start + 3.0)  # a request sent 2 s after the heartbeat: not enough
+    assert board.judge(spec, "n1", grace=5.0)[0] is None
+    board.link_confirmed(clock.monotonic())  # answered after n1's deadline: n1 is the silent one
+    assert board.judge(spec, "n1", grace=5.0) == (False, "no heartbeat for 2.5s (max 2s)")
+    board.link_confirmed(start + 1.0)  # an older answer moves nothing back
+    assert board.judge(spec, "n1", grace=5.0)[0] is False
+    # n2 was never heard since the link came up: its grace, then the same rule.
+    clock.advance(3.0)
+    assert board.judge(spec, "n2", grace=5.0) == (
+        None,
+        "not judged: no heartbeat for 6.5s, but the MQTT broker has not answered us for 3.0s",
+    )
+    board.link_confirmed(clock.monotonic())
+    assert board.judge(spec, "n2", grace=5.0) == (False, "no heartbeat for 6.5s")
+    board.link_down()
+    board.link_confirmed(clock.monotonic() + 1.0)  # a late answer after the link ended
+    assert board.judge(spec, "n2", grace=5.0) == (
+        None,
+        "daemon is not connected to the MQTT broker",
+    )
