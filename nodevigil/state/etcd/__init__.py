@@ -4,7 +4,7 @@ A thin asyncio client over etcd's v3 JSON gateway (``/v3/...`` on the client por
 see ``client.EtcdClient`` for what each call guarantees.
 """
 
-from nodevigil.state.etcd.client import EtcdClient
+from nodevigil.state.etcd.client import MAX_TXN_OPS, EtcdClient
 from nodevigil.state.etcd.errors import (
     EtcdCompacted,
     EtcdError,
@@ -12,9 +12,11 @@ from nodevigil.state.etcd.errors import (
     EtcdRejected,
     EtcdUnavailable,
 )
-from nodevigil.state.etcd.values import EventType, KeyValue, Lease, WatchEvent
+from nodevigil.state.etcd.values import Delete, EventType, KeyValue, Lease, Put, WatchEvent
 
 __all__ = [
+    "MAX_TXN_OPS",
+    "Delete",
     "EtcdClient",
     "EtcdCompacted",
     "EtcdError",
@@ -24,5 +26,6 @@ __all__ = [
     "EventType",
     "KeyValue",
     "Lease",
+    "Put",
     "WatchEvent",
 ]

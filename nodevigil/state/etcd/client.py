@@ -23,17 +23,22 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit
 
+from nodevigil.core.tlsfiles import TlsFileError, client_context
 from nodevigil.state.etcd.errors import EtcdError, EtcdLeaseNotFound
 from nodevigil.state.etcd.transport import Json, Transport, b64, unb64
-from nodevigil.state.etcd.values import KeyValue, Lease, WatchEvent
+from nodevigil.state.etcd.values import Delete, KeyValue, Lease, Put, WatchEvent
 from nodevigil.state.etcd.watch import watch_events
 
 TLSFiles = tuple[str, str | None, str | None]
+
+# etcd's --max-txn-ops default: a transaction with more operations is refused.
+MAX_TXN_OPS = 128
 
 
 def range_end(prefix: bytes) -> bytes:
@@ -80,13 +85,18 @@ def _check(
 
 
 def _ssl_context(tls: TLSFiles | None) -> ssl.SSLContext | None:
+    """Trust only the CA given; a file that cannot be used is a ValueError naming it."""
     if tls is None:
         return None
     ca_file, cert_file, key_file = tls
-    context = ssl.create_default_context(cafile=ca_file)
-    if cert_file is not None:
-        context.load_cert_chain(cert_file, key_file)
-    return context
+    try:
+        return client_context(
+            Path(ca_file),
+            None if cert_file is None else Path(cert_file),
+            None if key_file is None else Path(key_file),
+        )
+    except TlsFileError as exc:
+        raise ValueError(f"EtcdClient: tls.{exc}") from None
 
 
 class EtcdClient:
@@ -243,6 +253,37 @@ class EtcdClient:
             return False
         deleted = answer["responses"][0].get("response_delete_range", {}).get("deleted", 0)
         return int(deleted) > 0
+
+    async def txn(self, ops: Sequence[Put | Delete]) -> int:
+        """Apply every put and delete in one transaction, all or none; return its revision.
+
+        At most ``MAX_TXN_OPS`` operations, each key once (etcd refuses more, or a key twice):
+        ``ValueError`` at once. Raises EtcdLeaseNotFound when a put's lease is gone (then
+        nothing is applied). Safe to retry after a timeout: puts and deletes are idempotent.
+        """
+        if not ops:
+            raise ValueError("txn: no operations")
+        if len(ops) > MAX_TXN_OPS:
+            raise ValueError(f"txn: {len(ops)} operations, etcd takes at most {MAX_TXN_OPS}")
+        if len({op.key for op in ops}) < len(ops):
+            raise ValueError("txn: a key appears twice (etcd refuses that)")
+        requests: list[Json] = []
+        for op in ops:
+            if isinstance(op, Put):
+                put: Json = {"key": self._key(op.key), "value": b64(op.value)}
+                if op.lease:
+                    put["lease"] = str(op.lease)
+                requests.append({"request_put": put})
+            else:
+                requests.append({"request_delete_range": {"key": self._key(op.key)}})
+        answer = await self._transport.call("kv/txn", {"success": requests})
+        return int(answer["header"]["revision"])
+
+    async def put_many(
+        self, items: Iterable[tuple[str, bytes]], *, lease: int | None = None
+    ) -> int:
+        """Set every ``(key, value)`` in one transaction (see ``txn``); return its revision."""
+        return await self.txn([Put(key, value, lease or 0) for key, value in items])
 
     # --- leases -------------------------------------------------------------------------
 

@@ -48,6 +48,18 @@ INVALID_TOKEN = "etcdserver: invalid auth token"
 HEADERS = {"Content-Type": "application/json", "Grpc-Metadata-Hasleader": "true"}
 
 
+# etcd's JSON gateway answers this (HTTP 400, plain text) to every call made with a client
+# certificate that has a Common Name while etcd's auth is on: the gateway cannot pass the name on.
+GATEWAY_CN = "CommonName of client sending a request against gateway will be ignored"
+# TLS alerts by which etcd refuses this client's certificate (or the lack of one).
+CLIENT_CERT_ALERTS = (
+    "ALERT_BAD_CERTIFICATE",
+    "ALERT_CERTIFICATE_REQUIRED",
+    "ALERT_UNKNOWN_CA",
+    "ALERT_CERTIFICATE_UNKNOWN",
+)
+
+
 class Retry(Exception):
     """This endpoint gave no usable answer: try the next one (never leaves this module)."""
 
@@ -71,11 +83,44 @@ def error_from(body: Mapping[str, Any] | None, status: int, endpoint: str) -> Ex
     else:
         code, message = int(body.get("code", 2)), str(error or body.get("message", ""))
     text = f"{endpoint}: {message or f'HTTP {status}'}"
+    if GATEWAY_CN in message:
+        text += (
+            " (etcd's JSON gateway refuses a client certificate with a Common Name while etcd's "
+            "auth is on: give nodevigil a client certificate without one, names in its "
+            "subjectAltName only)"
+        )
     if code in RETRIABLE_CODES or (status >= 500 and not message):
         return Retry(text)
     if code == NOT_FOUND and message == LEASE_NOT_FOUND:
         return EtcdLeaseNotFound(f"etcd: {text}", code=code)
     return EtcdRejected(f"etcd: {text}", code=code)
+
+
+def describe(endpoint: str, exc: BaseException) -> str:
+    """One endpoint's failure in words: TLS trouble says which side refused what."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        error = exc.certificate_error
+        why = getattr(error, "verify_message", None) or str(error)
+        return (
+            f"{endpoint}: TLS: etcd's certificate is not trusted with the CA given "
+            f"(tls ca_file): {why}"
+        )
+    text = str(exc)
+    if any(alert in text for alert in CLIENT_CERT_ALERTS):
+        return (
+            f"{endpoint}: TLS: etcd refused this client's certificate (none given, or one "
+            f"etcd does not trust: tls cert_file): {text}"
+        )
+    return f"{endpoint}: {type(exc).__name__} {exc}".strip()
+
+
+def error_body(text: str, status: int) -> Json:
+    """The body of a refusal: etcd's JSON error, or a plain-text 4xx refusal (the gateway's
+    own) kept as its message, since it says why. A plain 5xx stays empty: retried elsewhere."""
+    try:
+        return first_object(text)
+    except ValueError:
+        return {} if status >= 500 else {"message": text.strip()[:300]}
 
 
 def first_object(text: str) -> Json:
@@ -165,7 +210,7 @@ class Transport:
                     self._suspects.add(index)
                     continue
                 except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                    problems[endpoint] = f"{endpoint}: {type(exc).__name__} {exc}".strip()
+                    problems[endpoint] = describe(endpoint, exc)
                     self._suspects.add(index)
                     continue
                 self._revision = max(self._revision, revision)
@@ -201,16 +246,23 @@ class Transport:
             if status == 200 and "error" not in data:
                 return data
             error = error_from(data, status, endpoint)
-            if (
-                not renewed
-                and self._credentials is not None
-                and isinstance(error, EtcdRejected)
-                and (error.code == UNAUTHENTICATED or INVALID_TOKEN in str(error))
-            ):
+            if not renewed and self._token_refused(error):
                 self._tokens.pop(endpoint, None)
                 continue
             raise error
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def forget_token(self, endpoint: str) -> None:
+        """Log in again on ``endpoint`` before its next call (etcd refused the token)."""
+        self._tokens.pop(endpoint, None)
+
+    def _token_refused(self, error: Exception) -> bool:
+        """Whether ``error`` refused the auth token (expired, or etcd forgot it): get another."""
+        return (
+            self._credentials is not None
+            and isinstance(error, EtcdRejected)
+            and (error.code == UNAUTHENTICATED or INVALID_TOKEN in str(error))
+        )
 
     async def _post(
         self, endpoint: str, method: str, body: Json, headers: Mapping[str, str]
@@ -221,12 +273,9 @@ class Transport:
             f"{endpoint}/v3/{method}", data=json.dumps(body), headers=headers
         ) as response:
             text = await response.text()
-            try:
+            if response.status == 200:
                 return response.status, first_object(text)
-            except ValueError:
-                if response.status == 200:
-                    raise
-                return response.status, {}
+            return response.status, error_body(text, response.status)
 
     async def _headers(self, endpoint: str) -> dict[str, str]:
         if self._credentials is None:
@@ -264,15 +313,18 @@ class Transport:
                         response = await self._session.post(
                             f"{endpoint}/v3/{method}", data=json.dumps(body), headers=headers
                         )
-                        messages = _messages(response)
-                        first = await anext(messages)
+                        if response.status == 200:
+                            messages = _messages(response)
+                            first = await anext(messages)
+                        else:  # a refusal, as JSON or as the gateway's plain text
+                            first = error_body(await response.text(), response.status)
                     if response.status != 200 or "error" in first:
                         raise error_from(first, response.status, endpoint)
                 except Retry as exc:
                     problems[endpoint] = str(exc)
                     self._suspects.add(index)
                 except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                    problems[endpoint] = f"{endpoint}: {type(exc).__name__} {exc}".strip()
+                    problems[endpoint] = describe(endpoint, exc)
                     self._suspects.add(index)
                 except StopAsyncIteration:
                     problems[endpoint] = f"{endpoint}: stream closed at once"

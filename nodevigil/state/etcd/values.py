@@ -1,4 +1,4 @@
-"""What the etcd client returns: frozen values, keys relative to the client's prefix."""
+"""What the etcd client takes and returns: frozen values, keys relative to the client's prefix."""
 
 from __future__ import annotations
 
@@ -44,3 +44,19 @@ class WatchEvent:
 
     type: EventType
     kv: KeyValue
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """In a transaction: set ``key`` to ``value``, under ``lease`` unless it is 0."""
+
+    key: str
+    value: bytes
+    lease: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """In a transaction: delete ``key`` (absent is fine)."""
+
+    key: str

@@ -9,7 +9,14 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 
 from nodevigil.state.etcd.errors import EtcdCompacted, EtcdUnavailable
-from nodevigil.state.etcd.transport import Json, Retry, Transport, b64, error_from
+from nodevigil.state.etcd.transport import (
+    INVALID_TOKEN,
+    Json,
+    Retry,
+    Transport,
+    b64,
+    error_from,
+)
 from nodevigil.state.etcd.values import EventType, KeyValue, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -57,7 +64,12 @@ async def watch_events(
                             f"(compacted up to {compacted})",
                             compact_revision=compacted,
                         )
-                    raise StreamBroken(f"canceled: {result.get('cancel_reason', '')}")
+                    reason = str(result.get("cancel_reason", ""))
+                    if INVALID_TOKEN in reason:
+                        # An expired login: etcd cancels the watch in a 200 answer, not with
+                        # an error, so the reopen must log in again or it is refused for ever.
+                        transport.forget_token(transport.current)
+                    raise StreamBroken(f"canceled: {reason}")
                 events = result.get("events", [])
                 for raw in events:
                     kv = decode(raw["kv"])
