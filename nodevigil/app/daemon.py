@@ -10,12 +10,12 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from failover.controller import Controller
+from failover.controller import Controller, VerdictSource
 from failover.controller.decide import site_backend
 from failover.incidents.manager import IncidentManager
 from failover.incidents.model import OutboxRow
@@ -42,7 +42,7 @@ from nodevigil.app.api import (
     sla_routes,
     status_page,
 )
-from nodevigil.app.api.app import ApiContext, api_runner, build_app
+from nodevigil.app.api.app import ApiContext, NodeView, api_runner, build_app
 from nodevigil.app.api.auth import TokenBook
 from nodevigil.app.api.status_snapshot import StatusSnapshot
 from nodevigil.app.gctuning import freeze_after_first_rounds, freeze_long_lived
@@ -52,6 +52,7 @@ from nodevigil.app.leadership import LeaderLease, Leadership, SoleLeadership
 from nodevigil.app.metrics import DaemonMetrics
 from nodevigil.app.sla_bridge import SlaBridge, utc
 from nodevigil.app.upkeep import Upkeep
+from nodevigil.app.vantages import Vantages, advertise_url, default_canaries
 from nodevigil.core.clock import Clock, SystemClock
 from nodevigil.core.config import Config, load_config, read_secret
 from nodevigil.core.config.schema import SecretRef, split_host_port
@@ -64,6 +65,9 @@ from nodevigil.state.lock import StateLock
 from nodevigil.state.postgres.watch import DatabaseWatch, database_up_gauge
 from nodevigil.state.statedir import StateDirWatch
 from sla.ledger import Ledger
+
+if TYPE_CHECKING:
+    from nodevigil.state.etcd.client import EtcdClient
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,8 @@ class Daemon:
         self._last_progress = self.clock.monotonic()
         self.started = False  # True once the API serves and the background tasks run
         self.on_started: Callable[[], None] | None = None
+        self._etcd: EtcdClient | None = None  # in a cluster: one client for lease and votes
+        self.vantages: Vantages | None = None  # with cluster.vantages: this host's votes
 
     def request_stop(self) -> None:
         """Ask the daemon to stop cleanly."""
@@ -137,6 +143,8 @@ class Daemon:
             self._spawn(self._close_transports(replaced), "close-old-notifiers")
         self._spawn(self.incidents.sync_config_windows(), "sync-maintenance")
         self.monitor.apply_config(config)
+        if self.vantages is not None:
+            self.vantages.apply_config(config)
         if self._tune_gc:
             freeze_long_lived()
             self._spawn(freeze_after_first_rounds(self.clock.sleep), "gc-freeze")
@@ -195,19 +203,28 @@ class Daemon:
         local_lbs, global_lbs = await stack.enter_async_context(self._adapters(config))
         store = state.controller_store()
         stack.push_async_callback(store.close)
+        # With cluster.vantages the probes' verdicts are this host's votes (a private bus), and
+        # what the controller and the API read is the quorum's verdict (app/vantages.py).
+        voting = config.cluster is not None and bool(config.cluster.vantages)
+        local_bus = EventBus() if voting else self.bus
         self.monitor = await stack.enter_async_context(
             Monitor(
                 config,
-                bus=self.bus,
+                bus=local_bus,
                 clock=self.clock,
                 metrics=MonitorMetrics(self.registry),
                 board=self.board,
             )
         )
+        nodes: NodeView = self.monitor
+        verdicts: VerdictSource = self.monitor
+        if voting:
+            self.vantages = await self._vantages(config, local_bus, stack)
+            nodes = verdicts = self.vantages
         self.controller = await stack.enter_async_context(
             Controller(
                 config=config,
-                verdicts=self.monitor,
+                verdicts=verdicts,
                 bus=self.bus,
                 clock=self.clock,
                 local_lbs=local_lbs,
@@ -222,7 +239,7 @@ class Daemon:
         self.context = ApiContext(
             config=config,
             registry=self.registry,
-            monitor=self.monitor,
+            monitor=nodes,
             events=events,
             tokens=TokenBook(config.api.tokens),
             clock=self.clock,
@@ -311,6 +328,8 @@ class Daemon:
             ],
         )
         app[cluster_routes.LEADERSHIP] = self.leadership
+        if self.vantages is not None:
+            app[cluster_routes.VANTAGES] = self.vantages.view
         app[failover_routes.CONTROLLER] = self.controller
         app[sla_routes.LEDGER] = ledger
         app[incident_routes.INCIDENTS] = self.incidents
@@ -478,9 +497,30 @@ class Daemon:
         cluster = config.cluster
         if cluster is None:
             return SoleLeadership(config.vantage)
+        client = await self._etcd_client(config, password, stack)
+        lease = LeaderLease(
+            client,
+            me=config.vantage,
+            ttl=cluster.lease_ttl,
+            renew_every=cluster.renew_every or cluster.lease_ttl / 3,
+            timeout=cluster.etcd.timeout,
+            clock=self.clock,
+            bus=self.bus,
+            registry=self.registry,
+            advertise=advertise_url(config),
+        )
+        return await stack.enter_async_context(lease)
+
+    async def _etcd_client(
+        self, config: Config, password: str | None, stack: contextlib.AsyncExitStack
+    ) -> EtcdClient:
+        """The one etcd client of this process (the lease and the votes share it)."""
+        if self._etcd is not None:
+            return self._etcd
         from nodevigil.state.etcd.client import EtcdClient
 
-        etcd = cluster.etcd
+        assert config.cluster is not None
+        etcd = config.cluster.etcd
         tls = None
         if etcd.tls is not None:
             cert, key = (
@@ -501,18 +541,45 @@ class Daemon:
             )
         except ValueError as exc:
             raise ConfigError([f"cluster.etcd: {exc}"]) from None
-        await stack.enter_async_context(client)
-        lease = LeaderLease(
+        self._etcd = await stack.enter_async_context(client)
+        return client
+
+    async def _vantages(
+        self, config: Config, local_bus: EventBus, stack: contextlib.AsyncExitStack
+    ) -> Vantages:
+        """This host as one vantage: its votes in etcd, everyone's combined (app/vantages.py)."""
+        from nodevigil.state.etcd.votes import VoteStore
+
+        cluster = config.cluster
+        assert cluster is not None
+        client = await self._etcd_client(config, self._etcd_password(config), stack)
+        store = VoteStore(
             client,
-            me=config.vantage,
+            vantage=config.vantage,
             ttl=cluster.lease_ttl,
             renew_every=cluster.renew_every or cluster.lease_ttl / 3,
-            timeout=etcd.timeout,
             clock=self.clock,
-            bus=self.bus,
             registry=self.registry,
         )
-        return await stack.enter_async_context(lease)
+        leadership = self.leadership
+
+        def peers() -> list[str]:
+            if not isinstance(leadership, LeaderLease):
+                return []
+            return [m.api for m in leadership.members() if m.api and m.name != config.vantage]
+
+        vantages = Vantages(
+            config=config,
+            monitor=self.monitor,
+            local_bus=local_bus,
+            bus=self.bus,
+            store=store,
+            canaries=lambda: default_canaries(self.config.cluster or cluster, peers),
+            clock=self.clock,
+            registry=self.registry,
+        )
+        await stack.enter_async_context(store)  # after Vantages subscribed: the whole snapshot
+        return await stack.enter_async_context(vantages)
 
     def _etcd_password(self, config: Config) -> str | None:
         """The etcd password (cluster.etcd.password_file), read before anything acts."""
@@ -606,12 +673,23 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
     ]
     if old.api.model_copy(update={"tokens": []}) != new.api.model_copy(update={"tokens": []}):
         changed.append("api (listen address and limits; tokens were applied)")
+    if _cluster_base(old) != _cluster_base(new):
+        changed.append("cluster (etcd, lease, advertise, and whether vantages vote)")
     changed += [
         f"load_balancers.{name}"
         for name in sorted(set(old.load_balancers) & set(new.load_balancers))
         if old.load_balancers[name] != new.load_balancers[name]
     ]
     return changed
+
+
+def _cluster_base(config: Config) -> tuple[Any, bool]:
+    """The cluster settings fixed at start; vantages, quorum and isolation follow a reload."""
+    cluster = config.cluster
+    if cluster is None:
+        return None, False
+    fixed = cluster.model_copy(update={"vantages": None, "quorum": None, "isolation": None})
+    return fixed, bool(cluster.vantages)
 
 
 class _Stop(Exception):

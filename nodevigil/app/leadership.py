@@ -104,10 +104,16 @@ class Member:
     name: str
     alive: bool
     last_seen: float | None  # wall time it last renewed its membership
+    api: str | None = None  # its API as the others reach it (cluster.advertise), if known
 
     def as_dict(self) -> dict[str, Any]:
         """The API's form."""
-        return {"name": self.name, "alive": self.alive, "last_seen": self.last_seen}
+        return {
+            "name": self.name,
+            "alive": self.alive,
+            "last_seen": self.last_seen,
+            "api": self.api,
+        }
 
 
 class Leadership(Protocol):
@@ -192,12 +198,14 @@ class LeaderLease:
         clock: Clock,
         bus: EventBus | None = None,
         registry: CollectorRegistry | None = None,
+        advertise: str | None = None,
     ) -> None:
         if not me:
             raise ValueError("me must name this process")
         if ttl <= 0 or renew_every <= 0 or timeout <= 0:
             raise ValueError("ttl, renew_every and timeout must be positive")
         self.me = me
+        self._advertise = advertise  # this process's API URL, told to the others
         self._client = client
         self._ttl = ttl
         self._renew_every = renew_every
@@ -365,7 +373,7 @@ class LeaderLease:
         except Exception as exc:  # whatever went wrong, this round proved nothing: not acting
             if self._trouble is None:  # once per streak, not once a renewal
                 log.warning("cluster: cannot renew through etcd: %s", _describe(exc))
-            self._trouble = f"etcd unreachable or without quorum: {_describe(exc)}"
+            self._trouble = f"{_trouble_kind(exc)}: {_describe(exc)}"
         else:
             if was_down:
                 log.info("cluster: etcd answers again")
@@ -428,7 +436,7 @@ class LeaderLease:
         """Renew ``members/<me>`` (under the lease) and read every member's."""
         assert self._lease is not None
         wall = self._clock.wall()
-        body = json.dumps({"name": self.me, "last_seen": wall}).encode()
+        body = json.dumps({"name": self.me, "last_seen": wall, "api": self._advertise}).encode()
         await self._client.put(MEMBERS + self.me, body, lease=self._lease.id)
         rows, self._revision = await self._client.range(MEMBERS)
         alive: dict[str, Member] = {}
@@ -436,11 +444,17 @@ class LeaderLease:
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 data = json.loads(row.value)
                 seen = data.get("last_seen")
+                api = data.get("api")
                 alive[str(data["name"])] = Member(
-                    str(data["name"]), True, float(seen) if seen is not None else None
+                    str(data["name"]),
+                    True,
+                    float(seen) if seen is not None else None,
+                    api if isinstance(api, str) else None,
                 )
         gone = {
-            n: Member(n, False, m.last_seen) for n, m in self._members.items() if n not in alive
+            n: Member(n, False, m.last_seen, m.api)
+            for n, m in self._members.items()
+            if n not in alive
         }
         self._members = {**gone, **alive}
 
@@ -535,6 +549,14 @@ class LeaderLease:
 
 def _name(member: Member) -> str:
     return member.name
+
+
+def _trouble_kind(exc: BaseException) -> str:
+    """Whether etcd could not be reached in time or answered and refused (a wrong password, a
+    missing permission): the operator's next step differs."""
+    if isinstance(exc, ConnectionError | TimeoutError):  # EtcdUnavailable is a ConnectionError
+        return "etcd unreachable or without quorum"
+    return "etcd refused the lease's calls"
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,6 +13,16 @@ the test of the DNS and PostgreSQL fences through the real processes uses it.
 
 Helpers find the leader (``GET /api/v1/cluster`` on every daemon), SIGKILL, SIGSTOP/SIGCONT and
 restart a daemon, and read HAProxy's admin states back from HAProxy itself.
+
+For the vantage tests: ``run_cluster(..., east=EAST_NODES)`` adds a second site ``east``
+(nodes ``east-e1`` .. ``east-e3``) behind an HAProxy of its own, so one site can be cut off
+alone (the service then spans both sites through the ``recording`` global load balancer, or
+BIND with ``bind=True``); ``cluster_extra`` is merged into every member's ``cluster:`` section
+(``{"vantages": [...], "quorum": 2}``); ``cuttable=["ops-3"]`` runs that member under a cut
+identity of its own (tests/cluster/cuts.py), so ``cut(member, targets)`` black-holes its
+packets to nodes, sites, etcd members or other daemons while every other process still
+reaches them, until ``heal(member)``. ``node(...)`` and ``events(...)`` read a member's
+``GET /api/v1/nodes/{name}`` and ``GET /api/v1/events``.
 """
 
 from __future__ import annotations
@@ -26,10 +36,11 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import psycopg
@@ -38,6 +49,7 @@ import yaml
 from failover.lb import ServerState
 from nodevigil.app.api.auth import token_digest
 from nodevigil.app.demo.servers.process import PortTaken, Program, spawn, wait_ready
+from tests.cluster.cuts import ProcessCut, Target, process_cut, require_cuts
 from tests.etcd_cluster import EtcdCluster
 from tests.failover.daemons import BindInstance, HAProxyInstance, HttpNode, run_bind, run_haproxy
 from tests.failover.haproxy_daemon import admin_states
@@ -47,6 +59,7 @@ from tests.postgres_server import PostgresAddress
 TOKEN = "cluster-harness-admin-token"  # a test token on loopback, gone after the test
 LEASE_TTL, RENEW_EVERY, ETCD_TIMEOUT = 2.0, 0.5, 0.3
 NODES = ("n1", "n2", "n3")
+EAST_NODES = ("e1", "e2", "e3")  # the second site's servers, with ``east=EAST_NODES``
 T = TypeVar("T")
 # A decision line of a process that believed it could act (a standby's read "standby: would").
 _ACTING_LINE = re.compile(r"failover: (?!standby: would)")
@@ -62,6 +75,7 @@ class Member:
     log: Path
     process: asyncio.subprocess.Process | None = None
     paused: bool = False
+    cut: ProcessCut | None = None  # its cut identity, with ``run_cluster(cuttable=...)``
 
     @property
     def base(self) -> str:
@@ -110,6 +124,7 @@ class Harness:
     postgres: PostgresAddress | None = None
     bind: BindInstance | None = None  # the global load balancer, with ``bind=True``
     far: HttpNode | None = None  # the ``far`` site's one node, with ``bind=True``
+    east: HAProxyInstance | None = None  # the ``east`` site's HAProxy, with ``east=...``
 
     # --- PostgreSQL -----------------------------------------------------------------------
 
@@ -148,7 +163,8 @@ class Harness:
 
     async def _start_once(self, member: Member) -> None:
         argv = [sys.executable, "-m", "nodevigil", "run", "-c", str(member.config)]
-        program = await spawn(member.name, argv, member.log, member.config.parent, self.extra_env)
+        launch = spawn if member.cut is None else member.cut.spawn
+        program = await launch(member.name, argv, member.log, member.config.parent, self.extra_env)
         member.process, member.paused = program.process, False
 
         async def ready() -> bool:
@@ -236,11 +252,130 @@ class Harness:
 
         return await until(one, within=within, what="exactly one leader")
 
+    async def node(self, member: Member | str, name: str) -> dict[str, Any]:
+        """``GET /api/v1/nodes/{name}`` on ``member``: that daemon's view of node ``name``."""
+        status, body = await self.call(self._member(member), "GET", f"/api/v1/nodes/{name}")
+        if status != 200 or not isinstance(body, dict):
+            raise RuntimeError(f"GET /api/v1/nodes/{name}: {status} {body}")
+        return body
+
+    async def events(
+        self,
+        member: Member | str,
+        *,
+        kind: str | None = None,
+        subject: str | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """``GET /api/v1/events`` on ``member``, newest first: ``kind`` is a prefix
+        (``node.``, ``vantage.isolated``); ``since`` and ``before`` (the API's ``until``) are
+        seconds since the epoch."""
+        query = {"kind": kind, "subject": subject, "since": since, "until": before, "limit": limit}
+        given = urlencode({k: v for k, v in query.items() if v is not None})
+        path = "/api/v1/events" + (f"?{given}" if given else "")
+        status, body = await self.call(self._member(member), "GET", path)
+        if status != 200 or not isinstance(body, dict):
+            raise RuntimeError(f"GET {path}: {status} {body}")
+        events: list[dict[str, Any]] = body["events"]
+        return events
+
+    async def wait_event(
+        self,
+        member: Member | str,
+        kind: str,
+        *,
+        subject: str | None = None,
+        since: float | None = None,
+        within: float,
+    ) -> dict[str, Any]:
+        """The newest event of ``kind`` (and ``subject``) on ``member``, waiting for one."""
+
+        async def newest() -> dict[str, Any] | None:
+            found = await self.events(member, kind=kind, subject=subject, since=since, limit=1)
+            return found[0] if found else None
+
+        name = member if isinstance(member, str) else member.name
+        return await until(newest, within=within, what=f"a {kind} event on {name}")
+
+    # --- cuts (run_cluster(cuttable=...)) -------------------------------------------------
+
+    def _member(self, member: Member | str) -> Member:
+        return self.member(member) if isinstance(member, str) else member
+
+    def targets_of(self, name: str) -> set[Target]:
+        """The (address, port) pairs behind ``name``: a node (its configured name, ``sh-n1``,
+        or its HAProxy server, ``n1``), a site (all its nodes' probe targets), ``nodes`` (every
+        node), ``etcd`` (every member) or ``etcd-<i>`` (member i), a daemon (its API, as a
+        canary), ``postgres`` or ``bind``. Read now: a daemon restarted on a new port is
+        found there."""
+        config = yaml.safe_load(self.members[0].config.read_text())
+        nodes = [
+            n
+            for n in config["nodes"]
+            if name in ("nodes", n["name"], n.get("lb_server"), n["site"])
+        ]
+        if nodes:
+            return {t for n in nodes for t in probe_targets(n)}
+        etcd = [f"etcd-{i}" for i in range(len(self.etcd.members))]
+        if name in ("etcd", *etcd):
+            chosen = self.etcd.members if name == "etcd" else [self.etcd.members[etcd.index(name)]]
+            return {("127.0.0.1", m.client_port) for m in chosen}
+        daemons = {m.name: m for m in self.members}
+        if name in daemons:
+            return {("127.0.0.1", daemons[name].port)}
+        if name == "postgres" and self.postgres is not None:
+            return {("127.0.0.1", self.postgres.port)}
+        if name == "bind" and self.bind is not None:
+            return {("127.0.0.1", self.bind.port)}
+        known = sorted({n["name"] for n in config["nodes"]} | {s["name"] for s in config["sites"]})
+        raise ValueError(
+            f"no cut target is called {name!r}: a node or site ({', '.join(known)}), nodes, "
+            f"etcd, etcd-<i>, a daemon ({', '.join(daemons)}), postgres or bind"
+        )
+
+    def _pairs(self, targets: Iterable[str | Target]) -> set[Target]:
+        return {p for t in targets for p in (self.targets_of(t) if isinstance(t, str) else {t})}
+
+    async def cut(self, member: Member | str, targets: Iterable[str | Target]) -> set[Target]:
+        """Black-hole ``member``'s packets to ``targets`` (names for ``targets_of`` or
+        (address, port) pairs) from now on, on top of what is cut already; everyone else
+        still reaches them. The pairs cut now. It outlives a restart of the member."""
+        identity = self._identity(member)
+        await asyncio.to_thread(identity.cut, self._pairs(targets))
+        return await asyncio.to_thread(identity.targets)
+
+    async def heal(
+        self, member: Member | str, targets: Iterable[str | Target] | None = None
+    ) -> set[Target]:
+        """Lift ``member``'s cut from ``targets`` (all when None); the pairs still cut."""
+        identity = self._identity(member)
+        pairs = None if targets is None else self._pairs(targets)
+        await asyncio.to_thread(identity.heal, pairs)
+        return await asyncio.to_thread(identity.targets)
+
+    def _identity(self, member: Member | str) -> ProcessCut:
+        found = self._member(member)
+        if found.cut is None:
+            raise ValueError(
+                f"{found.name} runs without a cut identity: run_cluster(cuttable=[{found.name!r}])"
+            )
+        return found.cut
+
     # --- HAProxy and the HTTP nodes -------------------------------------------------------
 
+    @property
+    def haproxies(self) -> list[HAProxyInstance]:
+        """Every HAProxy: the ``sh`` site's, then the ``east`` site's when there is one."""
+        return [self.haproxy] if self.east is None else [self.haproxy, self.east]
+
     async def admin(self) -> dict[str, ServerState]:
-        """Every HAProxy server's admin state, read from HAProxy."""
-        return await admin_states(self.haproxy)
+        """Every HAProxy server's admin state (of both sites' HAProxies), read from HAProxy."""
+        states: dict[str, ServerState] = {}
+        for haproxy in self.haproxies:
+            states.update(await admin_states(haproxy))
+        return states
 
     async def wait_admin(self, server: str, state: ServerState, *, within: float) -> float:
         """Wait until HAProxy holds ``server`` in ``state``; the monotonic time it was seen."""
@@ -250,14 +385,21 @@ class Harness:
 
         return await until(there, within=within, what=f"{server} {state.value} in HAProxy")
 
+    def http_node(self, name: str) -> HttpNode:
+        """The HTTP node behind HAProxy server ``name`` (``n1``, or ``e1`` of ``east``)."""
+        for haproxy in self.haproxies:
+            if name in haproxy.nodes:
+                return haproxy.nodes[name]
+        raise KeyError(f"no HAProxy has a server {name!r}")
+
     async def stop_node(self, name: str) -> None:
         """Stop HTTP node ``name``: its probes fail from now on."""
-        await self.haproxy.nodes[name].stop()
+        await self.http_node(name).stop()
 
     async def start_node(self, name: str) -> None:
         """Start HTTP node ``name`` again."""
-        if not self.haproxy.nodes[name].running:
-            await self.haproxy.nodes[name].start()
+        if not self.http_node(name).running:
+            await self.http_node(name).start()
 
 
 async def until(
@@ -278,6 +420,31 @@ async def until(
         await asyncio.sleep(every)
 
 
+def probe_targets(node: Mapping[str, Any]) -> set[Target]:
+    """The (address, port) pairs a configured node's probes connect to (http and tcp)."""
+    found: set[Target] = set()
+    for probe in node.get("probes", []):
+        if "url" in probe:
+            url = urlsplit(probe["url"])
+            default = 443 if url.scheme == "https" else 80
+            found.add((str(url.hostname), url.port or default))
+        elif "address" in probe:
+            host, _, port = str(probe["address"]).rpartition(":")
+            found.add((host, int(port)))
+    return found
+
+
+def merged(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in: mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def daemon_config(
     *,
     vantage: str,
@@ -293,13 +460,18 @@ def daemon_config(
     nodes: int = 0,
     bind: BindInstance | None = None,
     far: HttpNode | None = None,
+    east: HAProxyInstance | None = None,
+    cluster_extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One member's configuration: everything but ``vantage`` and ``api.listen`` is shared.
 
     ``nodes`` adds that many extra nodes in a second site without a load balancer (a TCP
     probe of HAProxy's frontend every 10 s each), for the benchmark's CPU figures. ``bind``
     (with ``far``, an HTTP node) makes BIND the service's global load balancer (record
-    ``www``) over two sites, ``sh`` and ``far`` (``far-f1``, probing ``far``).
+    ``www``) over two sites, ``sh`` and ``far`` (``far-f1``, probing ``far``). ``east`` adds
+    a site ``east`` behind that HAProxy (its servers as nodes ``east-<server>``) to the
+    service, whose global load balancer is then ``gslb`` (``recording`` unless ``bind``).
+    ``cluster_extra`` is merged into the ``cluster`` section as given (mappings key by key).
     """
     data: dict[str, Any] = {
         "timezone": "UTC",
@@ -402,6 +574,30 @@ def daemon_config(
             }
             for i in range(nodes)
         ]
+    if east is not None:
+        data["load_balancers"]["east-haproxy"] = {
+            **data["load_balancers"]["sh-haproxy"],
+            "socket": str(east.socket_path),
+            "backend": east.backend,
+        }
+        data["sites"].insert(
+            1, {"name": "east", "address": "192.0.2.30", "local_lb": "east-haproxy"}
+        )
+        data["nodes"] += [
+            {
+                "name": f"east-{name}",
+                "site": "east",
+                "lb_server": name,
+                "probes": [{"type": "http", "url": f"http://127.0.0.1:{node.port}/"}],
+            }
+            for name, node in east.nodes.items()
+        ]
+        service = data["services"][0]
+        service["sites"].insert(1, "east")
+        service.setdefault("global_lb", "gslb")
+        service.setdefault("record", "www")
+    if cluster_extra:
+        data["cluster"] = merged(data["cluster"], cluster_extra)
     return data
 
 
@@ -449,14 +645,28 @@ async def run_cluster(
     nodes: tuple[str, ...] = NODES,
     start: bool = True,
     bind: bool = False,
+    east: tuple[str, ...] = (),
+    cluster_extra: Mapping[str, Any] | None = None,
+    cuttable: Collection[str] = (),
 ) -> AsyncIterator[Harness]:
     """Start the whole cluster under ``root`` (logs and state) and stop everything afterwards.
 
     HAProxy lives in a short temporary directory of its own: a unix socket path has to fit in
     108 bytes and pytest's directories are long. With ``start=False`` the daemons are
     configured but not started (the benchmark starts them itself). ``bind=True``: a real BIND
-    as the global load balancer and a second site (see ``daemon_config``).
+    as the global load balancer and a second site (see ``daemon_config``). ``east`` (server
+    names, e.g. ``EAST_NODES``): a site ``east`` over those HTTP nodes behind an HAProxy of its
+    own. ``cluster_extra``: merged into every member's ``cluster:`` section. ``cuttable``
+    (member names, ``ops-<i>``): those run under a cut identity of their own, for ``cut`` and
+    ``heal``; the test is skipped where cuts cannot be made (not root, no nft).
     """
+    names = [f"ops-{index}" for index in range(1, daemons + 1)]
+    if unknown := set(cuttable) - set(names):
+        raise ValueError(f"cuttable: no member is called {sorted(unknown)} (members: {names})")
+    if clash := set(east) & set(nodes):
+        raise ValueError(f"east: servers {sorted(clash)} are also the sh site's")
+    if cuttable:
+        require_cuts()  # skip before anything starts
     short = Path(tempfile.mkdtemp(prefix="nvc-"))
     database = await asyncio.to_thread(postgres.create_database)
     try:
@@ -464,6 +674,11 @@ async def run_cluster(
             etcd = await asyncio.to_thread(start_etcd, root)
             stack.callback(etcd.close)
             haproxy = await stack.enter_async_context(run_haproxy(short / "haproxy", list(nodes)))
+            east_haproxy = None
+            if east:
+                east_haproxy = await stack.enter_async_context(
+                    run_haproxy(short / "haproxy-east", list(east))
+                )
             hook = await stack.enter_async_context(WebhookReceiver())
             bind_server, far = None, None
             if bind:
@@ -476,10 +691,11 @@ async def run_cluster(
             )
             secret_file = root / "acme.whsec"
             secret_file.write_text(hook.secret + "\n")
+            # Entered before the daemons start and left after they stop (the stack unwinds).
+            cuts = {name: stack.enter_context(process_cut()) for name in cuttable}
             members = []
             ports = distinct_ports(daemons)
-            for index in range(1, daemons + 1):
-                name = f"ops-{index}"
+            for name in names:
                 home = root / name
                 (home / "state").mkdir(parents=True, exist_ok=True)
                 port = ports.pop()
@@ -496,12 +712,15 @@ async def run_cluster(
                     secret_file=secret_file,
                     bind=bind_server,
                     far=far,
+                    east=east_haproxy,
+                    cluster_extra=cluster_extra,
                 )
                 config = home / "nodevigil.yaml"
                 config.write_text(yaml.safe_dump(data))
-                members.append(Member(name, config, port, home / "daemon.log"))
+                members.append(Member(name, config, port, home / "daemon.log", cut=cuts.get(name)))
             harness = Harness(root, etcd, haproxy, hook, members, database, http)
             harness.postgres, harness.bind, harness.far = postgres, bind_server, far
+            harness.east = east_haproxy
             stack.push_async_callback(harness.stop_all)
             if start:
                 await asyncio.gather(*(harness.start(m) for m in members))

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -27,12 +27,16 @@ from nodevigil.core.config import Config
 from nodevigil.core.errors import StateError
 from nodevigil.core.eventlog import EventLog
 
-if TYPE_CHECKING:
-    from monitor.monitor import Monitor
-
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class NodeView(Protocol):
+    """What the node routes read: the monitor, or with votes the quorum's view of it."""
+
+    def node_names(self) -> list[str]: ...
+    def node_status(self, name: str) -> dict[str, Any] | None: ...
 
 
 @dataclass
@@ -41,7 +45,7 @@ class ApiContext:
 
     config: Config
     registry: CollectorRegistry
-    monitor: Monitor
+    monitor: NodeView
     events: EventLog
     tokens: TokenBook
     ready: bool = False

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from aiohttp import web
 
 from nodevigil.app.api.app import ApiError, require_admin, require_operator
 from nodevigil.app.leadership import Leadership, Role
 
 LEADERSHIP: web.AppKey[Leadership] = web.AppKey("leadership")
+# With cluster.vantages: each vantage's health and votes (nodevigil.app.vantages.Vantages.view).
+VANTAGES: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("vantages")
+
+
+def cluster_view(app: web.Application) -> dict[str, Any] | None:
+    """Role, leader, epoch, members and (when they vote) the vantages; None without a lease."""
+    leadership = app.get(LEADERSHIP)
+    if leadership is None:
+        return None
+    view = leadership.view()
+    vantages = app.get(VANTAGES)
+    if vantages is not None:
+        view["vantages"] = vantages()
+    return view
 
 
 def role_of(request: web.Request) -> str:
@@ -19,7 +36,7 @@ def role_of(request: web.Request) -> str:
 async def cluster(request: web.Request) -> web.Response:
     """This process's role, the leader, the fencing epoch and the members."""
     require_operator(request)
-    return web.json_response(request.app[LEADERSHIP].view())
+    return web.json_response(cluster_view(request.app))
 
 
 async def step_down(request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ from nodevigil.app.api.app import (
     require_admin,
     require_operator,
 )
-from nodevigil.app.api.cluster_routes import role_of
+from nodevigil.app.api.cluster_routes import cluster_view, role_of
 from nodevigil.app.api.openapi_schemas import DURATION_PATTERN, MAX_REASON
 from nodevigil.app.api.params import check_keys, json_object, limit
 from nodevigil.core.durations import format_duration, parse_duration
@@ -53,7 +53,11 @@ def _parse_override(body: dict[str, Any], longest: float) -> tuple[float | None,
 async def status(request: web.Request) -> web.Response:
     """Nodes, sites and services as the controller sees them, and this process's role."""
     require_operator(request)
-    return web.json_response({**_controller(request).status().as_dict(), "role": role_of(request)})
+    status = {**_controller(request).status().as_dict(), "role": role_of(request)}
+    cluster = cluster_view(request.app)
+    if cluster is not None and request.app[CONTEXT].config.cluster is not None:
+        status["cluster"] = cluster  # one host shows no cluster block
+    return web.json_response(status)
 
 
 async def services(request: web.Request) -> web.Response:

@@ -82,7 +82,9 @@ def parse_config(
             [f"the file must hold a mapping of keys, not a {_yaml_kind(data)}"], source=source
         )
     try:
-        config = Config.model_validate(data)
+        # With a base directory (a configuration file), files the daemon opens at start are
+        # opened here too, relative to it, so check-config refuses what the start would.
+        config = Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         problems = [_clean(p) for p in _schema_problems(exc, data)]
         raise ConfigError(problems, source=source) from None
@@ -180,6 +182,12 @@ def _semantic_problems(config: Config, event_kinds: Collection[str] | None) -> I
     if config.cluster is not None and config.database is None:
         yield "cluster: needs a database section (the hosts share their state in PostgreSQL)"
     yield from _lease_problems(config)
+    cluster = config.cluster
+    if cluster is not None and cluster.vantages and config.vantage not in cluster.vantages:
+        yield (
+            f"vantage: {config.vantage!r} is not one of cluster.vantages "
+            f"({', '.join(cluster.vantages)}): this host's votes would not count"
+        )
 
 
 def _lease_problems(config: Config) -> Iterator[str]:

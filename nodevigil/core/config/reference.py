@@ -37,6 +37,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("defaults", schema.Defaults),
     ("defaults.flap", schema.FlapDamping),
     ("failover", schema.FailoverSettings),
+    ("failover.brake", schema.FailoverBrake),
     ("sites[]", schema.Site),
     ("nodes[]", schema.Node),
     ("nodes[].probes[] type: http", schema.HttpProbe),
@@ -210,6 +211,18 @@ EXAMPLES: dict[str, Example] = {
           hold_down: 30s                     # a recovered node stays out this long, doubled
           hold_down_max: 10m                 # on each flap up to this
           site_hold_down: 1m                 # a recovered site waits this long to return to DNS
+        """,
+    ),
+    "failover.brake": _example(
+        "failover",
+        "brake",
+        text="""
+        failover:
+          brake:                             # when much of a site or the fleet fails at once
+            share: 0.5                       # more than half of a scope's nodes down...
+            window: 1m                       # ...within a minute holds its drains
+            rate: 1                          # but lets one through a minute (default 0: none)
+            min_nodes: 10                    # smaller scopes never brake
         """,
     ),
     "sites[]": _example(

@@ -16,11 +16,13 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from nodevigil.core.durations import format_duration, parse_duration
+from nodevigil.core.tlsfiles import TlsFileError, client_context
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -346,6 +348,25 @@ LOCAL_LB_TYPES = frozenset({"haproxy", "recording"})
 GLOBAL_LB_TYPES = frozenset({"rfc2136", "powerdns", "recording"})
 
 
+class FailoverBrake(Frozen):
+    """The brake on mass failure (as Kubernetes' node lifecycle controller slows evictions):
+    when more than ``share`` of a site's nodes, or of the whole fleet's, go down within
+    ``window``, drains in that scope slow to ``rate`` a minute (0: none beyond those already
+    out) until no more than ``share`` of its nodes are down. Operator drains are never braked,
+    a dead site still leaves DNS, and scopes of fewer than ``min_nodes`` nodes never brake.
+    ``share: 1`` turns the brake off."""
+
+    # More than this share of a scope's nodes going down within ``window`` engages the brake;
+    # it holds while more than this share of them are down.
+    share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    window: Annotated[Duration, Field(gt=0, le=3600)] = 60.0
+    # Drains (and, for the fleet, site withdrawals) a minute while braked; 0 stops them.
+    rate: Annotated[float, Field(ge=0, le=600)] = 0.0
+    # Below 10 nodes the floor (min_healthy) and cap (max_unavailable) already bound what a
+    # few failures take out, and holding drains there mostly keeps traffic on dead servers.
+    min_nodes: Annotated[int, Field(ge=1)] = 10
+
+
 class FailoverSettings(Frozen):
     """How the controller paces itself and holds recovering nodes and sites out."""
 
@@ -356,6 +377,7 @@ class FailoverSettings(Frozen):
     # Every operator drain is time-boxed: a drain without ``for`` ends after this, and a longer
     # ``for`` is refused (422), so a forgotten drain cannot keep capacity out for ever.
     drain_max: Annotated[Duration, Field(gt=0, le=365 * 86400)] = 86400.0
+    brake: FailoverBrake = FailoverBrake()
 
 
 # --- daemon surfaces ------------------------------------------------------------------------
@@ -577,16 +599,68 @@ class Database(Frozen):
         return self
 
 
-class EtcdTls(Frozen):
-    """TLS towards etcd: the CA to trust, and a client certificate when etcd asks for one."""
+def _file_as_run_opens_it(value: Path, info: ValidationInfo) -> Path | None:
+    """Where the daemon opens ``value`` (relative to the configuration file's directory), when
+    the configuration is read from a file (check-config, the start, a reload); else None."""
+    base_dir = (info.context or {}).get("base_dir")
+    return None if base_dir is None else Path(base_dir) / value
 
-    ca_file: Path | None = None
+
+class EtcdTls(Frozen):
+    """TLS towards etcd: the CA to trust (required: nodevigil trusts only this CA for etcd,
+    never the system's), and a client certificate with its key when etcd asks for one. Read
+    from a configuration file, the files are loaded as the daemon loads them, so check-config
+    refuses a missing, unreadable or mismatched file with the reason."""
+
+    ca_file: Annotated[Path | None, Field(validate_default=True)] = None
     cert_file: Path | None = None
     key_file: Path | None = None
 
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            if info.field_name == "ca_file":
+                raise ValueError(
+                    "required with tls: nodevigil trusts only this CA for etcd, never the "
+                    "system's CAs"
+                )
+            return None
+        path = _file_as_run_opens_it(value, info)
+        if path is not None:
+            try:
+                with path.open("rb") as file:
+                    file.read(1)
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _usable(self, info: ValidationInfo) -> EtcdTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise ValueError(
+                f"{missing}: required with the other: a client certificate needs its key"
+            )
+        assert self.ca_file is not None  # _readable refused its absence
+        ca = _file_as_run_opens_it(self.ca_file, info)
+        if ca is None:
+            return self
+        cert, key = (
+            None if p is None else _file_as_run_opens_it(p, info)
+            for p in (self.cert_file, self.key_file)
+        )
+        try:
+            client_context(ca, cert, key)  # what the etcd client does with them at start
+        except TlsFileError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
 
 class Etcd(Frozen):
-    """The etcd cluster that holds the leader lease (etcd v3 API)."""
+    """The etcd cluster that holds the leader lease (etcd v3 API). With ``tls`` every endpoint
+    is ``https://``; ``username`` and ``password_file`` (etcd's own auth) go together, and the
+    password file is read as the daemon reads it when check-config reads a file."""
 
     endpoints: Annotated[list[Annotated[str, Field(pattern=r"^https?://")]], Field(min_length=1)]
     prefix: str = "/nodevigil/"  # every key of this installation lives under it
@@ -594,6 +668,62 @@ class Etcd(Frozen):
     username: str | None = None
     password_file: Path | None = None  # with username
     timeout: Annotated[Duration, Field(gt=0, le=60)] = 1.0  # per call, all endpoints tried
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        path = None if value is None else _file_as_run_opens_it(value, info)
+        if path is None:
+            return value
+        try:
+            with path.open("rb") as file:
+                raw = file.read(64 * 1024 + 1)  # the daemon's limit for a secret file
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+        # The reasons never quote the content: it is the password.
+        if len(raw) > 64 * 1024:
+            raise ValueError(f"{path} is larger than 64 KiB: is it the right file?")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not UTF-8 text") from None
+        if not text.strip():
+            raise ValueError(f"{path} is empty: etcd would refuse the login")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Etcd:
+        problems = []
+        if self.tls is not None:
+            problems += [
+                f"endpoints[{i}]: {url!r} must be https:// with tls"
+                for i, url in enumerate(self.endpoints)
+                if not url.startswith("https://")
+            ]
+        if self.username is not None and self.password_file is None:
+            problems.append("password_file: required with username (etcd's auth needs both)")
+        if self.password_file is not None and self.username is None:
+            problems.append("username: required with password_file (etcd's auth needs both)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class Isolation(Frozen):
+    """How a vantage judges that it is cut off itself (then it votes ``unknown`` for every
+    node until it sees the network again)."""
+
+    # Targets that should always answer: ``tcp://host:port`` or ``http(s)://host:port/path``
+    # (any HTTP answer counts). Unset: the etcd endpoints and the other vantages' APIs.
+    canaries: list[Annotated[str, Field(pattern=r"^(tcp|https?)://")]] | None = None
+    # Isolated when this share or more of the canaries fail at once...
+    canary_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # ...or when more than this share of the nodes it judges are down while the other
+    # vantages see them up (and at least min_nodes of them).
+    share: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    min_nodes: Annotated[int, Field(ge=1)] = 3
+    interval: Annotated[Duration, Field(gt=0, le=60)] = 1.0  # canary checks and judgement
+    timeout: Annotated[Duration, Field(gt=0, le=60)] = 1.0  # per canary check
 
 
 class Cluster(Frozen):
@@ -605,6 +735,31 @@ class Cluster(Frozen):
     # How often the leader renews its lease and standbys look for a vacant one (default a
     # third of the TTL). renew_every + 2 x etcd.timeout must fit in lease_ttl (Patroni's rule).
     renew_every: Annotated[Duration, Field(gt=0)] | None = None
+    # Vantage points that vote on every node (each host's ``vantage``). Unset: no voting,
+    # the leader acts on its own probes' verdicts.
+    vantages: Annotated[list[Name], Field(min_length=1)] | None = None
+    # "down" votes needed to call a node down (and live votes needed to decide at all).
+    # Default: a majority of the configured vantages, never of the live ones.
+    quorum: Annotated[int, Field(ge=1)] | None = None
+    isolation: Isolation = Isolation()
+    # This host's API as the other hosts reach it (a canary for them). Unset: from
+    # api.listen, unless that is a wildcard address.
+    advertise: Annotated[str, Field(pattern=r"^https?://")] | None = None
+
+    @model_validator(mode="after")
+    def _votes(self) -> Cluster:
+        if self.vantages is None:
+            if self.quorum is not None:
+                raise ValueError("quorum: needs vantages (the vantage points that vote)")
+            return self
+        if len(set(self.vantages)) != len(self.vantages):
+            raise ValueError("vantages: every vantage must be named once")
+        if self.quorum is not None and self.quorum > len(self.vantages):
+            raise ValueError(
+                f"quorum: {self.quorum} is more than the {len(self.vantages)} configured "
+                "vantages: no node could ever be called down"
+            )
+        return self
 
     @model_validator(mode="after")
     def _timing(self) -> Cluster:
