@@ -10,16 +10,23 @@ every 500 ms, etcd calls 300 ms):
 2. ``--pauses K`` times: SIGSTOP the leader, stop a node; the time to the drain by another
    leader; then SIGCONT the old leader and watch HAProxy for ``lease_ttl``: any change of admin
    state, or any decision line in the old leader's log that acted (or believed it could), is a
-   deposed leader's action (must be 0). The action log carries neither vantage nor epoch, so a
-   command is attributed through each daemon's own log.
-3. ``--notices N`` leader changes with a whole-service outage open: duplicate customer notices
-   (the same webhook-id accepted twice) and incidents per change (must be 0 and 1).
+   deposed leader's action (must be 0). The action log names the vantage and epoch of each
+   command, but the epoch fence refuses a deposed leader's write to it, so a deposed leader's
+   command is attributed through its own log.
+3. ``--notices N`` leader changes with a whole-service outage open: notices resent under a
+   webhook-id the receiver had already accepted (at-least-once delivery: a leader killed
+   between the receiver's 200 and its own delivered mark leaves the notice to the next leader,
+   which sends it again under the same id; receivers deduplicate by it), distinct opening
+   notices, and incidents opened or reopened as the database counts them (both must be 1 per
+   change: a resend is not a second incident).
 4. CPU: one daemon without ``cluster:`` (a single host, SQLite) against a cluster leader and a
    standby (PostgreSQL + etcd), each with ``--nodes`` extra nodes (TCP probes every 10 s),
-   CPU seconds per second over ``--cpu-window`` seconds, plus etcd's and PostgreSQL's.
+   CPU seconds per second over ``--cpu-window`` seconds, plus etcd's and PostgreSQL's
+   (``--nodes ''`` skips it).
 
     .venv/bin/python bench/cluster_bench.py                          # K=20, 1,000 nodes: ~5 min
     .venv/bin/python bench/cluster_bench.py --kills 100 --pauses 100 --nodes 1000,10000
+    .venv/bin/python bench/cluster_bench.py --kills 0 --pauses 0 --notices 10 --nodes ''
 
 It prints numbers and asserts nothing about time.
 """
@@ -32,7 +39,8 @@ import contextlib
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +61,7 @@ from tests.cluster.harness import (
     run_cluster,
     until,
 )
+from tests.notify.receivers import ReceivedWebhook
 from tests.postgres_server import postgres_for_session
 
 
@@ -107,9 +116,43 @@ async def takeover(cluster: Harness, round_: int, *, pause: bool) -> tuple[float
 OPENED = ("incident.opened", "incident.reopened")  # an outage soon after the last reopens
 
 
-async def notice_round(cluster: Harness) -> tuple[int, int]:
-    """A change of leader with an outage open: (duplicate deliveries, incidents opened)."""
+@dataclass(frozen=True)
+class NoticeTally:
+    """What a round's accepted deliveries say."""
+
+    resent: int  # accepted again under a webhook-id already accepted (this round or before)
+    opened: int  # distinct opening notices: one per incident opened or reopened
+
+
+def tally_notices(
+    earlier: Sequence[ReceivedWebhook], round_: Sequence[ReceivedWebhook]
+) -> NoticeTally:
+    """Count one round's deliveries (``round_``, accepted after ``earlier``) by webhook-id:
+    an opening notice resent under its id is the same notice, not another incident."""
+    seen = {d.id for d in earlier}
+    resent = 0
+    openings: set[str] = set()
+    for delivery in round_:
+        if delivery.id in seen:
+            resent += 1
+        seen.add(delivery.id)
+        if delivery.type in OPENED:
+            openings.add(delivery.id)
+    return NoticeTally(resent, len(openings - {d.id for d in earlier}))
+
+
+async def openings_in_database(cluster: Harness) -> int:
+    """Every opening and reopening of every incident, as the shared database holds them."""
+    [(total,)] = await cluster.query("SELECT coalesce(sum(openings), 0) FROM incidents")
+    return int(total)
+
+
+async def notice_round(cluster: Harness) -> tuple[NoticeTally, int]:
+    """A change of leader with an outage open: the round's notices, and the incidents opened
+    or reopened in the database meanwhile."""
     hook = cluster.hook
+    start = len(hook.accepted)
+    in_database = await openings_in_database(cluster)
     opened = sum(1 for d in hook.accepted if d.type in OPENED)
     resolved = sum(1 for d in hook.accepted if d.type == "incident.resolved")
     leader = await cluster.wait_leader(within=20)
@@ -128,12 +171,11 @@ async def notice_round(cluster: Harness) -> tuple[int, int]:
         lambda: sum(1 for d in hook.accepted if d.type == "incident.resolved") > resolved,
         timeout=20,
     )
-    await asyncio.sleep(1.0)  # room for a duplicate
-    ids = Counter(d.id for d in hook.accepted)
-    duplicates = sum(n - 1 for n in ids.values())
-    new_opened = sum(1 for d in hook.accepted if d.type in OPENED) - opened
+    await asyncio.sleep(1.0)  # room for a resend or a second incident
+    tally = tally_notices(hook.accepted[:start], hook.accepted[start:])
+    in_database = await openings_in_database(cluster) - in_database
     await heal(cluster, leader)
-    return duplicates, new_opened
+    return tally, in_database
 
 
 def etcd_cpu() -> float:
@@ -218,6 +260,8 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
         async with run_cluster(root, postgres) as cluster:
             print("harness up: 3 etcd, PostgreSQL, HAProxy over 3 nodes, 3 daemons", flush=True)
             for label, count, pause in (("kill", args.kills, False), ("pause", args.pauses, True)):
+                if not count:
+                    continue
                 took: list[float] = []
                 deposed = 0
                 for i in range(count):
@@ -227,15 +271,22 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
                     print(f"  {label} {i + 1}/{count}: {seconds:.2f}s", flush=True)
                 print(summary(f"{label} -> next leader's first action", took))
                 print(f"{label}: actions by a deposed leader: {deposed}", flush=True)
-            duplicates = opened = 0
+            resent = notices = incidents = 0
             for i in range(args.notices):
-                d, o = await notice_round(cluster)
-                duplicates += d
-                opened += o
-                print(f"  notice round {i + 1}/{args.notices}: {d} duplicates, {o} opened")
+                tally, in_database = await notice_round(cluster)
+                resent += tally.resent
+                notices += tally.opened
+                incidents += in_database
+                print(
+                    f"  notice round {i + 1}/{args.notices}: {tally.resent} resent under the "
+                    f"same webhook-id, {tally.opened} opening notices, {in_database} incidents "
+                    "opened or reopened (database)",
+                    flush=True,
+                )
             print(
-                f"notices: {args.notices} leader changes with an outage open: "
-                f"{duplicates} duplicate deliveries, {opened} incidents opened or reopened",
+                f"notices: {args.notices} leader changes with an outage open: {resent} resent "
+                f"under the same webhook-id, {notices} distinct opening notices, {incidents} "
+                "incidents opened or reopened (database)",
                 flush=True,
             )
             await cluster.stop_all()
@@ -249,7 +300,12 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--pauses", type=int, default=20)
     parser.add_argument("--notices", type=int, default=5)
-    parser.add_argument("--nodes", type=lambda s: [int(n) for n in s.split(",")], default=[1000])
+    parser.add_argument(
+        "--nodes",
+        type=lambda s: [int(n) for n in s.split(",") if n.strip()],
+        default=[1000],
+        help="node counts of the CPU rounds, comma-separated ('' for none)",
+    )
     parser.add_argument("--cpu-window", type=float, default=30.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cluster-bench-") as tmp:

@@ -3,6 +3,7 @@ given a standby authority, decide and read but change nothing; once leader, they
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ class Switch:
 # --- the controller --------------------------------------------------------------------------
 
 
-def controller(rig: Rig, authority: Switch) -> Controller:
+def controller(rig: Rig, authority: Switch | None) -> Controller:
+    """The controller of ``rig``; without ``authority`` a single host's (``Sole``)."""
     return Controller(
         config=rig.config,
         verdicts=rig.source,
@@ -106,6 +108,55 @@ async def test_the_authority_is_asked_again_before_each_command(tmp_path: Path) 
     assert len(rig.local["sh-lb"].calls_to("set_state")) == 1
     [line] = [e for e in rig.events if e.kind == "controller.decision"]
     assert "not sent: no longer the leader" in line.detail()
+    await rig.store.close()
+
+
+async def test_the_action_log_and_events_name_the_vantage_and_the_epoch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Which leader did what, across a change of leader: every record and event says it.
+    rig = Rig(tmp_path)
+    c = controller(rig, Switch(acting=True))
+    rig.given(sh_1="down", bj_1="down", bj_2="down")  # a server and a record change
+    with caplog.at_level(logging.INFO, logger="failover.controller.loop"):
+        await c.run_once()
+    [logged] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("failover: ")]
+    assert logged.endswith(" [test, epoch 7]")
+    records = await rig.store.actions(10)
+    assert {r.what for r in records} == {"set_state", "set_addresses"}
+    assert {(r.vantage, r.epoch) for r in records} == {("test", 7)}
+    actions = [e for e in rig.events if e.kind == "lb.action"]
+    assert len(actions) == len(records)
+    assert {(e.as_dict()["vantage"], e.as_dict()["data"]["epoch"]) for e in actions} == {
+        ("test", 7)
+    }
+    [line] = [e for e in rig.events if e.kind == "controller.decision"]
+    assert (line.vantage, line.as_dict()["data"]["epoch"]) == ("test", 7)
+    await rig.store.close()
+
+
+async def test_on_one_host_the_action_log_names_the_vantage_and_no_epoch(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    c = controller(rig, None)  # one host: no lease, no epoch
+    rig.given(sh_1="down")
+    await c.run_once()
+    [record] = await rig.store.actions(10)
+    assert (record.vantage, record.epoch) == ("test", None)
+    [action] = [e for e in rig.events if e.kind == "lb.action"]
+    assert action.as_dict()["data"]["epoch"] is None
+    [line] = [e for e in rig.events if e.kind == "controller.decision"]
+    assert line.as_dict()["data"]["epoch"] is None
+    await rig.store.close()
+
+
+async def test_a_standby_decision_carries_no_epoch(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    c = controller(rig, Switch(acting=False))
+    rig.given(sh_1="down")
+    await c.run_once()
+    [line] = [e for e in rig.events if e.kind == "controller.decision"]
+    assert line.detail().startswith("standby: would ")
+    assert line.as_dict()["data"]["epoch"] is None
     await rig.store.close()
 
 

@@ -11,6 +11,7 @@ from failover.controller import ActionRecord, Book, NodeBook, Outage, Override, 
 from failover.controller.store import Store, StoredState
 from nodevigil.core.errors import StateError
 from nodevigil.state.backend import Backend
+from nodevigil.state.controller_rows import action_from
 from tests.state.helpers import set_schema_version
 
 
@@ -144,6 +145,39 @@ async def test_actions_keep_the_order_they_were_recorded_in_not_their_time(store
     await store.record_actions([late])
     await store.record_actions([early])
     assert await store.actions() == [late, early]
+
+
+async def test_an_action_names_the_vantage_and_epoch_it_was_taken_under(
+    store: Store, backend: Backend
+) -> None:
+    by_leader = ActionRecord(
+        1.0,
+        "sh-lb",
+        "set_state",
+        "web/sh-1",
+        "ready",
+        "maint",
+        "down",
+        "ok",
+        vantage="ops-2",
+        epoch=7,
+    )
+    alone = ActionRecord(
+        2.0, "sh-lb", "set_state", "web/sh-2", "ready", "maint", "down", "ok", vantage="ops-1"
+    )
+    await store.record_actions([by_leader, alone])
+    again = backend.controller_store()
+    try:
+        assert await again.actions() == [by_leader, alone]
+    finally:
+        await again.close()
+
+
+def test_an_action_recorded_before_vantage_and_epoch_reads_back_without_them() -> None:
+    old = '{"at": 1.0, "lb": "sh-lb", "what": "set_state", "target": "web/sh-1", "old": "ready", '
+    old += '"new": "maint", "why": "down", "result": "ok", "error": null}'
+    record = action_from(old)
+    assert (record.target, record.vantage, record.epoch) == ("web/sh-1", "", None)
 
 
 async def test_prune_actions_deletes_what_is_older_than_the_cutoff(store: Store) -> None:

@@ -213,6 +213,8 @@ SCHEMAS: dict[str, Schema] = {
             "why": STRING,
             "result": {"type": "string", "enum": ["ok", "error"]},
             "error": nullable(STRING),
+            "vantage": STRING,  # the host that acted ("" in entries older than this field)
+            "epoch": nullable({"type": "integer"}),  # its leader epoch; null on a single host
         }
     ),
     "OverrideCleared": obj(
