@@ -233,7 +233,7 @@ def bench_config(targets: list[str], nodes: int, interval: float) -> Any:
 
 
 def _results(registry: Any) -> dict[str, float]:
-    """Probe results so far by outcome (summing the counter's per-node series)."""
+    """Probe results so far by outcome (summing the counter's per-type series)."""
     out: dict[str, float] = {}
     for family in registry.collect():
         if family.name != "nodevigil_probe_results":

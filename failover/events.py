@@ -201,6 +201,17 @@ class ControllerDecision(Event):
     epoch: int | None = None  # the lease's epoch while acting; None on one host or a standby
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailoverModeChanged(Event):
+    """``failover.mode`` changed (a reload): ``observe`` writes nothing to the load balancers
+    and notifies no customer, ``act`` acts again from this cycle on (``subject``: vantage)."""
+
+    KIND = "failover.mode"
+    mode: str  # "act" or "observe"
+    previous: str
+    reason: str
+
+
 # --- operator overrides -----------------------------------------------------------------------
 
 
@@ -386,6 +397,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     BrakeEngaged,
     BrakeReleased,
     ControllerDecision,
+    FailoverModeChanged,
     OverrideSet,
     OverrideCleared,
     OverrideExpired,

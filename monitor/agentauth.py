@@ -24,6 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nodevigil.core.config.secrets import MIN_AGENT_SECRET
+from nodevigil.core.config.secrets import secret_problem as config_secret_problem
+
 KEY_CONTEXT = b"nodevigil-agent:"
 MAC_CONTEXT = b"nodevigil/v1/"
 KEY_BYTES = 32
@@ -33,17 +36,13 @@ MAX_COUNT = 2**53  # JSON integers every reader keeps exact
 CLOSED = MAX_COUNT + 1
 
 
-MIN_SECRET = 32  # characters: `openssl rand -hex 32` makes 64
+MIN_SECRET = MIN_AGENT_SECRET
 
 
 def secret_problem(secret: str) -> str:
-    """Why an installation secret is unfit (never quoting it), or ""."""
-    if len(secret) < MIN_SECRET:
-        return (
-            f"mqtt.agent_secret: the secret is shorter than {MIN_SECRET} characters; "
-            "make one with `openssl rand -hex 32`"
-        )
-    return ""
+    """Why an installation secret is unfit (never quoting it), or "" (check-config's check)."""
+    problem = config_secret_problem("agent", secret)
+    return f"mqtt.agent_secret: {problem}" if problem else ""
 
 
 def derive_key(secret: str, node: str) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -25,14 +25,29 @@ class MonitorMetrics:
     """Probe results and durations, verdicts and their changes."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.probe_results = Counter(
-            "nodevigil_probe_results",
-            "Probe results by node, probe and outcome (success, failure, inconclusive).",
-            ["node", "probe", "result"],
+        # Per probe of a node, as blackbox_exporter users expect: the latest conclusive result
+        # and its duration, two series per probe. Counts and the distribution are kept per
+        # probe type, never per node: they would multiply the series of a 10,000-node fleet.
+        self.probe_success = Gauge(
+            "nodevigil_probe_success",
+            "1 if the probe's latest conclusive result was a success, 0 if a failure.",
+            ["node", "probe"],
             registry=registry,
         )
-        self.probe_duration = Histogram(
+        self.probe_duration = Gauge(
             "nodevigil_probe_duration_seconds",
+            "How long the probe's latest conclusive result took.",
+            ["node", "probe"],
+            registry=registry,
+        )
+        self.probe_results = Counter(
+            "nodevigil_probe_results",
+            "Probe results by probe type and outcome (success, failure, inconclusive).",
+            ["type", "result"],
+            registry=registry,
+        )
+        self.probe_type_duration = Histogram(
+            "nodevigil_probe_duration_by_type_seconds",
             "How long probes took, by probe type.",
             ["type"],
             buckets=PROBE_BUCKETS,
@@ -86,11 +101,15 @@ class MonitorMetrics:
         for v in Verdict:
             self.node_verdict.labels(node, site, v.value).set(1 if v is verdict else 0)
 
-    def forget_node(self, node: str, site: str) -> None:
-        """Drop a removed node's series."""
+    def forget_node(self, node: str, site: str, probes: Iterable[str] = ()) -> None:
+        """Drop a removed node's series (its verdict's, and those of ``probes``)."""
         for v in Verdict:
             with contextlib.suppress(KeyError):
                 self.node_verdict.remove(node, site, v.value)
+        for probe in probes:
+            for family in (self.probe_success, self.probe_duration):
+                with contextlib.suppress(KeyError):
+                    family.remove(node, probe)
 
 
 class VantageMetrics:
@@ -147,6 +166,32 @@ _VANTAGE_GAUGES: weakref.WeakKeyDictionary[CollectorRegistry, _VantageGauges] = 
 )
 
 
+# The agent sends percentages (its limits are in percent too); Prometheus wants base units.
+AGENT_SERIES: dict[str, tuple[str, str, float]] = {
+    "cpu_percent": (
+        "nodevigil_agent_cpu_ratio",
+        "The node's CPU use in its agent's latest heartbeat (0 to 1).",
+        0.01,
+    ),
+    "memory_percent": (
+        "nodevigil_agent_memory_ratio",
+        "The share of the node's memory in use in its agent's latest heartbeat (0 to 1).",
+        0.01,
+    ),
+    "disk_percent": (
+        "nodevigil_agent_disk_ratio",
+        "The share of the node's disk in use in its agent's latest heartbeat (0 to 1).",
+        0.01,
+    ),
+    "load1": (
+        "nodevigil_agent_load1",
+        "The node's one-minute load average in its agent's latest heartbeat.",
+        1.0,
+    ),
+}
+assert set(AGENT_SERIES) == set(FIGURES), "every heartbeat figure has a series"
+
+
 class AgentCollector(Collector):
     """Agent figures from the latest heartbeats; reads the board at scrape time, never raises."""
 
@@ -156,10 +201,8 @@ class AgentCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         """One gauge per figure, labelled by node."""
         families = {
-            key: GaugeMetricFamily(
-                f"nodevigil_agent_{key}", f"The node agent's latest {key}.", labels=["node"]
-            )
-            for key in FIGURES
+            key: GaugeMetricFamily(name, help_text, labels=["node"])
+            for key, (name, help_text, _) in AGENT_SERIES.items()
         }
         seen = GaugeMetricFamily(
             "nodevigil_agent_last_heartbeat_timestamp_seconds",
@@ -179,7 +222,7 @@ class AgentCollector(Collector):
         # Only configured agents are on the board: a client cannot add series here.
         for agent, state in list(self._board.agents.items()):
             for key, value in state.figures.items():
-                families[key].add_metric([agent], value)
+                families[key].add_metric([agent], value * AGENT_SERIES[key][2])
             if state.last_wall is not None:
                 seen.add_metric([agent], state.last_wall)
         for reason, count in list(self._board.dropped.items()):

@@ -48,7 +48,7 @@ class _Watched:
     judge: NodeJudge
     schedules: list[_Schedule]
     probers: dict[str, Prober]
-    counters: dict[tuple[str, str], Any]
+    series: dict[str, tuple[Any, Any]]  # probe -> its success and duration gauge children
     budgets: dict[str, float]  # probe -> the time a stall could eat into (see OVERLOAD_SHARE)
 
 
@@ -97,7 +97,8 @@ class Monitor:
         self._timers: Timers | None = None
         self._rounds = 0
         self._durations: dict[str, Any] = {}  # probe type -> its histogram child
-        # Plain totals for benchmarks and the stats() view (the labelled series are per node).
+        self._results: dict[tuple[str, str], Any] = {}  # (probe type, outcome) -> counter child
+        # Plain totals for benchmarks and the stats() view (the labelled series are per type).
         self.outcomes = {"success": 0, "failure": 0, "inconclusive": 0}
         self.skipped = 0
         board.on_offline = self._agent_offline
@@ -262,7 +263,7 @@ class Monitor:
             if schedule.task is not None:
                 schedule.task.cancel()
         self._flapping.discard(watched.node.name)
-        self._metrics.forget_node(watched.node.name, watched.node.site)
+        self._metrics.forget_node(watched.node.name, watched.node.site, watched.probers)
 
     async def _stop_all(self) -> None:
         tasks = [s.task for w in self._watched.values() for s in w.schedules if s.task is not None]
@@ -335,15 +336,27 @@ class Monitor:
         ok = result.ok
         outcome = "inconclusive" if ok is None else ("success" if ok else "failure")
         self.outcomes[outcome] += 1
-        counter = watched.counters.get((probe, outcome))
-        if counter is None:  # label lookups cost more than the increment: keep the child
-            counter = self._metrics.probe_results.labels(watched.node.name, probe, outcome)
-            watched.counters[(probe, outcome)] = counter
+        # Label lookups cost more than the update: the children are kept.
+        counter = self._results.get((kind, outcome))
+        if counter is None:
+            counter = self._results[(kind, outcome)] = self._metrics.probe_results.labels(
+                kind, outcome
+            )
         counter.inc()
         histogram = self._durations.get(kind)
         if histogram is None:
-            histogram = self._durations[kind] = self._metrics.probe_duration.labels(kind)
+            histogram = self._durations[kind] = self._metrics.probe_type_duration.labels(kind)
         histogram.observe(result.duration)
+        if ok is not None:  # an inconclusive try says nothing about the node: keep the last
+            gauges = watched.series.get(probe)
+            if gauges is None:
+                name = watched.node.name
+                gauges = watched.series[probe] = (
+                    self._metrics.probe_success.labels(name, probe),
+                    self._metrics.probe_duration.labels(name, probe),
+                )
+            gauges[0].set(1 if ok else 0)
+            gauges[1].set(result.duration)
         transition = watched.judge.observe(probe, result, self._clock.monotonic())
         if transition is not None:
             self._publish(watched.node, transition)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark, each printing its figures as ratios against a peer measured in the same run.
 # notify, state and load compare the SQLite and PostgreSQL state backends side by side.
-# About 26 minutes on the 2-core machine (see bench/README.md).
+# About 33 minutes on the 2-core machine (see bench/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,3 +15,4 @@ echo "=== bench/notify_bench.py"; .venv/bin/python bench/notify_bench.py --backe
 # 3 measured minutes per backend (not 5): both backends in ~9 minutes instead of ~13.
 echo "=== bench/load_bench.py"; .venv/bin/python bench/load_bench.py --backend both --minutes 3
 echo "=== bench/cluster_bench.py"; .venv/bin/python bench/cluster_bench.py
+echo "=== bench/vantage_bench.py"; .venv/bin/python bench/vantage_bench.py

@@ -43,9 +43,11 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
     python3 -m venv .venv
 fi
+# The same versions as the container image (deploy/container/Dockerfile): constraints.txt,
+# written by scripts/constraints.py. The demo extra brings rich, for the demo's live view.
 stamp=.venv/.nodevigil-installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || constraints.txt -nt $stamp ]]; then
     .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[test]'
+    .venv/bin/pip install -q -c constraints.txt -e '.[test,demo]'
     touch "$stamp"
 fi

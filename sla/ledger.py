@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
 from sla.errors import SlaError, SlaInputError
-from sla.ledger_core import LedgerCore, LedgerEntry
+from sla.ledger_core import DailyHistory, LedgerCore, LedgerEntry
 from sla.model import Cause, Charge, CreditRow, Rounding
 from sla.rule import load_zone
 from sla.store import Adjustment, LedgerStore
@@ -64,7 +64,14 @@ class Ledger:
         except BaseException:
             worker.shutdown(wait=False)
             raise
-        return cls(LedgerCore(opened, zone, rounding, delay, now), worker)
+        core = LedgerCore(opened, zone, rounding, delay, now)
+        try:
+            await loop.run_in_executor(worker, core.mark_recording)
+        except BaseException:
+            await loop.run_in_executor(worker, opened.close)
+            worker.shutdown(wait=False)
+            raise
+        return cls(core, worker)
 
     async def _run(self, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -195,6 +202,15 @@ class Ledger:
     async def unavailable_minutes_total(self, service: str | None = None) -> dict[str, int]:
         """Unavailable minutes per service over the retained ledger (for a metrics gauge)."""
         return await self._run(self._core.minutes_total, service)
+
+    async def daily_history(self, days: int) -> DailyHistory:
+        """The last ``days`` local days up to today: unavailable minutes per service and day,
+        as the credits count them (the status page's history bars)."""
+        return await self._run(self._history, days)
+
+    def _history(self, days: int) -> DailyHistory:
+        today = self._core.calendar.day_of(self._core.now_us())
+        return self._core.daily_history(today - timedelta(days=days - 1), today)
 
     async def prune(self, now: datetime, retention: timedelta | float) -> dict[str, int]:
         """Delete records that ended before ``now - retention``; retention is at least 90 days."""

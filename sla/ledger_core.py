@@ -26,9 +26,29 @@ from sla.store import Adjustment, LedgerStore, StoredInterval
 
 SYSTEM = "nodevigil"  # the "who" of changes nodevigil makes by itself
 SETTLED_THROUGH = "settled_through"  # meta key: every charge up to this day is frozen
+RECORDING_SINCE = "recording_since"  # meta key: the local day the ledger was first opened
 # Meta key prefix: a change asked for under a stable key (an incident's cause, a maintenance
 # window) was applied, in the same transaction as the change itself: asking again is a no-op.
 APPLIED = "applied:"
+
+
+@dataclass(frozen=True, slots=True)
+class DailyHistory:
+    """Unavailable minutes per service and local day, as the credits count them.
+
+    ``minutes`` holds only days with minutes; ``since`` is the first day the ledger knows
+    anything about (days before it have no data, not full availability).
+    """
+
+    first: date
+    last: date
+    since: date
+    minutes: dict[tuple[str, date], int]
+    calendar: BillingCalendar
+
+    def minutes_in_day(self, day: date) -> int:
+        """The local day's length in minutes (1380 or 1500 on a daylight-saving change)."""
+        return self.calendar.minutes_in_day(day)
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +366,34 @@ class LedgerCore:
                         iv.evidence)
             for iv in stored
         ]  # fmt: skip
+
+    def mark_recording(self) -> None:
+        """Note the day the ledger first recorded (kept: a later open changes nothing)."""
+        today = self.calendar.day_of(self.now_us()).isoformat()
+        with self.store.transaction():
+            self.store.meta_setdefault(RECORDING_SINCE, today)
+
+    def daily_history(self, first: date, last: date) -> DailyHistory:
+        """Unavailable minutes per service and local day from ``first`` to ``last``: the same
+        rule, intervals and exclusions the credits use (an open interval counts up to now)."""
+        at = self.now_us()
+        start, end = self.calendar.bounds(first)[0], self.calendar.bounds(last)[1]
+        with self.store.transaction():
+            stored = self.store.intervals(None, start, end)
+            windows = self.store.exclusions(start, end)
+            mark = self.store.meta(RECORDING_SINCE)
+        since = date.fromisoformat(mark) if mark is not None else self.calendar.day_of(at)
+        if stored:
+            since = min(since, self.calendar.day_of(min(iv.start_us for iv in stored)))
+        intervals = [
+            Interval(iv.service, iv.start_us, max(at, iv.start_us) if iv.end_us is None
+                     else iv.end_us, iv.cause)
+            for iv in stored
+        ]  # fmt: skip
+        exclusions = [Exclusion(e.start_us, e.end_us, e.cause, e.services) for e in windows]
+        minutes = unavailable_minutes(intervals, exclusions, self.calendar, self.rounding)
+        kept = {key: n for key, n in minutes.items() if first <= key[1] <= last}
+        return DailyHistory(first, last, since, kept, self.calendar)
 
     def minutes_total(self, service: str | None) -> dict[str, int]:
         """Unavailable minutes per service over every retained interval."""

@@ -98,6 +98,11 @@ class LedgerStore(Protocol):
         """Store a setting."""
         ...
 
+    def meta_setdefault(self, key: str, value: str) -> str:
+        """The stored setting; ``value`` stored first when there is none (the first writer
+        wins, also between hosts sharing one database)."""
+        ...
+
     def insert_interval(
         self,
         service: str,

@@ -12,14 +12,19 @@ from nodevigil.app.demo.servers.process import Program, spawn, wait_ready
 
 
 async def spawn_daemon(
-    path: Path, log: Path, *, failpoints: str = "", env: dict[str, str] | None = None
+    path: Path,
+    log: Path,
+    *,
+    failpoints: str = "",
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> asyncio.subprocess.Process:
-    """Start ``nodevigil run -c PATH`` with its output appended to ``log``.
+    """Start ``nodevigil run -c PATH [ARGS]`` with its output appended to ``log``.
 
     ``failpoints`` arms ``NODEVIGIL_FAILPOINTS`` (nodevigil/core/failpoints.py); ``env`` adds to the
     environment (libfaketime's variables, say).
     """
-    argv = [sys.executable, "-m", "nodevigil", "run", "-c", str(path)]
+    argv = [sys.executable, "-m", "nodevigil", "run", "-c", str(path), *args]
     extra = {"NODEVIGIL_FAILPOINTS": failpoints, **(env or {})}
     return (await spawn("nodevigil", argv, log, path.parent, env=extra)).process
 

@@ -239,8 +239,16 @@ def render(path: Path_) -> str:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fuzz")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The bases' secrets exist: check-config reads and checks every one, as ``run`` does."""
+    directory = tmp_path_factory.mktemp("fuzz")
+    (directory / "tsig.key").write_text("c2VjcmV0LWtleS1mb3ItdHNpZw==\n")
+    (directory / "smtp.pw").write_text("smtp-password\n")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MQTT_PASSWORD", "mqtt-password")
+        env.setenv("PDNS_KEY", "pdns-api-key")
+        env.setenv("WH", "whsec_d2ViaG9vay1zZWNyZXQ=")
+        yield directory
 
 
 # --- the schema, walked beside the data -------------------------------------------------------

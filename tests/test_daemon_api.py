@@ -154,7 +154,10 @@ async def test_metrics_pass_promtool(running: Running, tmp_path: Path) -> None:
     _, text = await running.get("/metrics", token=None)
     for name in (
         "nodevigil_probe_results_total",
-        "nodevigil_probe_duration_seconds_bucket",
+        "nodevigil_probe_duration_by_type_seconds_bucket",
+        'nodevigil_probe_success{node="zz",probe="http"} 0.0',
+        'nodevigil_probe_success{node="a",probe="http"} 1.0',
+        'nodevigil_probe_duration_seconds{node="a",probe="http"}',
         "nodevigil_verdict_changes_total",
         "nodevigil_event_loop_lag_seconds",
         "nodevigil_build_info",
@@ -203,7 +206,7 @@ async def test_reload_says_which_changes_wait_for_a_restart(
     with caplog.at_level(logging.WARNING, logger="nodevigil.app.daemon"):
         assert running.daemon.reload() is True
     [line] = [r.getMessage() for r in caplog.records if "next restart" in r.getMessage()]
-    assert "timezone" in line and "api (listen address and limits" in line, line
+    assert "timezone" in line and "api (listen address, limits and tls" in line, line
     assert "state_dir" not in line and "load_balancers" not in line, line
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="nodevigil.app.daemon"):

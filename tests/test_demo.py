@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 import sys
 import time
 from decimal import Decimal
@@ -165,3 +166,48 @@ def test_bad_demo_options_are_refused(args: list[str], capsys: pytest.CaptureFix
         build_parser().parse_args(["demo", *args])
     assert exit_info.value.code == 2
     assert "demo" in capsys.readouterr().err
+
+
+# --- rich is the demo extra, not a dependency (issue 17, item 13) -----------------------------
+
+NO_RICH = "import sys; sys.modules['rich'] = None\n"  # any ``import rich...`` fails
+
+
+def test_nodevigil_runs_without_rich_as_the_container_image_has_it() -> None:
+    """Every module but the demo's live view imports without rich (the image lacks it)."""
+    code = NO_RICH + (
+        "import pkgutil, importlib, nodevigil\n"
+        "for m in pkgutil.walk_packages(nodevigil.__path__, 'nodevigil.'):\n"
+        "    if m.name != 'nodevigil.app.demo.live':\n"
+        "        importlib.import_module(m.name)\n"
+        "from nodevigil.__main__ import main\n"
+        "sys.argv = ['nodevigil', 'check-config', '-c', 'configs/example.yaml']\n"
+        "main()\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_live_demo_without_rich_says_how_to_install_it() -> None:
+    code = NO_RICH + (
+        "import io\n"
+        "from nodevigil.app.demo.view import Narrator, narrator_for\n"
+        "out = io.StringIO()\n"
+        "plain = Narrator(out)\n"
+        "assert narrator_for(None, True, plain) is plain\n"
+        "print(out.getvalue())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "pip install 'nodevigil[demo]'" in done.stdout and "plain lines" in done.stdout
+
+
+def test_the_live_demo_with_rich_is_the_live_table() -> None:
+    from nodevigil.app.demo.live import LiveNarrator
+    from nodevigil.app.demo.view import Narrator, narrator_for
+
+    plain = Narrator()
+    assert isinstance(narrator_for(world.World.__new__(world.World), True, plain), LiveNarrator)
+    assert narrator_for(world.World.__new__(world.World), False, plain) is plain

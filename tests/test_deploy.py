@@ -13,17 +13,21 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from nodevigil.core.config import parse_config
-from tests.failover.daemons import free_port
+from tests.failover.daemons import free_port, poll_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -34,10 +38,13 @@ RULES = DEPLOY / "prometheus" / "nodevigil-rules.yml"
 RULE_TESTS = DEPLOY / "prometheus" / "nodevigil-rules.test.yml"
 DASHBOARD = DEPLOY / "grafana" / "nodevigil.json"
 OPERATIONS = ROOT / "docs" / "operations.md"
+ALERTMANAGER_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
+RUNBOOK_BASE = "https://nodevigil.invalid/docs"  # the placeholder the rules ship with
 CONFIG_PATH = "/etc/nodevigil/nodevigil.yaml"
 STATE_DIR = "/var/lib/nodevigil"
 API_PORT = 9470
 PROMTOOL = shutil.which("promtool")
+AMTOOL = shutil.which("amtool")
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 KUBECTL = shutil.which("kubectl")
 
@@ -186,6 +193,95 @@ def test_dockerfile_copies_only_what_dockerignore_lets_in() -> None:
     for source in copied:
         assert source in allowed, f"{source} is excluded by .dockerignore"
         assert (ROOT / source).exists(), source
+
+
+CONSTRAINTS = ROOT / "constraints.txt"
+SOURCE = {"nodevigil", "monitor", "failover", "sla", "README.md"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins() -> dict[str, str]:
+    """constraints.txt as {normalised name: version}; every line is an exact pin."""
+    out = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"constraints.txt: {line!r} is not an exact pin"
+            out[_norm(name)] = version
+    return out
+
+
+def build_stage() -> list[tuple[str, str]]:
+    steps = dockerfile_instructions(DOCKERFILE.read_text())
+    froms = [i for i, (k, _) in enumerate(steps) if k == "FROM"]
+    return steps[froms[0] : froms[1]]
+
+
+def test_dockerfile_installs_dependencies_before_copying_the_source() -> None:
+    """Issue 17, item 13: a source change must not reinstall every dependency (layer cache)."""
+    stage = build_stage()
+    copies = [(i, a.split()[:-1]) for i, (k, a) in enumerate(stage) if k == "COPY"]
+    runs = [(i, a) for i, (k, a) in enumerate(stage) if k == "RUN"]
+    deps = next(i for i, a in runs if "-r requirements.txt -c constraints.txt" in a)
+    first_source = min(i for i, sources in copies if SOURCE & set(sources))
+    assert deps < first_source
+    before = {src for i, sources in copies if i < deps for src in sources}
+    assert before == {"pyproject.toml", "constraints.txt"}
+    last = runs[-1][1]
+    assert runs[-1][0] > first_source and "--no-deps" in last and "-c constraints.txt" in last
+
+
+def test_the_image_and_the_tests_install_under_one_constraints_file() -> None:
+    """The image resolves the runtime dependencies to constraints.txt's versions, without the
+    demo's rich; scripts/setup.sh installs the tests' virtualenv (with rich, for the README's
+    demo) under the same file, and the virtualenv holds exactly those versions."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {_norm(Requirement(r).name) for r in project["dependencies"]}
+    extras = project["optional-dependencies"]
+    assert "rich" not in runtime
+    assert [_norm(Requirement(r).name) for r in extras["demo"]] == ["rich"]
+    pinned = pins()
+    everything = runtime | {_norm(Requirement(r).name) for g in extras.values() for r in g}
+    assert everything <= pinned.keys(), everything - pinned.keys()
+    for name, version in pinned.items():
+        assert metadata.version(name) == version, (
+            f"the virtualenv has {name} {metadata.version(name)}"
+        )
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert re.search(r"pip install -q -c constraints\.txt -e '\.\[test,demo\]'", setup)
+    assert "constraints.txt -nt" in setup  # a new constraints file reinstalls
+
+
+def test_the_dockerfile_dependency_step_resolves_to_the_constraints(tmp_path: Path) -> None:
+    """The build stage's own commands, run here (pip's resolver in dry-run mode, so nothing is
+    installed): what the image would get is exactly constraints.txt's versions, and no rich."""
+    (_, step) = next((k, a) for k, a in build_stage() if k == "RUN" and "requirements.txt" in a)
+    make_requirements, make_venv, install = (part.strip() for part in step.split("&&"))
+    assert make_venv == "python -m venv /opt/nodevigil"
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    shutil.copy(CONSTRAINTS, tmp_path)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    subprocess.run(["sh", "-c", make_requirements], cwd=tmp_path, env=env, check=True)
+    pip, _, options = install.partition(" install ")
+    assert pip == "/opt/nodevigil/bin/pip", pip
+    report = tmp_path / "report.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", *options.split(), "--dry-run",
+         "--ignore-installed", "--quiet", "--report", str(report)],
+        check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    chosen = {
+        _norm(i["metadata"]["name"]): i["metadata"]["version"]
+        for i in json.loads(report.read_text())["install"]
+    }
+    assert "rich" not in chosen and "pytest" not in chosen
+    assert {"aiohttp", "pydantic", "psycopg-binary"} <= chosen.keys()
+    pinned = pins()
+    assert {name: pinned.get(name) for name in chosen} == chosen
 
 
 # --- Kubernetes -----------------------------------------------------------------------------
@@ -344,8 +440,41 @@ def test_every_alert_has_severity_summary_description_and_a_runbook_entry() -> N
         annotations = rule["annotations"]
         assert annotations["summary"] and annotations["description"], name
         document, _, anchor = annotations["runbook_url"].partition("#")
-        assert document.endswith("docs/operations.md"), name
+        assert document == RUNBOOK_BASE + "/operations.md", name
         assert anchor == name.lower() and anchor in anchors, f"{name}: no runbook entry"
+
+
+def test_runbook_urls_are_absolute_under_one_base_that_the_documented_sed_replaces(
+    tmp_path: Path,
+) -> None:
+    text = RULES.read_text()
+    urls = [rule["annotations"]["runbook_url"] for rule in alert_rules()]
+    assert urls and all(url.startswith(RUNBOOK_BASE + "/operations.md#") for url in urls)
+    # The command docs/operations.md gives, applied to the shipped file.
+    command = next(
+        line.strip()
+        for line in OPERATIONS.read_text().splitlines()
+        if line.strip().startswith("sed 's|" + RUNBOOK_BASE)
+    )
+    match = re.fullmatch(r"sed 's\|([^|]+)\|([^|]+)\|g' nodevigil-rules\.yml > \S+", command)
+    assert match, command
+    mine = "https://wiki.example.net/nodevigil"
+    rendered = tmp_path / "nodevigil-rules.yml"
+    rendered.write_text(text.replace(match.group(1), mine))
+    rules = yaml.safe_load(rendered.read_text())["groups"]
+    for rule in (r for group in rules for r in group["rules"] if "alert" in r):
+        url = rule["annotations"]["runbook_url"]
+        assert url == f"{mine}/operations.md#{rule['alert'].lower()}"
+    assert "nodevigil.invalid" not in rendered.read_text()
+    if PROMTOOL is not None:
+        check = subprocess.run(
+            [PROMTOOL, "check", "rules", str(rendered)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
@@ -558,8 +687,13 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 pass
             assert time.monotonic() < deadline, "not ready within 20 s:\n" + log_path.read_text()
             time.sleep(0.05)
-        status, text = _get(base + "/metrics")
-        assert status == 200
+        while True:  # ready may come before the node's first probe result: wait for it
+            status, text = _get(base + "/metrics")
+            assert status == 200
+            if 'nodevigil_probe_success{node="n",probe="http"}' in text:
+                break
+            assert time.monotonic() < deadline, "no probe result within 20 s:\n" + text
+            time.sleep(0.05)
         yield text
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -570,6 +704,38 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait()
             raise
     assert code == 0, log_path.read_text()
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is missing: install Debian's prometheus")
+def test_live_metrics_pass_promtool_and_follow_the_conventions(live_metrics: str) -> None:
+    assert PROMTOOL is not None
+    check = subprocess.run(
+        [PROMTOOL, "check", "metrics"],
+        input=live_metrics,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert check.returncode == 0 and not check.stdout.strip(), check.stdout + check.stderr
+    types = {}
+    for line in live_metrics.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[:2] == ["#", "TYPE"]:
+            types[parts[2]] = parts[3]
+    for family, kind in types.items():
+        assert (kind == "counter") == family.endswith("_total"), (family, kind)
+        assert not re.search(r"_(percent|minutes|milliseconds|ms)$", family), family
+    for total in ("nodevigil_event_log_write_errors_total", "nodevigil_event_log_dropped_total"):
+        assert types.get(total) == "counter", total  # they were gauges holding totals
+    # The SLA series are there from the first scrape, at 0: rules with offset work at once.
+    assert 'nodevigil_sla_unavailable_seconds{service="web"} 0.0' in live_metrics
+    assert 'nodevigil_service_site_info{service="web",site="s"} 1.0' in live_metrics
+    # Per probe, as blackbox_exporter's: success and duration; counts per type only.
+    # (1.0, or 0.0 when the 100 ms probe timed out on a busy machine)
+    assert re.search(r'nodevigil_probe_success\{node="n",probe="http"\} [01]\.0\n', live_metrics)
+    assert re.search(r'nodevigil_probe_duration_seconds\{node="n",probe="http"\} \d', live_metrics)
+    assert 'node="n",probe="http",result=' not in live_metrics
 
 
 def test_every_metric_in_rules_and_dashboard_exists(live_metrics: str) -> None:
@@ -583,3 +749,75 @@ def test_every_metric_in_rules_and_dashboard_exists(live_metrics: str) -> None:
     }
     assert not missing, f"queried but not in /metrics: {missing}"
     assert not {n for n in used if not n.startswith("nodevigil_")} - NOT_NODEVIGIL
+
+
+# --- Alertmanager: an outage pages once ----------------------------------------------------
+
+
+@pytest.mark.skipif(AMTOOL is None, reason="amtool is missing: install prometheus-alertmanager")
+def test_alertmanager_config_passes_amtool() -> None:
+    assert AMTOOL is not None
+    result = subprocess.run(
+        [AMTOOL, "check-config", str(ALERTMANAGER_CONFIG)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 inhibit rules" in result.stdout
+
+
+async def test_real_alertmanager_inhibits_sites_by_their_service_and_nodes_by_their_site(
+    tmp_path: Path,
+) -> None:
+    from tests.notify.receivers import get_alerts, run_alertmanager
+
+    def alert(name: str, job: str = "nodevigil", **labels: str) -> dict[str, Any]:
+        return {"labels": {"alertname": name, "job": job, "instance": "nv:9470", **labels}}
+
+    sent = [
+        alert("NodevigilServiceUnavailable", service="web"),
+        alert("NodevigilSiteDown", site="bj", service="web"),
+        alert("NodevigilSiteDown", site="sh", service="web"),
+        alert("NodevigilSiteDown", site="bj", service="api"),  # api is still up: pages
+        alert("NodevigilNodeDown", site="bj", node="bj-1", verdict="down"),
+        alert("NodevigilSitePanic", site="bj"),
+        alert("NodevigilNodeDown", site="gz", node="gz-1", verdict="down"),  # gz serves
+        alert("NodevigilSiteDown", job="other", site="sh", service="web"),  # not our job
+    ]
+    muted = {
+        ("NodevigilSiteDown", "bj", "web", "nodevigil"),
+        ("NodevigilSiteDown", "sh", "web", "nodevigil"),
+        ("NodevigilNodeDown", "bj", "", "nodevigil"),
+        ("NodevigilSitePanic", "bj", "", "nodevigil"),
+    }
+
+    def key(labels: dict[str, str]) -> tuple[str, str, str, str]:
+        return (
+            labels["alertname"],
+            labels.get("site", ""),
+            labels.get("service", ""),
+            labels["job"],
+        )
+
+    async with run_alertmanager(tmp_path, ALERTMANAGER_CONFIG.read_text()) as url:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{url}/api/v2/alerts", json=sent) as response,
+        ):
+            assert response.status == 200, await response.text()
+        seen: dict[tuple[str, str, str, str], bool] = {}
+
+        async def all_judged() -> bool:
+            seen.clear()
+            for a in await get_alerts(url):
+                seen[key(a["labels"])] = bool(a["status"]["inhibitedBy"])
+            return len(seen) == len(sent) and {k for k, v in seen.items() if v} == muted
+
+        try:
+            await poll_until(all_judged, within=10, what="the inhibitions")
+        except AssertionError:
+            pytest.fail(
+                f"inhibited: {sorted(k for k, v in seen.items() if v)}; want {sorted(muted)}"
+            )

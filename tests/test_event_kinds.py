@@ -25,7 +25,7 @@ PUBLISHED = {
     "node.up", "node.down", "node.unknown", "site.up", "site.down", "service.available",
     "service.unavailable", "lb.action", "lb.recovered", "failover.failed", "failover.panic",
     "failover.panic_over", "failover.brake", "failover.brake_released",
-    "controller.decision", "override.set", "override.cleared",
+    "controller.decision", "failover.mode", "override.set", "override.cleared",
     "override.expired", "override.below_floor", "incident.opened", "incident.reopened",
     "incident.updated", "incident.cause", "incident.resolved", "maintenance.declared",
     "maintenance.cancelled", "notification.dead", "notification.disabled", "sla.unknown",

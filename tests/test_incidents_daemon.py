@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -179,6 +181,11 @@ async def test_an_outage_reaches_customer_and_operators_through_every_notifier(
             alertmanager=alertmanager,
             mqtt=mosquitto.url,
         )
+        # acme reads times in its own zone; notices link the public status page.
+        data = yaml.safe_load(path.read_text())
+        data["customers"][0]["timezone"] = "Asia/Shanghai"
+        data["status_page"] = {"url": "https://status.provider.example/"}
+        path.write_text(yaml.safe_dump(data))
         daemon, task, api = await start(path)
         try:
             target.healthy = False
@@ -187,12 +194,23 @@ async def test_an_outage_reaches_customer_and_operators_through_every_notifier(
             incident = opened.payload["data"]["incident"]
             assert opened.payload["data"]["customer"] == "acme"
             assert incident["service"] == "web" and incident["state"] == "investigating"
+            # The webhook-id starts with the installation id kept in the state directory.
+            with sqlite3.connect(tmp_path / "state" / "ledger.db") as db:
+                (installation,) = db.execute(
+                    "SELECT value FROM meta WHERE key = 'installation'"
+                ).fetchone()
+            assert opened.id.startswith(f"{installation}.inc{incident['id']}-")
 
             await smtp.wait_for(lambda: len(smtp.messages) >= 1, timeout=15)
             mail = smtp.messages[0].message
             assert mail["Subject"] == f"[nodevigil] web is unavailable (incident {incident['id']})"
             assert mail["To"] == "ops@acme.example"
-            assert "Customer:  acme" in mail.get_content()
+            body = mail.get_content().replace("\r\n", "\n")  # SMTP lines end in CRLF
+            assert "Customer:  acme" in body
+            assert re.search(
+                r"\nStarted:   \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+08:00 \(Asia/Shanghai\)\n", body
+            )
+            assert "\nStatus:    https://status.provider.example/\n" in body
 
             async def alert_firing() -> bool:
                 alerts = await get_alerts(alertmanager)

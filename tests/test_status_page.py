@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
 import logging
 import os
 import re
 import shutil
 import signal
+import struct
 import sys
 import tempfile
+import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from html.parser import HTMLParser
@@ -389,6 +393,116 @@ async def test_chromium_renders_the_outage(chromium_profile: Path, tmp_path: Pat
         await screenshot(chromium_profile, base + "/status", tmp_path / "status.png")
 
 
+def with_history(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """``snapshot`` with 90 days of history: web lost 120 minutes 60 days ago and 5 minutes
+    30 days ago, and has no data for its first 10 days; api never lost a minute."""
+    out = copy.deepcopy(snapshot)
+    first = datetime.date(2026, 11, 26) - datetime.timedelta(days=89)
+    for service in out["services"]:
+        days = []
+        for n in range(90):
+            day = (first + datetime.timedelta(days=n)).isoformat()
+            if service["name"] == "web" and n < 10:
+                days.append({"date": day, "minutes": 0, "unavailable_minutes": None})
+                continue
+            lost = {29: 120, 59: 5}.get(n, 0) if service["name"] == "web" else 0
+            minutes = 600 if n == 89 else 1440  # today: ten hours gone by
+            days.append({"date": day, "minutes": minutes, "unavailable_minutes": lost})
+        service["history"] = days
+        service["uptime"] = 99.84 if service["name"] == "web" else 100.0
+    out["history"] = {"days": 90, "timezone": "Asia/Shanghai"}
+    return out
+
+
+def png_colours(data: bytes) -> dict[tuple[int, int, int], int]:
+    """How many pixels of each colour an 8-bit RGB(A) PNG has (enough for Chromium's shots)."""
+    assert data.startswith(PNG_SIGNATURE)
+    pos, idat, header = 8, b"", b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, depth, colour = struct.unpack(">IIBB", header[:10])
+    assert depth == 8 and colour in (2, 6), (depth, colour)
+    step = 3 if colour == 2 else 4
+    raw, stride = zlib.decompress(idat), width * step
+    counts: dict[tuple[int, int, int], int] = {}
+    previous = bytearray(stride)
+    for y in range(height):
+        kind, line = (
+            raw[y * (stride + 1)],
+            bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)]),
+        )
+        for i in range(stride):
+            a = line[i - step] if i >= step else 0
+            b = previous[i]
+            c = previous[i - step] if i >= step else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 255
+            elif kind == 2:
+                line[i] = (line[i] + b) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        for x in range(0, stride, step):
+            rgb = (line[x], line[x + 1], line[x + 2])
+            counts[rgb] = counts.get(rgb, 0) + 1
+        previous = line
+    return counts
+
+
+def pixels_near(counts: dict[tuple[int, int, int], int], hex_colour: str) -> int:
+    """Pixels within 6 of ``#rrggbb`` on every channel."""
+    want = bytes.fromhex(hex_colour.lstrip("#"))
+    return sum(
+        n
+        for rgb, n in counts.items()
+        if all(abs(v - w) <= 6 for v, w in zip(rgb, want, strict=True))
+    )
+
+
+def test_history_bars_say_each_day_and_the_uptime() -> None:
+    html = render_html(with_history(OPERATIONAL))
+    bars = re.findall(r'<span class="(bar-[a-z]+)" title="([^"]*)"></span>', html)
+    assert len(bars) == 180  # 90 a service
+    web = bars[:90]
+    assert [css for css, _ in web[:10]] == ["bar-none"] * 10
+    assert web[0][1] == "2026-08-29: no data"
+    assert web[29] == ("bar-major", "2026-09-27: 120 min unavailable (91.66%)")
+    assert web[59] == ("bar-minor", "2026-10-27: 5 min unavailable (99.65%)")
+    assert web[89] == ("bar-ok", "2026-11-26: no downtime (100%)")
+    assert {css for css, _ in bars[90:]} == {"bar-ok"}
+    text = visible_text(html)
+    services = section(text, "Services", "Open incidents")
+    assert "web Operational 90 days ago 99.84% uptime Today" in services
+    assert "api Operational 90 days ago 100% uptime Today" in services
+    assert "each bar of a service's history is one day in Asia/Shanghai" in text
+    # Without a history (an older snapshot) the page shows none.
+    assert "bar-" not in render_html(OPERATIONAL).split("</style>")[1]
+
+
+async def test_chromium_draws_the_history_bars(chromium_profile: Path, tmp_path: Path) -> None:
+    async with serve(fixed(with_history(OPERATIONAL))) as base:
+        dom = await chromium(chromium_profile, "--dump-dom", base + "/status")
+        bars = re.findall(r'<div class="bars" role="img" aria-label="([^"]*)">', dom)
+        assert bars == ["90 days: 99.84% uptime", "90 days: 100% uptime"]
+        assert dom.count('class="bar-major"') == 1 and dom.count('class="bar-minor"') == 1
+        shot = await screenshot(chromium_profile, base + "/status", tmp_path / "history.png")
+    counts = png_colours(shot.read_bytes())
+    # Painted, not just present: the red and amber days (no other red or amber on this page)
+    # are visible bars, each at least a few pixels wide and 2rem high.
+    assert pixels_near(counts, "#cf222e") >= 3 * 30
+    assert pixels_near(counts, "#d4a72c") >= 3 * 30
+    assert pixels_near(counts, "#1a7f37") > 100 * pixels_near(counts, "#cf222e")
+
+
 # --- the real daemon ---------------------------------------------------------------------------
 
 
@@ -469,6 +583,25 @@ async def test_the_daemon_serves_its_outage_publicly(
         status, headers, body = await fetch(base + "/status.json")
         assert status == 200 and headers["Cache-Control"] == "no-cache"
         assert "token" not in body and "sha256" not in body
+
+        # The history comes from the ledger: a fresh one knows only today, which the open
+        # outage already costs a minute or more (counted up to now, as the credits count it).
+        snapshot: dict[str, Any] = {}
+
+        async def outage_in_history() -> bool:
+            nonlocal snapshot
+            _, _, snapshot = await fetch_json(base + "/status.json")
+            days = snapshot["services"][0]["history"]
+            return bool(days[-1]["unavailable_minutes"])
+
+        await poll_until(outage_in_history, within=15, interval=0.2, what="today in the history")
+        assert snapshot["history"] == {"days": 90, "timezone": "UTC"}
+        days = snapshot["services"][0]["history"]
+        assert len(days) == 90 and days[-1]["date"] == time.strftime("%Y-%m-%d", time.gmtime())
+        assert all(d["unavailable_minutes"] is None for d in days[:-1])
+        assert snapshot["services"][0]["uptime"] < 100
+        dom = await chromium(chromium_profile, "--dump-dom", base + "/status")
+        assert re.search(r'class="bar-(minor|major)" title="[0-9-]+: \d+ min unavailable', dom)
         await screenshot(chromium_profile, base + "/status", tmp_path / "daemon-status.png")
     finally:
         if process.returncode is None:

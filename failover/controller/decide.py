@@ -98,11 +98,7 @@ def _plan_site(
     config: Config, site: Site, nodes: list[Node], st: ControllerState, books: dict[str, NodeBook]
 ) -> _SitePlan:
     """Which of a site's nodes go out, within min_healthy and max_unavailable."""
-    size = len(nodes)
-    by_floor = size - site.min_healthy
-    by_cap = site.max_unavailable_count(size)
-    budget = max(0, min(by_floor, by_cap))
-    limit = "min_healthy" if by_floor <= by_cap else "max_unavailable"
+    budget, limit = site.drain_budget(len(nodes))  # check-config prints the same figure
     out = out_state(config, site)
     desired: dict[str, tuple[ServerState, str]] = {}
     forced = [n for n in nodes if ("node", n.name) in st.overrides]

@@ -22,6 +22,7 @@ from failover.controller.brake import FLEET
 from failover.controller.decide import decide
 from failover.controller.lbio import (
     Applied,
+    Report,
     after_applied,
     apply,
     check_adapters,
@@ -49,16 +50,20 @@ from failover.controller.state import (
 from failover.controller.status import (
     ControllerStatus,
     ServiceStatus,
+    WouldAction,
+    build_load_balancers,
     build_services,
     build_status,
+    would_do,
 )
 from failover.controller.store import ActionRecord, Store
-from failover.events import ControllerDecision, FailoverFailed, LbRecovered
+from failover.events import ControllerDecision, FailoverFailed, FailoverModeChanged, LbRecovered
 from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer
 from monitor.verdicts import NodeVerdictEvent, Verdict
-from nodevigil.core.authority import Authority, Sole
+from nodevigil.core.authority import OBSERVING, Authority, Sole, TrafficGate
 from nodevigil.core.clock import Clock
 from nodevigil.core.config.schema import Config
+from nodevigil.core.durations import format_duration
 from nodevigil.core.errors import NodevigilError
 from nodevigil.core.events import Event, EventBus, Subscription
 from nodevigil.core.failpoints import failpoint
@@ -80,6 +85,11 @@ class Controller:
     ``authority`` says whether this process may act (``Sole`` on a single host). Without it the
     controller is a warm standby: it reads back and decides every cycle, so it can take over
     in one, but applies nothing, saves nothing to the shared store and logs what it would do.
+
+    ``traffic`` gates every load-balancer command: the lease, shut while ``failover.mode`` is
+    ``observe`` (``TrafficGate``). The daemon gives the adapters the same gate, so observe mode
+    holds even against a caller that ignores it. Observing, the controller keeps its books and
+    overrides as a leader does and serves the actions it did not send (``status().would``).
     """
 
     def __init__(
@@ -96,6 +106,7 @@ class Controller:
         registry: CollectorRegistry | None = None,
         lb_timeout: float = 10.0,
         authority: Authority | None = None,
+        traffic: Authority | None = None,
     ) -> None:
         if lb_timeout <= 0:
             raise ValueError("lb_timeout must be positive")
@@ -109,9 +120,15 @@ class Controller:
         self._store = store
         self.vantage = vantage or config.vantage
         self.metrics = ControllerMetrics(registry)
+        self.metrics.show_services((s.name, s.sites) for s in config.services)
         self._lb_timeout = lb_timeout
         self._authority: Authority = authority or Sole()
+        self._traffic: Authority = traffic or TrafficGate(self._authority, self._observing)
         self._acting: bool | None = None  # whether the last cycle could act (None: no cycle)
+        self._mode: str | None = None  # failover.mode as of the last cycle
+        self._would: list[WouldAction] = []  # observing: what the last cycle did not send
+        self._would_logged: tuple[str, ...] = ()  # observing: the would-be actions last logged
+        self._unread: dict[str, list[str]] = {}  # lb -> what the last cycle could not read
         self._overrides = Overrides(
             store,
             emit=self._emit,
@@ -126,6 +143,9 @@ class Controller:
         self._saved_book: Book | None = None
         self._reasons: dict[str, str] = {}
         self._failing: dict[str, str] = {}
+        # Per failing call key: when its streak began (wall) and how many attempts failed.
+        self._streaks: dict[str, tuple[float, int]] = {}
+        self._retrying: str | None = None  # the decision line whose actions failed last cycle
         self._logged_errors: set[tuple[str, str, str]] = (
             set()
         )  # failing call key -> error, to report once per streak
@@ -203,6 +223,9 @@ class Controller:
             self._note(waits[0].result())
         self._poke.clear()
 
+    def _observing(self) -> bool:
+        return self._config.failover.mode == "observe"
+
     def _note(self, event: Event) -> None:
         if isinstance(event, NodeVerdictEvent):
             self._reasons[event.subject] = event.reason
@@ -219,6 +242,7 @@ class Controller:
         known = {r.key for r in let_go}
         self._releases = [r for r in self._releases if r.key not in known] + let_go
         self._config = config
+        self.metrics.show_services((s.name, s.sites) for s in config.services)
         self._poke.set()
 
     # --- one cycle ---------------------------------------------------------------------------
@@ -232,17 +256,22 @@ class Controller:
             for event in self._sub.drain():  # a burst of verdicts becomes one decision
                 self._note(event)
             config = self._config
-            acting = await self._take_authority()
+            observing = config.failover.mode == "observe"  # a reload switches at a cycle
+            self._note_mode(config.failover.mode)
+            leader = await self._take_authority()
+            acting = leader and not observing  # observing, a leader sends no command
             # The epoch this cycle acts under, for its decision line (each command carries
             # the one read right before it was sent).
             epoch = self._authority.epoch if acting else None
             await self._refresh_overrides()
-            if acting:  # a standby leaves the shared overrides to the leader
+            if leader:  # a standby leaves the shared overrides to the leader
                 await self._overrides.drop_orphaned(config, self._clock.wall())
                 await self._overrides.expire(self._clock.wall(), config.failover.drain_max)
+            unread: dict[str, list[str]] = {}
             observed, complete = await read_back(
-                config, self._local, self._global, self._lb_timeout, self._report
+                config, self._local, self._global, self._lb_timeout, self._reading(unread)
             )
+            self._unread = unread
             now, wall = self._clock.monotonic(), self._clock.wall()
             state = ControllerState(
                 verdicts=dict(self._source.verdicts()),
@@ -255,10 +284,11 @@ class Controller:
             self._book = decision.book
             applied: list[Applied] = []
             released: list[Applied] = []
-            if acting:
+            if leader:
                 # Saved before acting: after a crash between the two, a restart still knows why
                 # a node is out instead of putting it back in while its verdict is unknown.
                 await self._save_book()
+            if acting:
                 if decision.actions:
                     failpoint("controller.before_apply")
                 # The authority is checked again right before each command (``apply``).
@@ -268,7 +298,7 @@ class Controller:
                     self._global,
                     self._lb_timeout,
                     self._report,
-                    authority=self._authority,
+                    authority=self._traffic,
                 )
                 if applied:
                     failpoint("controller.after_apply")
@@ -276,8 +306,16 @@ class Controller:
             self._observed = after_applied(observed, applied)
             self._last = decision
             self._last_cycle_at = wall
+            self._would = [would_do(a, config) for a in decision.actions] if observing else []
             await self._publish(
-                decision, applied, released, state, wall, acting=acting, epoch=epoch
+                decision,
+                applied,
+                released,
+                state,
+                wall,
+                acting=leader,
+                epoch=epoch,
+                observing=observing and leader,
             )
             reconciled = complete and acting and len(applied) == len(decision.actions)
             self._update_metrics(decision, [*applied, *released], reconciled, wall, started)
@@ -293,6 +331,58 @@ class Controller:
             await self.start()
         self._acting = acting
         return acting
+
+    def _note_mode(self, mode: str) -> None:
+        """Follow ``failover.mode`` from cycle to cycle: the gauge, a log line and an event
+        when a reload changes it."""
+        previous, self._mode = self._mode, mode
+        self.metrics.observe.set(int(mode == "observe"))
+        if previous == mode:
+            return
+        self._would_logged = ()
+        if mode == "observe":
+            reason = "deciding as ever; " + OBSERVING + " and no customer is notified"
+        else:
+            reason = "the load balancers are changed again from this cycle on"
+        if previous is None:
+            if mode == "observe":
+                log.warning("failover: observe mode: %s", reason)
+            return
+        log.warning("failover: mode %s -> %s: %s", previous, mode, reason)
+        self._emit(
+            FailoverModeChanged(
+                subject=self.vantage,
+                at=self._clock.wall(),
+                vantage=self.vantage,
+                mode=mode,
+                previous=previous,
+                reason=reason,
+            )
+        )
+
+    def _observe_line(self, decision: Decision) -> str:
+        """Observing, the decision line: said when what it would do changes, not each cycle
+        (nothing is sent, so the same actions are decided again every cycle)."""
+        would = tuple(f"would {w.text}" for w in self._would)
+        others = [n.phrase for n in decision.notices if n.phrase]
+        others += [p for view in decision.brakes.values() for p in view.phrases()]
+        changed, self._would_logged = would != self._would_logged, would
+        if not changed and not others:
+            return ""
+        if not would and not others:
+            return "observe: nothing to do any more: the load balancers match the decision"
+        return "observe: " + "; ".join([*would, *others])
+
+    def _reading(self, unread: dict[str, list[str]]) -> Report:
+        """``_report``, also noting in ``unread`` what this cycle could not read, and why."""
+
+        def report(key: str, lb: str, what: str, target: str, error: BaseException | None) -> None:
+            if error is not None and what == "read":
+                text = (str(error) or type(error).__name__).removeprefix(f"{lb}: ")
+                unread.setdefault(lb, []).append(f"cannot read {target}: {text}")
+            self._report(key, lb, what, target, error)
+
+        return report
 
     async def _refresh_overrides(self) -> None:
         """In a cluster, re-read the overrides every ``OVERRIDES_REFRESH`` seconds so the
@@ -329,6 +419,7 @@ class Controller:
         *,
         acting: bool = True,
         epoch: int | None = None,
+        observing: bool = False,
     ) -> None:
         records = []
         for result in [*applied, *released]:
@@ -347,10 +438,19 @@ class Controller:
         phrases = [decision.text] if decision.text else []
         phrases += [r.action.describe() for r in released]
         text = "; ".join(phrases)
-        if text and not acting:
+        if observing:
+            text = self._observe_line(decision)
+        elif text and not acting:
             text = f"standby: would {text}"
         elif decision.actions and len(applied) < len(decision.actions):
-            text += f" [{len(decision.actions) - len(applied)} not sent: no longer the leader]"
+            gate = self._traffic
+            why = OBSERVING if isinstance(gate, TrafficGate) and gate.observing() else ""
+            text += (
+                f" [{len(decision.actions) - len(applied)} not sent: "
+                f"{why or 'no longer the leader'}]"
+            )
+        if text and self._failing_again(text, [*applied, *released]):
+            text = ""  # the same decision failing again: said once per streak, not per cycle
         if text:
             failed = sum(1 for r in [*applied, *released] if r.error is not None)
             line = text + (f" [{failed} failed, retrying]" if failed else "")
@@ -418,13 +518,29 @@ class Controller:
         m.set_lb_up([*self._local, *self._global], unreadable(self._failing))
         m.cycle_seconds.observe(time.perf_counter() - started)
 
+    def _failing_again(self, text: str, results: list[Applied]) -> bool:
+        """Whether ``text`` is last cycle's decision, whose actions fail again: its failures
+        were logged when they began (``_report``), and their end will be."""
+        failing = any(r.error is not None for r in results)
+        again = failing and text == self._retrying
+        self._retrying = text if failing else None
+        return again
+
     def _report(
         self, key: str, lb: str, what: str, target: str, error: BaseException | None
     ) -> None:
         """Count every failure; log and publish only when a call starts or stops failing."""
         if error is None:
+            began, attempts = self._streaks.pop(key, (0.0, 0))
             if self._failing.pop(key, None) is not None:
-                log.info("%s: %s %s works again", lb, what, target)
+                log.info(
+                    "%s: %s %s works again (after %d failed attempts over %s)",
+                    lb,
+                    what,
+                    target,
+                    attempts,
+                    format_duration(max(0.0, round(self._clock.wall() - began, 1))),
+                )
                 wall = self._clock.wall()
                 self._emit(
                     LbRecovered(
@@ -434,6 +550,8 @@ class Controller:
             return
         if lb != "store":
             self.metrics.lb_errors.labels(lb).inc()
+        began, attempts = self._streaks.get(key, (self._clock.wall(), 0))
+        self._streaks[key] = (began, attempts + 1)
         if key in self._failing:
             return
         self._failing[key] = str(error)
@@ -555,7 +673,7 @@ class Controller:
         if not pending:
             return []
         applied, failed = await release(
-            pending, self._local, self._lb_timeout, self._report, authority=self._authority
+            pending, self._local, self._lb_timeout, self._report, authority=self._traffic
         )
         added = self._releases  # by a reload during the commands above
         known = {r.key for r in added}
@@ -569,13 +687,29 @@ class Controller:
         """Wall time the last cycle ended (None before the first)."""
         return self._last_cycle_at
 
+    @property
+    def mode(self) -> str:
+        """``failover.mode`` as of the last cycle (the configured one before the first)."""
+        return self._mode or self._config.failover.mode
+
+    def would(self) -> list[WouldAction]:
+        """Observing: the actions the last cycle decided and did not send (else empty)."""
+        return list(self._would)
+
+    def not_ready(self) -> list[str]:
+        """Why the daemon is not ready: empty once the last cycle read every load balancer in
+        use back (each backend, server and record), else each that failed and its error."""
+        if self._last_cycle_at is None:
+            return ["the controller has not read the load balancers back yet"]
+        return [f"{lb}: {e}" for lb, errors in sorted(self._unread.items()) for e in errors]
+
     def services(self) -> list[ServiceStatus]:
         """The services' availability as of the last cycle, without the per-node snapshot."""
         return build_services(self._config, self._last)
 
     def status(self) -> ControllerStatus:
         """A snapshot for the API: nodes, sites and services as of the last cycle."""
-        return build_status(
+        status = build_status(
             config=self._config,
             last=self._last,
             observed=self._observed,
@@ -584,6 +718,8 @@ class Controller:
             mono_to_wall=self._clock.wall() - self._clock.monotonic(),
             last_cycle_at=self._last_cycle_at,
         )
+        lbs = build_load_balancers(self._config, self._observed, self._unread)
+        return replace(status, mode=self.mode, would=self.would(), load_balancers=lbs)
 
     async def actions(self, limit: int = 100) -> list[ActionRecord]:
         """The latest entries of the durable action log."""

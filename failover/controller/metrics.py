@@ -68,6 +68,15 @@ class ControllerMetrics:
             ["service"],
             registry=r,
         )
+        # The topology, for rules that join a site's series to its services' (one alert per
+        # site and service, so Alertmanager can inhibit a site's alert by its service's).
+        self.service_site = Gauge(
+            "nodevigil_service_site_info",
+            "1 for each site of each configured service.",
+            ["service", "site"],
+            registry=r,
+        )
+        self._pairs: set[tuple[str, str]] = set()
         self.cycle_seconds = Histogram(
             "nodevigil_decision_cycle_seconds",
             "Duration of one controller cycle: read back, decide, apply",
@@ -79,6 +88,22 @@ class ControllerMetrics:
             "Wall time of the last cycle in which every LB was read and every action succeeded",
             registry=r,
         )
+
+        self.observe = Gauge(
+            "nodevigil_failover_observe",
+            "1 while failover.mode is observe: decisions are made, nothing is written to a load "
+            "balancer and no customer is notified; 0 while it acts",
+            registry=r,
+        )
+
+    def show_services(self, services: Iterable[tuple[str, Iterable[str]]]) -> None:
+        """Set ``nodevigil_service_site_info`` to the configured (service, its sites) pairs."""
+        pairs = {(service, site) for service, sites in services for site in sites}
+        for gone in self._pairs - pairs:
+            self.service_site.remove(*gone)
+        for pair in pairs - self._pairs:
+            self.service_site.labels(*pair).set(1)
+        self._pairs = pairs
 
     def set_lb_up(self, lbs: Iterable[str], unreadable: Iterable[str]) -> None:
         """Set ``nodevigil_lb_up`` for every load balancer in ``lbs``."""

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TypedDict
 
 from failover.events import (
@@ -76,7 +77,10 @@ class IncidentManager:
         outbox_changed: Callable[[], None],
         status_url: str | None = None,
         authority: Authority | None = None,
+        installation: str = "",
     ) -> None:
+        """``installation``: the state's installation id, first part of every notice's id
+        (``Backend.installation_id``; the daemon always gives it)."""
         self._store = store
         self._authority: Authority = authority or Sole()
         self._acting: bool | None = None  # whether the last reconcile could act
@@ -90,6 +94,7 @@ class IncidentManager:
         self._metrics = metrics
         self._outbox_changed = outbox_changed
         self._status_url = status_url
+        self._installation = installation
         self._lock = asyncio.Lock()
         self._open: dict[str, Incident] = {}
         self._windows: list[Window] = []
@@ -119,7 +124,20 @@ class IncidentManager:
         return self._config().vantage
 
     def _composer(self) -> Composer:
-        return Composer(self._config(), self._status_url)
+        return Composer(self._config(), self._status_url, installation=self._installation)
+
+    def _observing(self) -> bool:
+        """``failover.mode: observe``: incidents open and resolve, customers are not told."""
+        return self._config().failover.mode == "observe"
+
+    def _to_customers(self, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """``outgoing`` (customer notices), or none at all while observing: never queued,
+        so switching to act later sends nothing stale."""
+        return [] if self._observing() else outgoing
+
+    def _unnotified(self) -> str:
+        """What an incident's opening says when customers are not told of it."""
+        return " (observe mode: no customer is notified)" if self._observing() else ""
 
     async def start(self) -> None:
         """Load the open incidents and write the configured maintenance windows."""
@@ -165,6 +183,8 @@ class IncidentManager:
         if not self._authority.may_act():
             return  # the leader queues the alert: one per event, not one per host
         outgoing = self._composer().alerts(event)
+        if self._observing():
+            outgoing = [observed_alert(o) for o in outgoing]
         if outgoing and await self._store.enqueue(outgoing):
             self._outbox_changed()
 
@@ -237,8 +257,9 @@ class IncidentManager:
                 incident = await self._store.reopen_incident(
                     previous.id,
                     at=now,
-                    message=f"{service} failed again {gap} after recovering; reopened",
-                    outgoing=lambda i: composer.opening(i, now, window),
+                    message=f"{service} failed again {gap} after recovering; reopened"
+                    + self._unnotified(),
+                    outgoing=lambda i: self._to_customers(composer.opening(i, now, window)),
                 )
                 kind: type[IncidentEvent] = IncidentReopened
             else:
@@ -246,6 +267,7 @@ class IncidentManager:
                 text = f"{service} is wholly unavailable: no site can serve it"
                 if window is not None:
                     text += " (during announced maintenance)"
+                text += self._unnotified()
                 incident = await self._store.open_incident(
                     service,
                     started_at=started_at,
@@ -253,7 +275,7 @@ class IncidentManager:
                     maintenance=window is not None,
                     cause=cause,
                     message=text,
-                    outgoing=lambda i: composer.opening(i, now, window),
+                    outgoing=lambda i: self._to_customers(composer.opening(i, now, window)),
                 )
                 kind = IncidentOpened
             self._open[service] = incident
@@ -288,7 +310,7 @@ class IncidentManager:
             at=now,
             message=text,
             author=who,
-            outgoing=lambda i: composer.resolution(i, now),
+            outgoing=lambda i: self._to_customers(composer.resolution(i, now)),
         )
         if cancelled:
             log.info("incident %d: %d escalation steps no longer needed", incident.id, cancelled)
@@ -306,7 +328,7 @@ class IncidentManager:
         composer = self._composer()
         outgoing: list[Outgoing] = []
         for incident in list(self._open.values()):
-            outgoing += composer.repeat(incident, now)
+            outgoing += self._to_customers(composer.repeat(incident, now))
         if outgoing and await self._store.enqueue(outgoing):
             self._outbox_changed()
 
@@ -352,7 +374,9 @@ class IncidentManager:
                 state=state,
                 message=message,
                 author=author,
-                outgoing=lambda i: composer.update(i, message, now) if notify else [],
+                outgoing=lambda i: self._to_customers(
+                    composer.update(i, message, now) if notify else []
+                ),
             )
             if incident.is_open:
                 self._open[incident.service] = incident
@@ -536,6 +560,22 @@ class IncidentManager:
             "excluded_in_ledger": window.exclusion_id is not None,
             "cancelled": window.cancelled,
         }
+
+
+OBSERVE_MARK = "[observe]"
+
+
+def observed_alert(outgoing: Outgoing) -> Outgoing:
+    """An operator alert sent in observe mode, marked so: ``[observe]`` before its summary
+    and text, ``"observe": true`` in its payload (nothing was done to the load balancers)."""
+    message = outgoing.message
+    marked = replace(
+        message,
+        summary=f"{OBSERVE_MARK} {message.summary}",
+        text=f"{OBSERVE_MARK} {message.text}",
+        data={**message.data, "observe": True},
+    )
+    return replace(outgoing, message=marked)
 
 
 def _exclusion(window: Window) -> LedgerChange:

@@ -2,13 +2,27 @@
 
 Every message id is derived from what it is about (incident, opening, plan step, customer,
 notifier; or event and notifier), so writing it twice after a crash is harmless and a receiver
-sees the same id on every retry.
+sees the same id on every retry, and a new leader composing it again writes the same id.
+
+An incident's part of the id (``incident_key``) is ``<installation>.inc<id>-<start ms>``: the
+installation id (drawn once and kept in the state) keeps two installations apart, and the
+outage's start keeps a restored older state apart from what it sent before the backup was
+restored. Such a state hands out incident numbers again, but never for an outage that started
+at the same millisecond as one already notified. A random part drawn per process or per restore
+would not do: every host and every restart must derive the same id for the same notice. A
+high-water mark would not either: it lives in the very state a restore takes back.
+
+Customers read times in their own time zone (``customers[].timezone``, by default the billing
+``timezone``), to the second, and find the public status page's link (``status_page.url``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from functools import cache
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from failover.events import NotificationDead
 from failover.incidents.model import Incident, Outgoing, Window, iso
@@ -27,6 +41,36 @@ def customers_of(config: Config, service: str) -> Iterator[tuple[Customer, Conti
                 yield customer, plan
 
 
+def incident_key(installation: str, incident: Incident) -> str:
+    """``<installation>.inc<id>-<start ms>``: the incident's part of its notices' ids."""
+    prefix = f"{installation}." if installation else ""
+    return f"{prefix}inc{incident.id}-{round(incident.started_at * 1000)}"
+
+
+@cache
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)  # names were checked when the configuration was loaded
+
+
+def local_time(seconds: float, zone: str) -> str:
+    """``2026-12-05 21:09:00 +08:00 (Asia/Shanghai)``: wall seconds as a customer reads them,
+    to the second (``UTC`` for UTC)."""
+    at = datetime.fromtimestamp(int(seconds), UTC)
+    if zone == "UTC":
+        return at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    local = at.astimezone(_zone(zone))
+    offset = local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M:%S} {offset[:3]}:{offset[3:]} ({zone})"
+
+
+def customer_zone(config: Config, customer: str) -> str:
+    """The time zone the customer reads times in: its own, else the billing ``timezone``."""
+    found = next((c for c in config.customers if c.id == customer), None)
+    if found is not None and found.timezone is not None:
+        return found.timezone
+    return config.timezone
+
+
 def human_duration(seconds: float) -> str:
     """``1h2m5s``, ``1m58s``, ``40s``: how people read an outage's length."""
     total = max(0, round(seconds))
@@ -37,29 +81,37 @@ def human_duration(seconds: float) -> str:
     return text.removesuffix("0s") if total >= 60 and secs == 0 else text
 
 
-def _facts(incident: Incident, customer: str, window: Window | None) -> list[str]:
+def _facts(incident: Incident, customer: str, zone: str, window: Window | None) -> list[str]:
     lines = [
         f"Incident:  {incident.id} ({incident.state.value})",
         f"Customer:  {customer}",
         f"Service:   {incident.service}",
-        f"Started:   {iso(incident.started_at)}",
+        f"Started:   {local_time(incident.started_at, zone)}",
     ]
     if incident.resolved_at is not None:
-        lines.append(f"Resolved:  {iso(incident.resolved_at)}")
+        lines.append(f"Resolved:  {local_time(incident.resolved_at, zone)}")
         lines.append(f"Duration:  {human_duration(incident.resolved_at - incident.started_at)}")
     lines.append(f"Cause:     {incident.cause}")
     if window is not None:
         note = f" ({window.note})" if window.note else ""
-        lines.append(f"Maintenance: {iso(window.start)} to {iso(window.end)}{note}")
+        start, end = local_time(window.start, zone), local_time(window.end, zone)
+        lines.append(f"Maintenance: {start} to {end}{note}")
     return lines
 
 
 class Composer:
-    """Builds the outbox entries for one configuration."""
+    """Builds the outbox entries for one configuration and installation.
 
-    def __init__(self, config: Config, status_url: str | None = None) -> None:
+    ``installation`` is the state's installation id (``Backend.installation_id``); the
+    status page's link is ``status_url``, by default the configuration's ``status_page.url``.
+    """
+
+    def __init__(
+        self, config: Config, status_url: str | None = None, *, installation: str = ""
+    ) -> None:
         self.config = config
-        self.status_url = status_url
+        self.status_url = status_url if status_url is not None else config.status_page.url
+        self.installation = installation
 
     def _incident_message(
         self,
@@ -75,7 +127,11 @@ class Composer:
         window: Window | None,
         extra: Mapping[str, Any] | None = None,
     ) -> Message:
-        body = [headline, "", *_facts(incident, customer, window)]
+        body = [
+            headline,
+            "",
+            *_facts(incident, customer, customer_zone(self.config, customer), window),
+        ]
         if self.status_url:
             body.append(f"Status:    {self.status_url}")
         body += [
@@ -89,6 +145,8 @@ class Composer:
             "message": headline,
             **(extra or {}),
         }
+        if self.status_url:
+            data["status_page"] = self.status_url
         if window is not None:
             data["maintenance_window"] = window.as_dict()
         return Message(
@@ -158,19 +216,20 @@ class Composer:
             summary = f"{service} is unavailable"
         summary += f" (incident {incident.id})"
         elapsed = due - incident.started_at
-        headline = (
-            f"Your service {service} is wholly unavailable since {iso(incident.started_at)}"
-            + (f" ({human_duration(elapsed)} so far)." if elapsed >= 1 else ".")
+        since = local_time(incident.started_at, customer_zone(self.config, customer))
+        headline = f"Your service {service} is wholly unavailable since {since}" + (
+            f" ({human_duration(elapsed)} so far)." if elapsed >= 1 else "."
         )
         if window is not None:
             headline += " This falls within announced maintenance."
+        key = incident_key(self.installation, incident)
         return [
             Outgoing(
                 message=self._incident_message(
                     incident=incident,
                     customer=customer,
                     notifier=notifier,
-                    msg_id=f"inc{incident.id}.o{incident.openings}.{step}.{customer}.{notifier}",
+                    msg_id=f"{key}.o{incident.openings}.{step}.{customer}.{notifier}",
                     kind=kind,
                     summary=summary,
                     headline=headline,
@@ -192,10 +251,11 @@ class Composer:
         took = human_duration(incident.resolved_at - incident.started_at)
         summary = f"{incident.service} is available again after {took} (incident {incident.id})"
         headline = f"Your service {incident.service} is available again (unavailable for {took})."
+        key = incident_key(self.installation, incident)
         out: list[Outgoing] = []
         for customer, plan in customers_of(self.config, incident.service):
             for notifier in plan.on_resolve:
-                msg_id = f"inc{incident.id}.o{incident.openings}.resolve.{customer.id}.{notifier}"
+                msg_id = f"{key}.o{incident.openings}.resolve.{customer.id}.{notifier}"
                 message = self._incident_message(
                     incident=incident,
                     customer=customer.id,
@@ -214,6 +274,7 @@ class Composer:
         """An operator's update, through the first step's notifiers of each plan."""
         summary = f"{incident.service}: {incident.state.value} (incident {incident.id})"
         stamp = int(at * 1000)
+        key = incident_key(self.installation, incident)
         out: list[Outgoing] = []
         for customer, plan in customers_of(self.config, incident.service):
             for notifier in plan.steps[0].notify:
@@ -221,7 +282,7 @@ class Composer:
                     incident=incident,
                     customer=customer.id,
                     notifier=notifier,
-                    msg_id=f"inc{incident.id}.u{stamp}.{customer.id}.{notifier}",
+                    msg_id=f"{key}.u{stamp}.{customer.id}.{notifier}",
                     kind="incident.updated",
                     summary=summary,
                     headline=text,

@@ -24,7 +24,6 @@ from failover.lb.errors import (
 )
 from failover.lb.retry import NO_RETRY, RetryPolicy, call_with_retries
 from nodevigil.core.authority import Authority
-from nodevigil.core.config.load import read_secret
 from nodevigil.core.config.schema import (
     HAProxyLB,
     LoadBalancer,
@@ -32,6 +31,7 @@ from nodevigil.core.config.schema import (
     Rfc2136LB,
     split_host_port,
 )
+from nodevigil.core.config.secrets import load_secret
 from nodevigil.core.errors import ConfigError
 
 __all__ = [
@@ -113,7 +113,7 @@ def _rfc2136(
     tsig_algorithm = "hmac-sha256"
     if cfg.tsig is not None:
         tsig_name, tsig_algorithm = cfg.tsig.name, cfg.tsig.algorithm
-        tsig_secret = read_secret(cfg.tsig, base_dir)
+        tsig_secret = load_secret(f"load_balancers.{name}.tsig", cfg.tsig, base_dir, "tsig")
     try:
         return Rfc2136LoadBalancer(
             name=name,
@@ -149,7 +149,7 @@ def _powerdns(
         server_id=cfg.server_id,
         ttl=cfg.ttl,
         timeout=cfg.timeout,
-        api_key=read_secret(cfg.api_key, base_dir),
+        api_key=load_secret(f"load_balancers.{name}.api_key", cfg.api_key, base_dir, "text"),
         retry=retry,
         authority=authority,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nodevigil.core.authority import Authority, Fenced
+from nodevigil.core.authority import Authority, Fenced, refusal
 from nodevigil.core.errors import AdapterError
 from nodevigil.core.resources import explain, local_errno
 
@@ -69,9 +69,7 @@ def check_lease(authority: Authority | None, lb: str, what: str, *, needs: float
     if authority is None:
         return
     if not authority.may_act():
-        raise LoadBalancerFenced(
-            f"{lb}: not sending {what}: this process does not hold the leader lease"
-        )
+        raise LoadBalancerFenced(f"{lb}: not sending {what}: {refusal(authority)}")
     left = authority.remaining()
     if left < needs:
         raise LoadBalancerFenced(

@@ -39,7 +39,7 @@ from failover.lb.errors import (
     local_failure,
 )
 from failover.lb.retry import RetryPolicy, call_with_retries
-from nodevigil.core.authority import Authority
+from nodevigil.core.authority import Authority, refusal
 
 log = logging.getLogger(__name__)
 
@@ -244,9 +244,7 @@ class Rfc2136LoadBalancer:
             return None
         epoch = authority.epoch
         if epoch is None and not authority.may_act():
-            raise LoadBalancerFenced(
-                f"{self._name}: not sending ({what}): this process does not hold the leader lease"
-            )
+            raise LoadBalancerFenced(f"{self._name}: not sending ({what}): {refusal(authority)}")
         return epoch
 
     async def _advance_quietly(self) -> None:

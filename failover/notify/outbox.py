@@ -15,6 +15,11 @@ fresh notification look older than ``max_age``.
 Only a process that may act (``authority``: the leader lease's holder, ``Sole`` on one host)
 claims and sends; the authority is checked again right before each send. A standby keeps its
 gauges and leaves the outbox to the leader.
+
+While ``hold_customers()`` (``failover.mode: observe``) no customer notice is sent: the incident
+manager queues none then, and one queued before the switch waits (its attempts untouched)
+until the daemon acts again; older than ``max_age`` by then, it is dead-lettered as any notice
+would be. Operator alerts go as ever.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ IDLE_CHECK = 1.0  # re-read the outbox at least this often
 SEND_LIMIT = 120.0  # a transport that hangs past its own timeout is abandoned after this
 MAX_IN_FLIGHT = 500  # notifications held by this dispatcher at once (across notifiers)
 GAUGES_EVERY = 1.0  # outbox depth and age are recounted at most this often
+HELD_RECHECK = 30.0  # observe mode: a customer notice queued before it is looked at this often
 # A claimed row that waited this long for its notifier's slot re-asserts its claim before it
 # is sent, so the claim outlives the attempt (SEND_LIMIT) with room to record the result.
 REASSERT_AFTER = CLAIM_LEASE - 2 * SEND_LIMIT
@@ -72,9 +78,11 @@ class Dispatcher:
         on_delivered: Callable[[OutboxRow, float], Awaitable[None]] | None = None,
         rng: random.Random | None = None,
         authority: Authority | None = None,
+        hold_customers: Callable[[], bool] | None = None,
     ) -> None:
         self._store = store
         self._authority: Authority = authority or Sole()
+        self._hold_customers = hold_customers or (lambda: False)
         self._taken_over: int | None = None  # the epoch whose takeover of claims is done
         self._transports = dict(transports)
         self._settings = settings
@@ -221,6 +229,11 @@ class Dispatcher:
                     return
                 if not self._authority.may_act():  # the lease ran out while this row waited
                     await self._store.release_claims(message.id)
+                    return
+                if row.customer is not None and self._hold_customers():
+                    later = self._clock.wall() + HELD_RECHECK
+                    why = "held: failover.mode is observe (no customer is notified)"
+                    await self._store.mark_retry(message.id, row.attempts, later, why)
                     return
                 failpoint("outbox.before_send")
                 await self._attempt(row)

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from failover.notify.base import Transport
-from nodevigil.core.config.load import read_secret
 from nodevigil.core.config.schema import (
     AlertmanagerNotifier,
     EmailNotifier,
@@ -18,26 +17,22 @@ from nodevigil.core.config.schema import (
     SecretRef,
     WebhookNotifier,
 )
+from nodevigil.core.config.secrets import SecretKind, load_secret
 from nodevigil.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def _secret(where: str, ref: SecretRef, base_dir: Path) -> str:
-    """Read one secret; every problem names the config path, never the value."""
-    if (ref.secret_file is None) == (ref.secret_env is None):
-        raise ConfigError([f"{where}: give exactly one of secret_file or secret_env"])
-    try:
-        return read_secret(ref, base_dir)
-    except ConfigError as exc:
-        raise ConfigError([f"{where}: {problem}" for problem in exc.problems]) from None
+def _secret(where: str, ref: SecretRef, base_dir: Path, kind: SecretKind = "text") -> str:
+    """Read one secret as check-config does; problems name the config path, never the value."""
+    return load_secret(where, ref, base_dir, kind)
 
 
 def _webhook(name: str, config: Notifier, base_dir: Path, mqtt: Mqtt | None) -> Transport:
     from failover.notify.webhook import WebhookTransport
 
     assert isinstance(config, WebhookNotifier)
-    return WebhookTransport(name, config, _secret(f"notifiers.{name}", config, base_dir))
+    return WebhookTransport(name, config, _secret(f"notifiers.{name}", config, base_dir, "webhook"))
 
 
 def _alertmanager(name: str, config: Notifier, base_dir: Path, mqtt: Mqtt | None) -> Transport:

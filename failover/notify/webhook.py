@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -17,27 +16,20 @@ import aiohttp
 from failover.notify.base import Delivery, Message
 from nodevigil import __version__
 from nodevigil.core.config.schema import WebhookNotifier
+from nodevigil.core.config.secrets import WEBHOOK_PREFIX, webhook_key
 from nodevigil.core.errors import ConfigError
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = WEBHOOK_PREFIX
 USER_AGENT = f"nodevigil/{__version__}"
 _BODY_EXCERPT = 200  # bytes of an error answer quoted in the delivery detail
 
 
 def parse_secret(text: str, where: str = "secret") -> bytes:
     """The HMAC key of a ``whsec_<base64>`` secret; ConfigError (without the value) otherwise."""
-    text = text.strip()
-    if not text.startswith(SECRET_PREFIX):
-        raise ConfigError([f"{where}: the webhook secret must start with {SECRET_PREFIX}"])
     try:
-        key = base64.b64decode(text[len(SECRET_PREFIX) :], validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError(
-            [f"{where}: the webhook secret after {SECRET_PREFIX} is not valid base64"]
-        ) from None
-    if not key:
-        raise ConfigError([f"{where}: the webhook secret is empty after {SECRET_PREFIX}"])
-    return key
+        return webhook_key(text)  # the check check-config makes too
+    except ValueError as exc:
+        raise ConfigError([f"{where}: {exc}"]) from None
 
 
 def encode_body(message: Message) -> bytes:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
 from nodevigil import __version__
 from nodevigil.app.kinds import EVENT_KINDS
-from nodevigil.core.config import load_config
+from nodevigil.app.logs import LOG_FORMATS
+from nodevigil.app.logs import configure as configure_logging
+from nodevigil.core.config import Config, load_config
 from nodevigil.core.durations import parse_duration
 from nodevigil.core.errors import ConfigError, NodevigilError
 from nodevigil.core.signals import EarlySignals
@@ -35,10 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    log_format = "text, or json: one object per line (time, level, logger, message, exception)"
+    parser.add_argument("--log-format", default="text", choices=LOG_FORMATS, help=log_format)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("-c", "--config", default=DEFAULT_CONFIG, type=Path)
+    run.add_argument(
+        "--log-format", default=argparse.SUPPRESS, choices=LOG_FORMATS, help=log_format
+    )
+    run.add_argument(
+        "--observe",
+        action="store_true",
+        help="observe mode whatever failover.mode says: decide and log, write nothing to "
+        "any load balancer, notify no customer (until restarted without it)",
+    )
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("-c", "--config", default=DEFAULT_CONFIG, type=Path)
@@ -144,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
             "another host takes over within about a second",
         )
     )
+    from nodevigil.app import status_cli
+
+    status_cli.add_arguments(sub, DEFAULT_CONFIG)
     from nodevigil.app.demo import options as demo_options
 
     demo = sub.add_parser(
@@ -162,12 +177,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_config(path: Path) -> int:
-    config = load_config(path, event_kinds=EVENT_KINDS)
+    # As ``run`` validates at start: every secret read and checked (never printed).
+    config = load_config(path, event_kinds=EVENT_KINDS, secrets=True)
     print(
         f"{path}: ok ({len(config.nodes)} nodes, {len(config.sites)} sites, "
         f"{len(config.services)} services, {len(config.load_balancers)} load balancers)"
     )
+    for line in drain_budgets(config):
+        print(line)
     return 0
+
+
+def drain_budgets(config: Config) -> list[str]:
+    """Per site, how many nodes failover may drain at once and which limit sets that."""
+    sizes = {site.name: 0 for site in config.sites}
+    for node in config.nodes:
+        sizes[node.site] = sizes.get(node.site, 0) + 1
+    lines = []
+    for site in config.sites:
+        size = sizes[site.name]
+        budget, limit = site.drain_budget(size)
+        cap = site.max_unavailable
+        if isinstance(cap, str):
+            cap = f"{cap} of {size} rounded up = {site.max_unavailable_count(size)}"
+        lines.append(
+            f"site {site.name}: {size} nodes, up to {budget} may be drained at once "
+            f"(min_healthy {site.min_healthy}, max_unavailable {cap}; set by {limit})"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None, *, early: EarlySignals | None = None) -> int:
@@ -181,18 +218,14 @@ def main(argv: list[str] | None = None, *, early: EarlySignals | None = None) ->
     if early is not None and args.command != "run":
         early.release()  # only the daemon defers signals; every other command gets them back
         early = None
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         if args.command == "check-config":
             return _check_config(args.config)
         if args.command == "run":
             from nodevigil.app.daemon import serve
 
-            return asyncio.run(serve(args.config, early=early))
+            return asyncio.run(serve(args.config, early=early, observe=args.observe))
         if args.command == "sla":
             from nodevigil.app import sla_cli
 
@@ -213,6 +246,10 @@ def main(argv: list[str] | None = None, *, early: EarlySignals | None = None) ->
             from nodevigil.app.remote import call_api
 
             return asyncio.run(call_api(args))
+        if args.command in ("status", "nodes", "events"):
+            from nodevigil.app import status_cli
+
+            return asyncio.run(status_cli.run(args))
         if args.command == "demo":
             from nodevigil.app.demo import options as demo_options
             from nodevigil.app.demo.run import main as demo_main

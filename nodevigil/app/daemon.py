@@ -8,6 +8,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from failover.notify.transports import build_transport
 from monitor.heartbeat import HeartbeatBoard, HeartbeatListener
 from monitor.metrics import AgentCollector, MonitorMetrics
 from monitor.monitor import Monitor
+from nodevigil import __version__
 from nodevigil.app import systemd
 from nodevigil.app.api import (
     cluster_routes,
@@ -51,15 +53,19 @@ from nodevigil.app.leader_marks import LeaderMarker
 from nodevigil.app.leadership import LeaderLease, Leadership, SoleLeadership
 from nodevigil.app.metrics import DaemonMetrics
 from nodevigil.app.sla_bridge import SlaBridge, utc
+from nodevigil.app.startup import startup_line
 from nodevigil.app.upkeep import Upkeep
 from nodevigil.app.vantages import Vantages, advertise_url, default_canaries
+from nodevigil.core.authority import TrafficGate
 from nodevigil.core.clock import Clock, SystemClock
-from nodevigil.core.config import Config, load_config, read_secret
-from nodevigil.core.config.schema import SecretRef, split_host_port
+from nodevigil.core.config import Config, load_config
+from nodevigil.core.config.schema import Api, SecretRef, split_host_port
+from nodevigil.core.config.secrets import SecretKind, load_secret
 from nodevigil.core.errors import ConfigError, StartError, StateError
 from nodevigil.core.events import EventBus
 from nodevigil.core.resources import raise_descriptor_limit
 from nodevigil.core.signals import EarlySignals
+from nodevigil.core.tlsfiles import TlsFileError, server_context
 from nodevigil.state.backend import Backend, PostgresBackend, backend_for
 from nodevigil.state.lock import StateLock
 from nodevigil.state.postgres.watch import DatabaseWatch, database_up_gauge
@@ -79,7 +85,12 @@ class Daemon:
     """One nodevigil process: ``await Daemon(path).run()`` until ``request_stop()``."""
 
     def __init__(
-        self, config_path: Path, *, clock: Clock | None = None, tune_gc: bool = False
+        self,
+        config_path: Path,
+        *,
+        clock: Clock | None = None,
+        tune_gc: bool = False,
+        observe: bool = False,
     ) -> None:
         self.config_path = config_path
         self.base_dir = config_path.resolve().parent
@@ -87,9 +98,10 @@ class Daemon:
         # The garbage collector is the process's: tuned by ``serve`` (a process of its own),
         # left alone when a test or a tool runs the daemon inside a bigger process.
         self._tune_gc = tune_gc
-        self.config = load_config(
-            config_path, event_kinds=EVENT_KINDS
-        )  # the same validation as check-config
+        # ``run --observe``: observe mode for the life of the process, whatever the file says.
+        self._observe = observe
+        # The same validation as check-config, secrets read and checked included.
+        self.config = self._load()
         self.registry = CollectorRegistry()
         self.bus = EventBus()
         self.metrics = DaemonMetrics(self.registry)
@@ -118,13 +130,28 @@ class Daemon:
         finally:
             systemd.ready(self._summary())  # READY=1 must follow RELOADING=1, even on refusal
 
+    def _load(self) -> Config:
+        """The configuration file, validated; with ``--observe``, in observe mode."""
+        config = load_config(self.config_path, event_kinds=EVENT_KINDS, secrets=True)
+        if self._observe and config.failover.mode != "observe":
+            failover = config.failover.model_copy(update={"mode": "observe"})
+            config = config.model_copy(update={"failover": failover})
+        return config
+
     def _summary(self) -> str:
         c = self.config
-        return f"{len(c.nodes)} nodes, {len(c.sites)} sites, {len(c.services)} services"
+        text = f"{len(c.nodes)} nodes, {len(c.sites)} sites, {len(c.services)} services"
+        if c.failover.mode == "observe":
+            text += "; observe mode: nothing is written to the load balancers"
+        controller: Controller | None = getattr(self, "controller", None)
+        problems = [] if controller is None else controller.not_ready()
+        if controller is not None and controller.last_cycle_at is not None and problems:
+            text += "; not ready: " + "; ".join(problems)
+        return text
 
     def _reload(self) -> bool:
         try:
-            config = load_config(self.config_path, event_kinds=EVENT_KINDS)
+            config = self._load()
             transports = (
                 self._build_transports(config)
                 if config.notifiers != self.config.notifiers or config.mqtt != self.config.mqtt
@@ -200,6 +227,9 @@ class Daemon:
         # Fencing: the stores and the DNS adapters check the lease's epoch (docs/operations.md,
         # "Fencing"); on one host the epoch is None and nothing changes.
         state.fence(self.leadership)
+        # Observe mode's one gate: every load-balancer adapter and the controller move traffic
+        # only through it, and it stays shut while failover.mode is observe (a reload opens it).
+        self.traffic = TrafficGate(self.leadership, lambda: self.config.failover.mode == "observe")
         local_lbs, global_lbs = await stack.enter_async_context(self._adapters(config))
         store = state.controller_store()
         stack.push_async_callback(store.close)
@@ -232,6 +262,7 @@ class Daemon:
                 store=store,
                 registry=self.registry,
                 authority=self.leadership,
+                traffic=self.traffic,
             )
         )
         if self._tune_gc:
@@ -243,8 +274,9 @@ class Daemon:
             events=events,
             tokens=TokenBook(config.api.tokens),
             clock=self.clock,
-            # Ready once the controller has read the load balancers back and reconciled once.
-            readiness=[lambda: self.controller.last_cycle_at is not None],
+            # Ready while the controller's last cycle read every load balancer back; until
+            # then /readyz says which one it could not read and why.
+            readiness=[self.controller.not_ready],
             cluster=self.leadership.view if config.cluster is not None else None,
         )
         incident_store = state.incident_store()
@@ -262,6 +294,7 @@ class Daemon:
             vantage=lambda: self.config.vantage,
             on_delivered=self._first_notice,
             authority=self.leadership,
+            hold_customers=lambda: self.config.failover.mode == "observe",
         )
         stack.push_async_callback(lambda: self._close_transports(self.dispatcher.transports))
         self.notify_metrics = notify_metrics
@@ -274,6 +307,7 @@ class Daemon:
             metrics=notify_metrics,
             outbox_changed=self.dispatcher.wake,
             authority=self.leadership,
+            installation=await state.installation_id(),
         )
         await self.incidents.start()
         ledger = await Ledger.open(
@@ -298,6 +332,7 @@ class Daemon:
             in_cluster=config.cluster is not None,
         )
         await bridge.record_downtime()  # before the first mark replaces the last one
+        await bridge.load_totals()  # the SLA series exist from the first scrape
         leader_marks = self._leader_marks(config, state, bridge)
         state_watch = StateDirWatch(
             config.state_dir,
@@ -316,7 +351,9 @@ class Daemon:
                 bus=self.bus, clock=self.clock, gauge=database_up, vantage=config.vantage
             )
             watch = database_watch
-            self.context.readiness.append(lambda: watch.up)
+            self.context.readiness.append(
+                lambda: [] if watch.up else ["the database (postgres) cannot be reached"]
+            )
         app = build_app(
             self.context,
             [
@@ -341,6 +378,7 @@ class Daemon:
             store=incident_store,
             config=lambda: self.config,
             clock=self.clock,
+            ledger=ledger,
         )
         app[status_page.SNAPSHOT] = snapshot
         upkeep = Upkeep(
@@ -403,9 +441,18 @@ class Daemon:
         runner = api_runner(app, config.api)  # with the api section's request limits
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        await web.SockSite(runner, api_socket).start()
+        tls = api_tls(config.api, self.base_dir)
+        await web.SockSite(runner, api_socket, ssl_context=tls).start()
         host, self.api_port = api_socket.getsockname()[:2]
-        log.info("API listening on http://%s:%d", host, self.api_port)
+        scheme = "http" if config.api.tls is None else "https"
+        mutual = config.api.tls is not None and config.api.tls.client_ca_file is not None
+        log.info(
+            "API listening on %s://%s:%d%s",
+            scheme,
+            host,
+            self.api_port,
+            " (mutual TLS)" if mutual else "",
+        )
 
     @contextlib.asynccontextmanager
     async def _adapters(
@@ -419,7 +466,7 @@ class Daemon:
                 config.load_balancers[n],
                 self.base_dir,
                 retry=LB_RETRY,
-                authority=self.leadership,
+                authority=self.traffic,
             )
             for n in sorted(local_names)
         }
@@ -429,7 +476,7 @@ class Daemon:
                 config.load_balancers[n],
                 self.base_dir,
                 retry=LB_RETRY,
-                authority=self.leadership,
+                authority=self.traffic,
             )
             for n in sorted(global_names)
         }
@@ -452,9 +499,12 @@ class Daemon:
                     await adapter.close()
 
     async def _announce_ready(self) -> None:
-        """Tell systemd (Type=notify) once the controller has reconciled for the first time."""
+        """Tell systemd (Type=notify) once the controller has reconciled for the first time;
+        log the start-up line: version, configuration, counts, what each LB read back."""
         while self.controller.last_cycle_at is None:
             await self.clock.sleep(0.1)
+        status = self.controller.status()
+        log.info("%s", startup_line(__version__, self.config_path, self.config, status))
         systemd.ready(self._summary())
 
     def _healthy(self) -> bool:
@@ -594,18 +644,16 @@ class Daemon:
             return None
         mqtt = config.mqtt
         password = self._secret(mqtt.password, "mqtt.password")
-        secret = self._secret(mqtt.agent_secret, "mqtt.agent_secret")
+        secret = self._secret(mqtt.agent_secret, "mqtt.agent_secret", "agent")
         self.board.trust(secret, max_clock_skew=mqtt.max_clock_skew)
         return HeartbeatListener(mqtt, self.board, password, base_dir=self.base_dir)
 
-    def _secret(self, ref: SecretRef | None, key: str) -> str | None:
-        """The secret ``ref`` points at (None when unset); a ConfigError names ``key``."""
+    def _secret(self, ref: SecretRef | None, key: str, kind: SecretKind = "text") -> str | None:
+        """The secret ``ref`` points at (None when unset), read and checked as check-config
+        does; a ConfigError names ``key``."""
         if ref is None:
             return None
-        try:
-            return read_secret(ref, self.base_dir)
-        except ConfigError as exc:
-            raise ConfigError([f"{key}: {p}" for p in exc.problems], exc.source) from None
+        return load_secret(key, ref, self.base_dir, kind)
 
     def _build_transports(self, config: Config) -> dict[str, Transport]:
         """One transport per notifier; an unreadable or malformed secret is a ConfigError."""
@@ -653,6 +701,22 @@ class Daemon:
         }
 
 
+def api_tls(api: Api, base_dir: Path) -> ssl.SSLContext | None:
+    """The API's server TLS context from ``api.tls`` (files relative to ``base_dir``, as
+    check-config reads them), or None for plain HTTP; a StartError names the file at fault."""
+    if api.tls is None:
+        return None
+    tls = api.tls
+    try:
+        return server_context(
+            base_dir / tls.cert_file,
+            base_dir / tls.key_file,
+            None if tls.client_ca_file is None else base_dir / tls.client_ca_file,
+        )
+    except TlsFileError as exc:
+        raise StartError(f"api.tls.{exc.key}: {exc.reason}") from exc
+
+
 def bind_api(listen: str) -> socket.socket:
     """The API's listening socket, bound now; a clear StartError when the address is taken."""
     host, port = split_host_port(listen)
@@ -671,8 +735,9 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
         for key in ("state_dir", "timezone", "vantage", "mqtt", "sla")
         if getattr(old, key) != getattr(new, key)
     ]
-    if old.api.model_copy(update={"tokens": []}) != new.api.model_copy(update={"tokens": []}):
-        changed.append("api (listen address and limits; tokens were applied)")
+    applied: dict[str, Any] = {"tokens": [], "metrics_token_sha256": None}  # per request
+    if old.api.model_copy(update=applied) != new.api.model_copy(update=applied):
+        changed.append("api (listen address, limits and tls; tokens were applied)")
     if _cluster_base(old) != _cluster_base(new):
         changed.append("cluster (etcd, lease, advertise, and whether vantages vote)")
     changed += [
@@ -696,12 +761,15 @@ class _Stop(Exception):
     """Raised inside the task group to end every background task."""
 
 
-async def serve(config_path: Path, *, early: EarlySignals | None = None) -> int:
+async def serve(
+    config_path: Path, *, early: EarlySignals | None = None, observe: bool = False
+) -> int:
     """Run the daemon with signal handling: SIGTERM/SIGINT stop, SIGHUP reloads.
 
     The handlers are installed before the configuration is read (at 10,000 nodes that takes
     seconds), so a SIGHUP during start-up never kills the daemon: it reloads once the daemon
     has started. ``early`` carries the signals the command line caught before this.
+    ``observe`` (``run --observe``) keeps failover in observe mode for the process's life.
     """
     loop = asyncio.get_running_loop()
     daemon: Daemon | None = None
@@ -728,7 +796,7 @@ async def serve(config_path: Path, *, early: EarlySignals | None = None) -> int:
         stop_requested, reload_pending = early.stop or stop_requested, early.hup or reload_pending
     try:
         raise_descriptor_limit()  # soft up to hard, as LimitNOFILE does (containers: 1,024)
-        daemon = Daemon(config_path, tune_gc=True)
+        daemon = Daemon(config_path, tune_gc=True, observe=observe)
         if stop_requested:
             return 0
 

@@ -6,9 +6,17 @@ import asyncio
 import platform
 import time
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 from nodevigil import __version__
+from nodevigil.core.eventlog import EventLog
 
 
 class DaemonMetrics:
@@ -47,9 +55,10 @@ class DaemonMetrics:
             registry=registry,
         )
         self.config_reload_ok.set(1)
-        self.event_log_errors = Gauge(
+        # Counters: the event log keeps plain totals, ``show_event_log`` adds what they grew.
+        self.event_log_errors = Counter(
             "nodevigil_event_log_write_errors",
-            "Failed writes of the durable event log since start.",
+            "Failed writes of the durable event log.",
             registry=registry,
         )
         self.event_log_waiting = Gauge(
@@ -58,11 +67,22 @@ class DaemonMetrics:
             "refuses writes).",
             registry=registry,
         )
-        self.event_log_dropped = Gauge(
+        self.event_log_dropped = Counter(
             "nodevigil_event_log_dropped",
-            "Events given up since start because the disk refused them for too long.",
+            "Events given up because the disk refused them for too long.",
             registry=registry,
         )
+        self._event_log_seen = (0, 0)  # the totals last shown: (write errors, dropped)
+
+    def show_event_log(self, events: EventLog) -> None:
+        """Bring the event-log series up to the log's own totals."""
+        errors, dropped = events.write_errors, events.dropped
+        seen_errors, seen_dropped = self._event_log_seen
+        # A total below the last one is a new log (a restart of its writer): count it afresh.
+        self.event_log_errors.inc(errors - seen_errors if errors >= seen_errors else errors)
+        self.event_log_dropped.inc(dropped - seen_dropped if dropped >= seen_dropped else dropped)
+        self._event_log_seen = (errors, dropped)
+        self.event_log_waiting.set(events.waiting)
 
     async def watch_loop_lag(self, period: float = 0.25) -> None:
         """Measure how late the loop wakes us up, forever."""

@@ -1,5 +1,6 @@
 """CLI commands that act through the running daemon's API: drain, undrain, cause, exclude,
-incident, maintenance and leader."""
+incident, maintenance and leader; ``Api`` is the client the read-only views share
+(``status_cli``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,8 +26,60 @@ def _token(args: argparse.Namespace) -> str:
             raise NodevigilError(f"cannot read {args.token_file}: {exc.strerror}") from None
     token = os.environ.get("NODEVIGIL_TOKEN", "").strip()
     if not token:
-        raise NodevigilError("give --token-file FILE or set NODEVIGIL_TOKEN to an admin token")
+        raise NodevigilError("give --token-file FILE or set NODEVIGIL_TOKEN to an API token")
     return token
+
+
+def add_connection_arguments(
+    cmd: argparse.ArgumentParser, default_config: str | Path, *, role: str = "an admin token"
+) -> None:
+    """``-c``, ``--url`` and ``--token-file``: where the daemon's API is and how to get in."""
+    cmd.add_argument("-c", "--config", default=default_config, type=Path)
+    cmd.add_argument("--url", help="the API's base URL (default: from api.listen)")
+    cmd.add_argument(
+        "--token-file", type=Path, help=f"a file holding {role} (default: $NODEVIGIL_TOKEN)"
+    )
+
+
+class Api:
+    """The running daemon's API, as ``args`` (``--url``/``-c``, ``--token-file``) name it."""
+
+    def __init__(self, args: argparse.Namespace, *, timeout: float = 10) -> None:
+        self.base = _base_url(args)
+        self._headers = {"Authorization": f"Bearer {_token(args)}"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def send(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, Any]:
+        """The HTTP status and the JSON answer (``{"error": text}`` when it is not JSON)."""
+        url = self.base + path
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=self._timeout) as session,
+                session.request(method, url, json=body, headers=self._headers) as response,
+            ):
+                text = await response.text()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unreachable(f"cannot reach the daemon at {url}: {exc}") from None
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = {"error": text}
+        return status, answer
+
+    async def get(self, path: str) -> Any:
+        """The JSON answer of ``GET path``; an error answer raises NodevigilError."""
+        status, answer = await self.send("GET", path)
+        if status >= 400:
+            error = answer.get("error", answer) if isinstance(answer, dict) else answer
+            raise NodevigilError(f"GET {path}: {error} (HTTP {status})")
+        return answer
+
+
+class Unreachable(NodevigilError):
+    """The daemon's API did not answer (not running, wrong address, a timeout)."""
 
 
 def _base_url(args: argparse.Namespace) -> str:
@@ -88,24 +142,10 @@ def _incident_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any
 async def call_api(args: argparse.Namespace) -> int:
     """Send the subcommand to the daemon's API; print its answer."""
     method, path, body = _request(args)
-    url = _base_url(args) + path
-    headers = {"Authorization": f"Bearer {_token(args)}"}
-    timeout = aiohttp.ClientTimeout(total=10)
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.request(method, url, json=body, headers=headers) as response,
-        ):
-            text = await response.text()
-            status = response.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise NodevigilError(f"cannot reach the daemon at {url}: {exc}") from None
-    try:
-        answer = json.loads(text)
-    except ValueError:
-        answer = {"error": text}
+    status, answer = await Api(args).send(method, path, body)
     if status >= 400:
-        print(f"nodevigil: {answer.get('error', text)} (HTTP {status})", file=sys.stderr)
+        error = answer.get("error", answer) if isinstance(answer, dict) else answer
+        print(f"nodevigil: {error} (HTTP {status})", file=sys.stderr)
         return 1
     print(json.dumps(answer, indent=2))
     return 0

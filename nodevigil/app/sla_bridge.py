@@ -84,20 +84,34 @@ def leaderless(previous: LeaderMark, took_over: float) -> tuple[float, float] | 
 
 
 class LedgerMinutes(Collector):
-    """``nodevigil_sla_unavailable_minutes{service}`` from the ledger's last computed totals."""
+    """``nodevigil_sla_unavailable_seconds{service}``: the ledger's last computed totals of
+    unavailable minutes, in seconds, and 0 for every configured service it holds none for (so
+    rules with ``offset`` work on a fresh daemon)."""
 
-    def __init__(self) -> None:
-        self.totals: dict[str, int] = {}
+    def __init__(self, services: Callable[[], list[str]] | None = None) -> None:
+        # service -> unavailable minutes; None until the ledger was read: a 0 shown before
+        # would make the first real total look like minutes accruing.
+        self.totals: dict[str, int] | None = None
+        self._services = services or list
 
     def collect(self) -> Iterator[Metric]:
         """A gauge: exclusions and pruning can lower the figure."""
         family = GaugeMetricFamily(
-            "nodevigil_sla_unavailable_minutes",
-            "Unavailable minutes counted for credit per service, over the retained ledger.",
+            "nodevigil_sla_unavailable_seconds",
+            "Unavailable time counted for credit per service over the retained ledger, in "
+            "whole minutes (clause VIII.8), as seconds.",
             labels=["service"],
         )
-        for service, minutes in sorted(self.totals.items()):
-            family.add_metric([service], minutes)
+        totals = self.totals
+        if totals is None:
+            yield family
+            return
+        try:
+            shown = dict.fromkeys(self._services(), 0) | totals
+        except Exception:  # a collector never raises during a scrape
+            shown = dict(totals)
+        for service, minutes in sorted(shown.items()):
+            family.add_metric([service], minutes * 60)
         yield family
 
 
@@ -144,7 +158,7 @@ class SlaBridge:
             log=log,
         )
         self._failing = False
-        self.minutes = LedgerMinutes()
+        self.minutes = LedgerMinutes(services)
         registry.register(self.minutes)
         self._settled = Counter(
             "nodevigil_sla_credits_settled",
@@ -152,6 +166,15 @@ class SlaBridge:
             ["currency"],
             registry=registry,
         )
+
+    async def load_totals(self) -> None:
+        """Read the ledger's unavailable minutes for the metrics, at start (before the API
+        serves) and after each upkeep pass; a failure is logged and the next pass retries."""
+        failures: tuple[type[Exception], ...] = (SlaError, *self._transient)
+        try:
+            self.minutes.totals = await self._ledger.unavailable_minutes_total()
+        except failures as exc:
+            log.warning("reading the ledger's unavailable minutes failed (retrying): %s", exc)
 
     async def record_downtime(self) -> None:
         """Record the time since the previous process's last sign of life as ``unknown``.
@@ -354,15 +377,17 @@ class SlaBridge:
             try:
                 acting = self._authority.may_act()
                 judged = judged and acting  # a standby looks twice a second for its turn
-                if await self._backlog.replay() and acting:  # never reconcile past refusals
+                replayed = await self._backlog.replay()
+                if replayed and acting:  # never reconcile past refusals
                     await self.apply_ledger_changes()  # causes and exclusions first
                     judged = await self.reconcile()
                     for row in await self._ledger.settle():
                         self._settled.labels(row.currency).inc(float(row.credit))
+                if replayed and (acting or self._in_cluster):  # a standby: the shared ledger's
                     self.minutes.totals = await self._ledger.unavailable_minutes_total()
-                    if self._failing:
-                        self._failing = False
-                        log.warning("ledger upkeep works again")
+                if replayed and acting and self._failing:
+                    self._failing = False
+                    log.warning("ledger upkeep works again")
             except Exception:
                 if not self._failing:  # once per streak, not every few seconds
                     self._failing = True

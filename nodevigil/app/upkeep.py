@@ -53,9 +53,7 @@ class Upkeep:
         """Refresh the queue gauges every few seconds; prune old records every hour."""
         pruned_at: float | None = None
         while True:
-            self._metrics.event_log_errors.set(self._events.write_errors)
-            self._metrics.event_log_waiting.set(self._events.waiting)
-            self._metrics.event_log_dropped.set(self._events.dropped)
+            self._metrics.show_event_log(self._events)
             self._metrics.event_queue_depth.set(self._bus.depth())
             now = self._clock.monotonic()
             if pruned_at is None or now - pruned_at >= PRUNE_EVERY:

@@ -75,3 +75,40 @@ def client_context(
             f"({exc.reason or exc})",
         ) from None
     return context
+
+
+def server_context(
+    cert_file: Path, key_file: Path, client_ca_file: Path | None = None
+) -> ssl.SSLContext:
+    """A server context presenting ``cert_file``/``key_file`` (TLS 1.2 at least); with
+    ``client_ca_file``, every client must present a certificate that CA signed (mutual TLS).
+
+    Raises TlsFileError naming the key of the file at fault and why.
+    """
+    _readable("cert_file", cert_file)
+    _readable("key_file", key_file)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert_file), str(key_file), password=_no_passphrase)
+    except ssl.SSLError as exc:
+        if exc.reason == _KEY_MISMATCH:
+            raise TlsFileError(
+                "key_file", f"{key_file} is not the key of cert_file {cert_file}"
+            ) from None
+        raise TlsFileError(
+            "cert_file",
+            f"{cert_file} with key_file {key_file}: not a PEM certificate and its PEM key "
+            f"({exc.reason or exc})",
+        ) from None
+    if client_ca_file is not None:
+        _readable("client_ca_file", client_ca_file)
+        try:
+            context.load_verify_locations(cafile=str(client_ca_file))
+        except ssl.SSLError as exc:
+            raise TlsFileError(
+                "client_ca_file",
+                f"{client_ca_file} holds no PEM certificate ({exc.reason or exc})",
+            ) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

@@ -65,6 +65,11 @@ class Backend(Protocol):
         """A factory of the ledger's store, called on the ledger's own worker thread."""
         ...
 
+    async def installation_id(self) -> str:
+        """This installation's id, drawn once and kept in the state (the ledger's settings):
+        the same after a restart, a restore or a move, and for every host of a cluster."""
+        ...
+
     async def migrate(self) -> list[Migrated]:
         """Bring every store's schema up to this nodevigil's (``nodevigil db migrate``); a
         StateError, and nothing changed, when one is newer than this nodevigil knows."""
@@ -129,6 +134,12 @@ class SqliteBackend:
 
         path = self.state_dir / "ledger.db"
         return lambda: SqliteLedgerStore(path)
+
+    async def installation_id(self) -> str:
+        """Kept in the ledger's settings (``nodevigil.state.installation``)."""
+        from nodevigil.state.installation import installation_id
+
+        return await asyncio.to_thread(installation_id, self.ledger_store())
 
     async def migrate(self) -> list[Migrated]:
         """Every file in ``state_dir``, created when missing, under the state lock (a daemon
@@ -265,6 +276,12 @@ class PostgresBackend:
         kwargs = connect_kwargs(self.database, password(self.database, self.base_dir))
         fence = self.epoch_fence
         return lambda: PostgresLedgerStore(url, kwargs, fence=fence)
+
+    async def installation_id(self) -> str:
+        """Kept in the ledger's settings (``nodevigil.state.installation``)."""
+        from nodevigil.state.installation import installation_id
+
+        return await asyncio.to_thread(installation_id, self.ledger_store())
 
     async def migrate(self) -> list[Migrated]:
         """Every component, on a connection of its own (no ``open()`` needed)."""

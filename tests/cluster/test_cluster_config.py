@@ -66,7 +66,7 @@ def etcd_file(tmp_path: Path, **etcd: Any) -> Path:
 def problems(path: Path) -> list[str]:
     """What loading ``path`` (as check-config and the start do) refuses; [] when it passes."""
     try:
-        load_config(path)
+        load_config(path, secrets=True)
     except ConfigError as exc:
         return list(exc.problems)
     return []

@@ -29,6 +29,7 @@ from tests.conftest import StateBackend
 from tests.daemon_process import spawn_daemon
 from tests.failover.daemons import HAPROXY, HAProxyInstance, free_port, poll_until, run_haproxy
 from tests.failover.haproxy_daemon import admin_states, write_haproxy_daemon_config
+from tests.faults.test_kill_outage import ts
 
 TOKEN = "kill-admin-token"
 
@@ -93,7 +94,7 @@ async def restart_and_settle(path: Path, log: Path, port: int) -> asyncio.subpro
     async def cycled_after() -> bool:
         status = await api_get(port, "/api/v1/status")
         last = None if status is None else status.get("last_cycle_at")
-        return last is not None and last > judged_at + 0.5
+        return last is not None and ts(last) > judged_at + 0.5
 
     await poll_until(cycled_after, within=10, what="controller cycles after the verdict")
     return proc

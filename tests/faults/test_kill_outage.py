@@ -130,8 +130,8 @@ async def test_killed_with_an_outage_open_it_loses_no_minute_and_counts_none_twi
             want = expected_minutes([(start, gap_start), (gap_end, end)])
 
             async def counted() -> bool:
-                got = await metric(api, 'nodevigil_sla_unavailable_minutes{service="web"}')
-                return got == want
+                got = await metric(api, 'nodevigil_sla_unavailable_seconds{service="web"}')
+                return got == want * 60
 
             await poll_until(counted, within=15, what=f"{want} unavailable minutes counted")
 

@@ -181,7 +181,7 @@ async def test_a_full_disk_stops_no_failover_and_loses_nothing(
                 return (await service())["available"] is False
 
             await poll_until(unavailable, within=10, what="the service judged unavailable")
-            started = float((await service())["unavailable_since"])
+            started = datetime.fromisoformat((await service())["unavailable_since"]).timestamp()
             assert not task.done()
 
             filler.unlink()  # the operator frees space

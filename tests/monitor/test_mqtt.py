@@ -82,7 +82,9 @@ async def test_agent_heartbeats_reach_the_daemon(mosquitto: Broker) -> None:
         await poll_until(heard, within=10, what="two heartbeats from n1")
     registry = CollectorRegistry()
     registry.register(AgentCollector(board))
-    assert registry.get_sample_value("nodevigil_agent_memory_percent", {"node": "n1"}) is not None
+    percent = board.agents["n1"].figures["memory_percent"]
+    ratio = registry.get_sample_value("nodevigil_agent_memory_ratio", {"node": "n1"})
+    assert ratio is not None and ratio == pytest.approx(percent / 100) and 0 <= ratio <= 1
 
 
 async def test_killed_agent_is_judged_down_by_its_last_will(

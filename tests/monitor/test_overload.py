@@ -56,7 +56,7 @@ async def test_failures_during_a_stalled_loop_judge_nothing() -> None:
             assert registry.get_sample_value("nodevigil_monitor_overloaded") == 1
             inconclusive = registry.get_sample_value(
                 "nodevigil_probe_results_total",
-                {"node": "dead", "probe": "tcp", "result": "inconclusive"},
+                {"type": "tcp", "result": "inconclusive"},
             )
             skipped = registry.get_sample_value("nodevigil_probes_skipped_total")
             # Each stalled round was either run and not trusted, or shed for being late

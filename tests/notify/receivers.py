@@ -302,8 +302,11 @@ receivers:
 
 
 @contextlib.asynccontextmanager
-async def run_alertmanager(tmp_path: Path) -> AsyncIterator[str]:
-    """Start Debian's Alertmanager (no clustering, a null receiver); yield its base URL.
+async def run_alertmanager(
+    tmp_path: Path, config_text: str = ALERTMANAGER_CONFIG
+) -> AsyncIterator[str]:
+    """Start Debian's Alertmanager (no clustering; by default a null receiver); yield its base
+    URL.
 
     Skips the calling test when the prometheus-alertmanager package is not installed.
     """
@@ -314,7 +317,7 @@ async def run_alertmanager(tmp_path: Path) -> AsyncIterator[str]:
     workdir = tmp_path / "alertmanager"
     (workdir / "data").mkdir(parents=True, exist_ok=True)
     config = workdir / "alertmanager.yml"
-    config.write_text(ALERTMANAGER_CONFIG)
+    config.write_text(config_text)
 
     async def start() -> tuple[Daemon, str]:
         port = free_port()

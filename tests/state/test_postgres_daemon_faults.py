@@ -172,11 +172,11 @@ async def test_postgresql_restarted_under_a_running_daemon(tmp_path: Path, targe
                 return not (await service(api))["available"]
 
             await poll_until(unavailable, within=10, interval=0.1, what="web unavailable")
-            since = (await service(api))["unavailable_since"]
+            since = ts((await service(api))["unavailable_since"])
             assert down_at <= since <= time.time()
             assert hook.attempts == 0  # nothing committed, nothing sent
             await asyncio.sleep(1.5)  # the outage runs on with the database away
-            assert (await status(api))["last_cycle_at"] > since + 1  # cycles go on
+            assert ts((await status(api))["last_cycle_at"]) > since + 1  # cycles go on
             assert await readyz(api) == 503
             assert await metric(api, UP) == 0
 
@@ -186,7 +186,7 @@ async def test_postgresql_restarted_under_a_running_daemon(tmp_path: Path, targe
 
             await outage_recorded_once(api, hook, unavailable_since=since)
             _, body = await api.call("GET", "/api/v1/events?kind=state.&limit=10")
-            events = sorted(body["events"], key=lambda e: e["at"])
+            events = sorted(body["events"], key=lambda e: ts(e["at"]))
             assert [(e["kind"], e["subject"]) for e in events] == [
                 ("state.error", "database"),
                 ("state.recovered", "database"),
@@ -233,15 +233,15 @@ async def test_postgresql_paused_nothing_hangs(tmp_path: Path, target: Target) -
                 await poll_until(unavailable, within=10, interval=0.1, what="web unavailable")
                 assert time.time() - paused_at < 3.5
                 await wait_health(api, up=False, within=6)
-                since = (await service(api))["unavailable_since"]
+                since = ts((await service(api))["unavailable_since"])
                 [node] = (await status(api))["nodes"]
                 assert node["verdict"] == "down" and node["actual"] == node["desired_state"]
                 await asyncio.sleep(2)
-                assert (await status(api))["last_cycle_at"] > since + 1  # cycles go on
+                assert ts((await status(api))["last_cycle_at"]) > since + 1  # cycles go on
             await wait_health(api, up=True, within=15)
             await outage_recorded_once(api, hook, unavailable_since=since)
             _, body = await api.call("GET", "/api/v1/events?kind=state.&limit=10")
-            kinds = [e["kind"] for e in sorted(body["events"], key=lambda e: e["at"])]
+            kinds = [e["kind"] for e in sorted(body["events"], key=lambda e: ts(e["at"]))]
             assert kinds == ["state.error", "state.recovered"], kinds
             target.healthy = True
             await hook.wait_for(lambda: bool(accepted_of(hook, "incident.resolved")), 20)

@@ -7,6 +7,7 @@ Hostile input is bounded before any route runs (``limits.py``); the OpenAPI docu
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,13 +16,14 @@ from typing import Any, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from nodevigil.app.api.auth import Principal, TokenBook
+from nodevigil.app.api import times
+from nodevigil.app.api.auth import Principal, TokenBook, token_digest
 from nodevigil.app.api.connections import CONNECTIONS, ConnectionCollector, cap_for
 from nodevigil.app.api.errors import ApiError, json_error
 from nodevigil.app.api.limits import api_runner, read_body_in_time
 from nodevigil.app.api.openapi import DOCUMENT_JSON, query_names
 from nodevigil.app.api.openapi import PATH as OPENAPI_PATH
-from nodevigil.app.api.params import finite_number, json_object, limit
+from nodevigil.app.api.params import json_object, limit, query_time
 from nodevigil.core.clock import Clock, SystemClock
 from nodevigil.core.config import Config
 from nodevigil.core.errors import StateError
@@ -49,7 +51,9 @@ class ApiContext:
     events: EventLog
     tokens: TokenBook
     ready: bool = False
-    readiness: list[Callable[[], bool]] = field(default_factory=list)
+    # Each says why this process is not ready (empty: ready): the controller, while a load
+    # balancer is not read back; the PostgreSQL watch, while the database is away.
+    readiness: list[Callable[[], list[str]]] = field(default_factory=list)
     # Said by /readyz besides ready or not: in a cluster, this process's role and why (a
     # fenced process still serves the API, so it stays ready, and says it cannot act).
     cluster: Callable[[], dict[str, Any]] | None = None
@@ -194,19 +198,47 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: configuration loaded, probes running, first reconcile done."""
+    """Readiness: started, and every load balancer read back in the last cycle (503 naming
+    each one not read and its error, as ``not_ready``)."""
     ctx = request.app[CONTEXT]
     extra: dict[str, Any] = {}
     if ctx.cluster is not None:
         view = ctx.cluster()
         extra = {"role": view.get("role"), "reason": view.get("reason")}
-    if not ctx.ready or not all(check() for check in ctx.readiness):
+    if not ctx.ready:
         return web.json_response({"status": "starting", **extra}, status=503)
+    problems = [problem for check in ctx.readiness for problem in check()]
+    if problems:
+        body = {"status": "not_ready", "not_ready": problems, **extra}
+        return web.json_response(body, status=503)
     return web.json_response({"status": "ready", **extra})
 
 
+def metrics_token_accepted(request: web.Request) -> bool:
+    """Whether ``/metrics`` may be read: no ``api.metrics_token_sha256``, or the bearer token is
+    that one or an admin or read token (compared in constant time)."""
+    ctx = request.app[CONTEXT]
+    wanted = ctx.config.api.metrics_token_sha256
+    if wanted is None:
+        return True
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return False
+    if hmac.compare_digest(token_digest(token).encode(), wanted.encode()):
+        return True
+    principal = ctx.tokens.identify(token)
+    return principal is not None and principal.is_operator
+
+
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus exposition, rendered off the event loop."""
+    """Prometheus exposition, rendered off the event loop (behind a token when configured)."""
+    if not metrics_token_accepted(request):
+        return _unauthorized(
+            "/metrics needs the metrics token (api.metrics_token_sha256)",
+            'Bearer realm="nodevigil-metrics"',
+            hint=BEARER_HINT,
+        )
     body = await asyncio.to_thread(generate_latest, request.app[CONTEXT].registry)
     response = web.Response(body=body)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
@@ -219,7 +251,7 @@ async def list_nodes(request: web.Request) -> web.Response:
     require_operator(request)
     ctx = request.app[CONTEXT]
     nodes = [ctx.monitor.node_status(n) for n in ctx.monitor.node_names()]
-    return web.json_response({"nodes": [n for n in nodes if n is not None]})
+    return web.json_response({"nodes": [times.node_health(n) for n in nodes if n is not None]})
 
 
 async def get_node(request: web.Request) -> web.Response:
@@ -229,20 +261,21 @@ async def get_node(request: web.Request) -> web.Response:
     status = request.app[CONTEXT].monitor.node_status(name)
     if status is None:
         raise ApiError(404, f"no node is called {name!r}")
-    return web.json_response(status)
+    return web.json_response(times.node_health(status))
 
 
 async def list_events(request: web.Request) -> web.Response:
-    """Recorded events, newest first: ?kind=node.&subject=&since=&until=&limit=."""
+    """Recorded events, newest first: ?kind=node.&subject=&since=&until=&limit= (times in
+    RFC 3339 or seconds since the epoch)."""
     require_operator(request)
     events = await request.app[CONTEXT].events.query(
-        since=finite_number(request, "since"),
-        until=finite_number(request, "until"),
+        since=query_time(request, "since"),
+        until=query_time(request, "until"),
         kind=request.query.get("kind") or None,
         subject=request.query.get("subject") or None,
         limit=limit(request),
     )
-    return web.json_response({"events": events})
+    return web.json_response({"events": [times.event(e) for e in events]})
 
 
 async def openapi_document(request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from nodevigil.app.api import times
 from nodevigil.app.api.app import ApiError, require_admin, require_operator
 from nodevigil.app.leadership import Leadership, Role
 
@@ -36,7 +37,7 @@ def role_of(request: web.Request) -> str:
 async def cluster(request: web.Request) -> web.Response:
     """This process's role, the leader, the fencing epoch and the members."""
     require_operator(request)
-    return web.json_response(cluster_view(request.app))
+    return web.json_response(times.cluster(cluster_view(request.app)))
 
 
 async def step_down(request: web.Request) -> web.Response:
@@ -47,7 +48,7 @@ async def step_down(request: web.Request) -> web.Response:
         raise ApiError(409, f"{leadership.me} is not the leader ({leadership.role.value})")
     if not await leadership.step_down():
         raise ApiError(409, f"{leadership.me} runs alone (no cluster:): nobody to hand over to")
-    return web.json_response(leadership.view())
+    return web.json_response(times.cluster(leadership.view()))
 
 
 def routes() -> list[web.RouteDef]:

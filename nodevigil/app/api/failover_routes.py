@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from failover.controller import Controller, UnknownNameError
+from nodevigil.app.api import times
 from nodevigil.app.api.app import (
     CONTEXT,
     ApiError,
@@ -54,9 +55,10 @@ async def status(request: web.Request) -> web.Response:
     """Nodes, sites and services as the controller sees them, and this process's role."""
     require_operator(request)
     status = {**_controller(request).status().as_dict(), "role": role_of(request)}
+    status = times.controller_status(status)
     cluster = cluster_view(request.app)
     if cluster is not None and request.app[CONTEXT].config.cluster is not None:
-        status["cluster"] = cluster  # one host shows no cluster block
+        status["cluster"] = times.cluster(cluster)  # one host shows no cluster block
     return web.json_response(status)
 
 
@@ -68,26 +70,30 @@ async def services(request: web.Request) -> web.Response:
         config = request.app[CONTEXT].config
         own = {s for c in config.customers if c.id == who.customer for s in c.services}
         snapshot = [s for s in snapshot if s["name"] in own]
-    return web.json_response({"services": snapshot})
+    return web.json_response({"services": [times.service(s) for s in snapshot]})
 
 
 async def sites(request: web.Request) -> web.Response:
     """Each site: can it serve, is it published, is it in panic."""
     require_operator(request)
-    return web.json_response({"sites": _controller(request).status().as_dict()["sites"]})
+    sites = _controller(request).status().as_dict()["sites"]
+    return web.json_response(
+        {"sites": [{**s, "override": times.override(s["override"])} for s in sites]}
+    )
 
 
 async def overrides(request: web.Request) -> web.Response:
     """Operator drains in force."""
     require_operator(request)
-    return web.json_response({"overrides": [o.as_dict() for o in _controller(request).overrides()]})
+    drains = [times.override(o.as_dict()) for o in _controller(request).overrides()]
+    return web.json_response({"overrides": drains})
 
 
 async def actions(request: web.Request) -> web.Response:
     """The durable log of load-balancer actions, newest first."""
     require_operator(request)
     records = await _controller(request).actions(limit(request))
-    return web.json_response({"actions": [asdict(r) for r in records]})
+    return web.json_response({"actions": [times.action(asdict(r)) for r in records]})
 
 
 def _drain(kind: str) -> Any:
@@ -102,7 +108,7 @@ def _drain(kind: str) -> Any:
             override = await drain(name, duration=duration, reason=reason, who=who.name)
         except UnknownNameError as exc:
             raise ApiError(404, str(exc)) from None
-        return web.json_response(override.as_dict())
+        return web.json_response(times.override(override.as_dict()))
 
     handler.__doc__ = f"Drain a {kind} (admin): body {{'for': '30m', 'reason': '...'}}."
     return handler

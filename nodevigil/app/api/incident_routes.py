@@ -10,6 +10,7 @@ from failover.incidents.manager import IncidentError, IncidentManager
 from failover.incidents.model import CAUSES, Incident, IncidentState, iso
 from failover.incidents.ports import IncidentStore
 from failover.notify.outbox import Dispatcher
+from nodevigil.app.api import times
 from nodevigil.app.api.app import (
     CONTEXT,
     ApiError,
@@ -96,7 +97,7 @@ async def get_incident(request: web.Request) -> web.Response:
         {
             "incident": incident.as_dict(),
             "updates": [u.as_dict() for u in updates],
-            "events": events,
+            "events": [times.event(e) for e in events],  # sorted by the numbers first
             "notifications": [n.as_dict() for n in notifications],
         }
     )

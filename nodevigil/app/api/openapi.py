@@ -14,8 +14,8 @@ from typing import Any
 
 from nodevigil.app.api.openapi_schemas import (
     NAME,
-    NUMBER,
     OUTBOX_STATES,
+    QUERY_TIME,
     SCHEMAS,
     STRING,
     Schema,
@@ -30,6 +30,9 @@ nodevigil watches cloud nodes, drives the load balancers, records incidents and 
 Every route under `/api/` except this document needs `Authorization: Bearer <token>`.
 Tokens have a role: `admin` may change things, `read` may read everything, `customer`
 sees only its own customer's services, incidents, maintenance and credits.
+
+Every time in an answer is RFC 3339 in UTC (`2026-12-05T13:09:00Z`, with a fraction when
+there is one); a time in a query is RFC 3339 with its offset or seconds since the epoch.
 
 Errors are JSON, `{"error": "..."}`: 400 the request does not match this document (the message
 names the value), 401 no valid token, 403 the token's role may not do this, 404 what the path
@@ -133,7 +136,7 @@ CUSTOMER = _param(
 
 
 def _since(name: str, about: str) -> dict[str, Any]:
-    return _param(name, "query", NUMBER, about)
+    return _param(name, "query", QUERY_TIME, about)
 
 
 def _operations() -> dict[str, dict[str, Any]]:
@@ -190,10 +193,11 @@ def _operations() -> dict[str, dict[str, Any]]:
                 params=(
                     _param("kind", "query", STRING, "kinds starting with this (node., site.down)"),
                     _param("subject", "query", STRING, "a node, site or service"),
-                    _since("since", "from this time (seconds since the epoch)"),
-                    _since("until", "before this time (seconds since the epoch)"),
+                    _since("since", "from this time (RFC 3339, or seconds since the epoch)"),
+                    _since("until", "before this time (RFC 3339, or seconds since the epoch)"),
                     LIMIT,
                 ),
+                errors=("422",),  # a time outside 1970 to 9998
             )
         },
         "/api/v1/status": {
@@ -299,7 +303,6 @@ def _list(key: str, item: str) -> Schema:
 
 def _sla_operations() -> dict[str, dict[str, Any]]:
     day = {"type": "string", "format": "date"}
-    time = {"type": "string", "format": "date-time"}
     return {
         "/api/v1/sla/credits": {
             "get": _op(
@@ -323,8 +326,8 @@ def _sla_operations() -> dict[str, dict[str, Any]]:
                 role="any",
                 params=(
                     _param("service", "query", STRING, "one service"),
-                    _param("from", "query", time, "overlapping from this time"),
-                    _param("to", "query", time, "overlapping before this time"),
+                    _param("from", "query", QUERY_TIME, "overlapping from this time"),
+                    _param("to", "query", QUERY_TIME, "overlapping before this time"),
                     CUSTOMER,
                 ),
                 errors=("403", "422"),

@@ -62,6 +62,11 @@ NUMBER: Schema = {"type": "number"}
 COUNT: Schema = {"type": "integer", "minimum": 0}
 BOOL: Schema = {"type": "boolean"}
 TIME: Schema = {"type": "string", "format": "date-time"}
+# A time a query takes: RFC 3339 with its offset, or seconds since the epoch.
+QUERY_TIME: Schema = {
+    "anyOf": [TIME, {"type": "string", "pattern": r"^[0-9]{1,12}(\.[0-9]{1,9})?$"}],
+    "examples": ["2026-12-05T13:09:00Z", "1796476140"],
+}
 DAY: Schema = {"type": "string", "format": "date"}
 MONEY: Schema = {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$"}
 VERDICT: Schema = {"type": "string", "enum": [v.value for v in Verdict]}
@@ -75,11 +80,13 @@ SCHEMAS: dict[str, Schema] = {
         {"hint": STRING},
     ),
     "Health": obj(
-        {"status": {"type": "string", "enum": ["ok", "ready", "starting"]}},
+        {"status": {"type": "string", "enum": ["ok", "ready", "starting", "not_ready"]}},
         {
             # In a cluster (/readyz): this process's role and why it may or may not act.
             "role": {"type": "string", "enum": ["leader", "standby", "fenced"]},
             "reason": {"type": ["string", "null"]},
+            # /readyz 503: each load balancer not read back (and its error), or the database.
+            "not_ready": {"type": "array", "items": STRING},
         },
     ),
     "ProbeResult": obj(
@@ -90,7 +97,7 @@ SCHEMAS: dict[str, Schema] = {
             },
             "detail": STRING,
             "duration_ms": NUMBER,
-            "at": NUMBER,
+            "at": TIME,
             "vantage": STRING,
         }
     ),
@@ -111,7 +118,7 @@ SCHEMAS: dict[str, Schema] = {
             "lb_server": STRING,
             "labels": {"type": "object", "additionalProperties": STRING},
             "verdict": VERDICT,
-            "since": nullable(NUMBER),
+            "since": nullable(TIME),
             "flapping": BOOL,
             "vantage": STRING,
             "probes": {"type": "array", "items": ref("ProbeHealth")},
@@ -120,7 +127,7 @@ SCHEMAS: dict[str, Schema] = {
     "Event": obj(
         {
             "id": STRING,
-            "at": NUMBER,
+            "at": TIME,
             "kind": STRING,
             "subject": STRING,
             "vantage": STRING,
@@ -133,8 +140,8 @@ SCHEMAS: dict[str, Schema] = {
             "name": STRING,
             "reason": STRING,
             "who": STRING,
-            "since": NUMBER,
-            "until": nullable(NUMBER),
+            "since": TIME,
+            "until": nullable(TIME),
         }
     ),
     "NodeStatus": obj(
@@ -146,7 +153,7 @@ SCHEMAS: dict[str, Schema] = {
             "desired_state": nullable(LB_STATE),
             "actual": nullable(LB_STATE),
             "why": STRING,
-            "hold_down_until": nullable(NUMBER),
+            "hold_down_until": nullable(TIME),
             "override": nullable(ref("Override")),
         }
     ),
@@ -166,7 +173,7 @@ SCHEMAS: dict[str, Schema] = {
         {
             "scope": {"type": "string", "enum": ["site", "fleet"]},
             "site": nullable(STRING),
-            "since": NUMBER,
+            "since": TIME,
             "nodes": COUNT,
             "went_down": COUNT,
             "down": COUNT,
@@ -175,17 +182,51 @@ SCHEMAS: dict[str, Schema] = {
             "held_sites": {"type": "array", "items": STRING},
         }
     ),
-    "ServiceStatus": obj(
-        {"name": STRING, "available": BOOL, "unavailable_since": nullable(NUMBER)}
-    ),
+    "ServiceStatus": obj({"name": STRING, "available": BOOL, "unavailable_since": nullable(TIME)}),
     "ControllerStatus": obj(
         {
             "nodes": {"type": "array", "items": ref("NodeStatus")},
             "sites": {"type": "array", "items": ref("SiteStatus")},
             "services": {"type": "array", "items": ref("ServiceStatus")},
-            "last_cycle_at": nullable(NUMBER),
+            "last_cycle_at": nullable(TIME),
             "brakes": {"type": "array", "items": ref("BrakeStatus")},
             "role": {"type": "string", "enum": ["leader", "standby", "fenced"]},
+            "mode": {"type": "string", "enum": ["act", "observe"]},
+            "would": {"type": "array", "items": ref("WouldAction")},
+            "load_balancers": {"type": "array", "items": ref("LoadBalancerStatus")},
+        }
+    ),
+    "WouldAction": obj(
+        {
+            "lb": STRING,
+            "action": {"type": "string", "enum": ["set_state", "set_addresses"]},
+            "target": STRING,
+            "old": STRING,
+            "new": STRING,
+            "why": STRING,
+            "text": {"type": "string", "description": "what observe mode did not do"},
+            "summary": {
+                "type": "string",
+                "description": "the same without its evidence (the public status page's line)",
+            },
+        }
+    ),
+    "LoadBalancerStatus": obj(
+        {
+            "name": STRING,
+            "kind": {"type": "string", "enum": ["local", "global"]},
+            "read_back": BOOL,
+            "errors": {"type": "array", "items": STRING},
+            "backends": {"type": "array", "items": STRING},
+            "records": {"type": "array", "items": ref("RecordStatus")},
+        }
+    ),
+    "RecordStatus": obj(
+        {
+            "record": STRING,
+            "service": STRING,
+            "addresses": nullable({"type": "array", "items": STRING}),
+            "sites": {"type": "object", "additionalProperties": nullable(BOOL)},
         }
     ),
     "Cluster": obj(
@@ -201,10 +242,10 @@ SCHEMAS: dict[str, Schema] = {
         },
         {"reason": STRING},
     ),
-    "ClusterMember": obj({"name": STRING, "alive": BOOL, "last_seen": nullable(NUMBER)}),
+    "ClusterMember": obj({"name": STRING, "alive": BOOL, "last_seen": nullable(TIME)}),
     "Action": obj(
         {
-            "at": NUMBER,
+            "at": TIME,
             "lb": STRING,
             "what": STRING,
             "target": STRING,
@@ -337,12 +378,26 @@ SCHEMAS: dict[str, Schema] = {
                             "enum": ["operational", "unavailable", "maintenance", "unknown"],
                         },
                         "since": nullable(TIME),
-                    }
+                    },
+                    {  # with the SLA ledger: the daily history, oldest day first
+                        "uptime": nullable(NUMBER),
+                        "history": {
+                            "type": "array",
+                            "items": obj(
+                                {
+                                    "date": {"type": "string", "format": "date"},
+                                    "minutes": COUNT,
+                                    "unavailable_minutes": nullable(COUNT),
+                                }
+                            ),
+                        },
+                    },
                 ),
             },
             "incidents": {"type": "array", "items": {"type": "object"}},
             "maintenance": {"type": "array", "items": {"type": "object"}},
-        }
+        },
+        {"history": obj({"days": COUNT, "timezone": STRING})},
     ),
     # --- request bodies -------------------------------------------------------------------
     "DrainRequest": body(

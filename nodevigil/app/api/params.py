@@ -2,13 +2,13 @@
 
 Every parser here accepts exactly what the OpenAPI document (``openapi.py``) promises, so
 the document and the routes cannot disagree: ASCII digits only (``"²".isdigit()`` is true),
-RFC 3339 times with an offset, ``YYYY-MM-DD`` dates, finite numbers.
+RFC 3339 times with an offset (or, in a query, seconds since the epoch), ``YYYY-MM-DD``
+dates.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from datetime import UTC, date, datetime
 from typing import Any
@@ -25,6 +25,8 @@ FIRST_YEAR, LAST_YEAR = 1970, 9998
 
 _WHOLE = re.compile(r"[0-9]+")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_EPOCH = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")  # seconds since 1970, ASCII digits
+_LAST_SECOND = datetime(LAST_YEAR, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
@@ -52,18 +54,11 @@ def limit(request: web.Request, default: int = 100) -> int:
     return whole_number(raw, "limit", low=1, high=MAX_LIMIT)
 
 
-def finite_number(request: web.Request, key: str) -> float | None:
-    """An optional query number (seconds since the epoch)."""
-    raw = request.query.get(key)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not raw.isascii() or not math.isfinite(value):
-        raise ApiError(400, f"{key}: {raw!r} is not a number (seconds since the epoch)")
-    return value
+def query_time(request: web.Request, key: str) -> float | None:
+    """An optional query time as wall seconds: an RFC 3339 time with its offset
+    (``2026-12-05T13:09:00Z``) or seconds since the epoch (``1796476140.5``)."""
+    moment = _query_moment(request, key)
+    return moment.timestamp() if isinstance(moment, datetime) else moment
 
 
 def query_date(request: web.Request, key: str) -> date | None:
@@ -100,9 +95,29 @@ def instant(raw: Any, key: str) -> datetime:
 
 
 def query_instant(request: web.Request, key: str) -> datetime | None:
-    """An optional query time (RFC 3339)."""
+    """An optional query time (RFC 3339, or seconds since the epoch: ``query_time``)."""
+    moment = _query_moment(request, key)
+    return datetime.fromtimestamp(moment, UTC) if isinstance(moment, float) else moment
+
+
+def _query_moment(request: web.Request, key: str) -> datetime | float | None:
+    """The query's time as given: an RFC 3339 time, seconds since the epoch, or absent."""
     raw = request.query.get(key)
-    return None if raw is None else instant(raw, key)
+    if raw is None:
+        return None
+    if _EPOCH.fullmatch(raw):
+        seconds = float(raw)
+        if seconds > _LAST_SECOND:
+            raise ApiError(422, f"{key}: must fall between {FIRST_YEAR} and {LAST_YEAR}")
+        return seconds
+    if not _RFC3339.fullmatch(raw):
+        what = (
+            "has no UTC offset"
+            if _RFC3339.fullmatch(raw + "Z")
+            else "is neither an RFC 3339 time nor seconds since the epoch"
+        )
+        raise ApiError(400, f"{key}: {raw[:64]!r} {what} (e.g. 2026-12-05T13:09:00Z)")
+    return instant(raw, key)
 
 
 def check_keys(body: dict[str, Any], allowed: set[str]) -> None:

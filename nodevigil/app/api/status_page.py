@@ -2,13 +2,16 @@
 
 The daemon supplies the snapshot (``SNAPSHOT``, built by ``status_snapshot``); this module only
 renders it. Everything in the snapshot is escaped: incident updates are free text written by
-operators.
+operators. Each service shows its daily history as a row of bars (one per day, oldest left),
+as Statuspage and Uptime Kuma do: green without downtime, amber for up to ``MINOR_MINUTES``
+unavailable minutes, red above, grey without data; each bar's tooltip says the day's figure.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from html import escape
@@ -23,6 +26,7 @@ Snapshot = Callable[[], Awaitable[dict[str, Any]]]
 SNAPSHOT: web.AppKey[Snapshot] = web.AppKey("status_snapshot")
 
 REFRESH_SECONDS = 30
+MINOR_MINUTES = 15  # a day with more unavailable minutes than this is a red bar
 HEADERS = {
     "Cache-Control": "no-cache",
     "X-Content-Type-Options": "nosniff",
@@ -79,6 +83,12 @@ details summary{cursor:pointer;color:#0969da;font-size:.875rem}
 footer{color:#59636e;font-size:.875rem;margin:2rem 0 1rem}
 a{color:#0969da}
 time{white-space:nowrap}
+.history{flex-basis:100%}
+.bars{display:flex;gap:2px;height:2rem;align-items:stretch}
+.bars span{flex:1 1 0;min-width:1px;border-radius:2px}
+.bar-ok{background:#1a7f37}.bar-minor{background:#d4a72c}.bar-major{background:#cf222e}
+.bar-none{background:#d1d9e0}
+.history-legend{display:flex;justify-content:space-between;color:#59636e;font-size:.8rem}
 """
 
 
@@ -200,6 +210,41 @@ def headline(services: list[Mapping[str, Any]]) -> tuple[str, str]:
     return "All services operational", "ok"
 
 
+def _number(raw: Any) -> int | None:
+    return int(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
+
+
+def _bar(day: Mapping[str, Any]) -> str:
+    """One day's bar, its tooltip saying the day's figure."""
+    when = escape(str(day.get("date", "")))
+    lost, minutes = _number(day.get("unavailable_minutes")), _number(day.get("minutes"))
+    if lost is None or not minutes:
+        return f'<span class="bar-none" title="{when}: no data"></span>'
+    share = f"{math.floor((minutes - lost) * 10_000 / minutes) / 100:g}%"
+    if lost == 0:
+        css, text = "bar-ok", f"no downtime ({share})"
+    else:
+        css = "bar-minor" if lost <= MINOR_MINUTES else "bar-major"
+        text = f"{lost} min unavailable ({share})"
+    return f'<span class="{css}" title="{when}: {text}"></span>'
+
+
+def _history(service: Mapping[str, Any]) -> str:
+    """The service's daily bars with their legend; nothing without a history."""
+    days = [d for d in service.get("history") or [] if isinstance(d, Mapping)]
+    if not days:
+        return ""
+    uptime = service.get("uptime")
+    share = f"{uptime:g}% uptime" if isinstance(uptime, int | float) else "no data yet"
+    label = f"{len(days)} days: {share}"
+    return (
+        f'<div class="history"><div class="bars" role="img" aria-label="{escape(label)}">'
+        f"{''.join(_bar(d) for d in days)}</div>"
+        f'<div class="history-legend"><span>{_plural(len(days), "day")} ago</span>'
+        f"<span>{escape(share)}</span><span>Today</span></div></div>"
+    )
+
+
 def _services(services: list[Mapping[str, Any]]) -> str:
     if not services:
         return '<p class="empty">No services are listed.</p>'
@@ -209,7 +254,8 @@ def _services(services: list[Mapping[str, Any]]) -> str:
         note = f' <span class="since">since {_time(since)}</span>' if since else ""
         rows.append(
             f'<li><span class="name">{escape(str(service.get("name", "")))}</span>'
-            f"<span>{note} {_badge(SERVICE_STATES, service.get('state'))}</span></li>"
+            f"<span>{note} {_badge(SERVICE_STATES, service.get('state'))}</span>"
+            f"{_history(service)}</li>"
         )
     return f'<ul class="card">{"".join(rows)}</ul>'
 
@@ -277,6 +323,23 @@ def _maintenance(windows: list[Mapping[str, Any]], now: datetime | None) -> str:
     return f'<ul class="card">{"".join(rows)}</ul>'
 
 
+def _observe(would: Any) -> str:
+    """Observe mode (``failover.mode``): what failover would do; nothing when it acts."""
+    if would is None:
+        return ""
+    lines = "".join(f'<li><span class="message">{escape(str(w))}</span></li>' for w in would)
+    return (
+        "<h2>Observe mode</h2>"
+        '<p class="empty">Failover is observing: it changes no load balancer and notifies '
+        "no customer.</p>"
+        + (
+            f'<ul class="card observe">{lines}</ul>'
+            if lines
+            else '<p class="empty">Nothing it would change now.</p>'
+        )
+    )
+
+
 def _page(title: str, body: str) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -299,6 +362,7 @@ def render_html(snapshot: Mapping[str, Any]) -> str:
         "<h1>Service status</h1>",
         f'<div class="headline {tone}" role="status">{escape(verdict)}'
         f"<small>as of {_time(generated)}</small></div>",
+        _observe(snapshot.get("observe")),
         "<h2>Services</h2>",
         _services(services),
         "<h2>Open incidents</h2>",
@@ -309,10 +373,17 @@ def render_html(snapshot: Mapping[str, Any]) -> str:
         "<h2>Recent incidents</h2>",
         "".join(_incident(i, generated) for i in recent)
         or '<p class="empty">No incidents in the last 7 days.</p>',
-        f"<footer>Times are in UTC. This page refreshes every {REFRESH_SECONDS} seconds; "
-        'the same data as <a href="status.json">JSON</a>.</footer>',
+        f"<footer>Times are in UTC{_days_note(snapshot.get('history'))}. This page refreshes "
+        f'every {REFRESH_SECONDS} seconds; the same data as <a href="status.json">JSON</a>.'
+        "</footer>",
     ]
     return _page(f"Service status: {verdict}", "".join(body))
+
+
+def _days_note(history: Any) -> str:
+    if not isinstance(history, Mapping) or not history.get("timezone"):
+        return ""
+    return f"; each bar of a service's history is one day in {escape(str(history['timezone']))}"
 
 
 def render_unavailable() -> str:

@@ -13,7 +13,7 @@ from nodevigil.app.demo.options import DemoOptions
 from nodevigil.app.demo.servers import ProgramError
 from nodevigil.app.demo.settings import RECORD, SITES, ZONE, Timings
 from nodevigil.app.demo.story import Story
-from nodevigil.app.demo.view import LiveNarrator, Narrator
+from nodevigil.app.demo.view import Narrator, narrator_for
 from nodevigil.app.demo.world import DemoError, Programs, World, temporary_workdir
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ async def _in_world(
 ) -> int:
     try:
         async with World(workdir, timings, programs) as world:
-            narrator = LiveNarrator(world) if options.live else plain
+            narrator = narrator_for(world, options.live, plain)
             narrator.started = plain.started
             story = Story(world, narrator, timings)
             failure: str | None = None

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from nodevigil.core.config.salvage import reference_problems
 from nodevigil.core.config.schema import (
     GLOBAL_LB_TYPES,
     LOCAL_LB_TYPES,
@@ -24,13 +25,16 @@ from nodevigil.core.config.schema import (
     ProbeBase,
     SecretRef,
 )
+from nodevigil.core.config.secrets import MAX_SECRET_BYTES, read_secret, secret_problems
 from nodevigil.core.config.yamlfile import YamlProblem, read_yaml
 from nodevigil.core.durations import format_duration
 from nodevigil.core.errors import ConfigError
 from nodevigil.core.events import kind_matches
 
+# read_secret and MAX_SECRET_BYTES live in secrets.py (one implementation); kept importable here.
+__all__ = ["MAX_SECRET_BYTES", "load_config", "parse_config", "probe_timeout", "read_secret"]
+
 MIN_RETENTION = 90 * 86400.0  # clause IV.3
-MAX_SECRET_BYTES = 64 * 1024  # a TSIG key or webhook secret is well under 1 KiB
 MAX_PROBLEM = 300  # characters: a 5,000-character value is shown by its ends
 # Durations that must not be 0s: a zero interval or timeout would busy-loop or fail every probe,
 # and a probe's ``interval: 0s`` would otherwise silently fall back to the default.
@@ -46,12 +50,17 @@ _MESSAGES = {
 
 
 def load_config(
-    path: str | os.PathLike[str], *, event_kinds: Collection[str] | None = None
+    path: str | os.PathLike[str],
+    *,
+    event_kinds: Collection[str] | None = None,
+    secrets: bool = False,
 ) -> Config:
     """Read, parse and validate a configuration file; raise ConfigError listing every problem.
 
     ``event_kinds`` are the kinds alert routes may name (the application passes every
     package's, ``nodevigil.app.kinds``); without them the routes' events are not checked.
+    With ``secrets`` every secret is read and checked as the start uses it (``run`` and
+    ``check-config``; commands that only talk to the API need no access to the secrets).
     """
     file = Path(path)
     try:
@@ -63,7 +72,11 @@ def load_config(
     if data is None:
         raise ConfigError(["the file is empty (or holds only comments)"], source=str(file))
     return parse_config(
-        data, source=str(file), base_dir=file.resolve().parent, event_kinds=event_kinds
+        data,
+        source=str(file),
+        base_dir=file.resolve().parent,
+        event_kinds=event_kinds,
+        secrets=secrets,
     )
 
 
@@ -73,8 +86,12 @@ def parse_config(
     source: str = "",
     base_dir: Path | None = None,
     event_kinds: Collection[str] | None = None,
+    secrets: bool = False,
 ) -> Config:
-    """Validate already-loaded YAML data into a Config, resolving defaults and relative paths."""
+    """Validate already-loaded YAML data into a Config, resolving defaults and relative paths.
+
+    Every problem is reported in one pass: schema errors, then what the cross-reference checks
+    (and, with ``secrets``, the secrets' checks) find in the rest of the configuration."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -82,13 +99,24 @@ def parse_config(
             [f"the file must hold a mapping of keys, not a {_yaml_kind(data)}"], source=source
         )
     try:
-        # With a base directory (a configuration file), files the daemon opens at start are
-        # opened here too, relative to it, so check-config refuses what the start would.
-        config = Config.model_validate(data, context={"base_dir": base_dir})
+        # With ``secrets`` (run, check-config) and a base directory (a configuration file), the
+        # TLS and password files the daemon opens at start are opened here too, relative to it,
+        # so check-config refuses what the start would; other commands never touch them.
+        files_from = base_dir if secrets else None
+        config = Config.model_validate(data, context={"base_dir": files_from})
     except ValidationError as exc:
         problems = [_clean(p) for p in _schema_problems(exc, data)]
+
+        def checks(valid: Config) -> Iterator[str]:
+            yield from _semantic_problems(valid, event_kinds)
+            if secrets:
+                yield from secret_problems(valid, base_dir)
+
+        problems += [_clean(p) for p in reference_problems(data, exc, base_dir, checks)]
         raise ConfigError(problems, source=source) from None
     problems = [_clean(p) for p in _semantic_problems(config, event_kinds)]
+    if secrets:
+        problems += [_clean(p) for p in secret_problems(config, base_dir)]
     if problems:
         raise ConfigError(problems, source=source)
     return _resolve(config, base_dir)
@@ -442,26 +470,3 @@ def _resolve(config: Config, base_dir: Path | None) -> Config:
     if base_dir is not None and not config.state_dir.is_absolute():
         update["state_dir"] = (base_dir / config.state_dir).resolve()
     return config.model_copy(update=update)
-
-
-def read_secret(ref: SecretRef, base_dir: Path | None = None) -> str:
-    """Read a secret from its file or environment variable; never log the value."""
-    if ref.secret_env is not None:
-        value = os.environ.get(ref.secret_env)
-        if value is None:
-            raise ConfigError([f"environment variable {ref.secret_env} is not set"])
-        return value.strip()
-    assert ref.secret_file is not None
-    path = ref.secret_file if base_dir is None else base_dir / ref.secret_file
-    try:
-        with path.open("rb") as file:
-            raw = file.read(MAX_SECRET_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError([f"cannot read secret file {path}: {exc.strerror or exc}"]) from None
-    # The reasons below never quote the content: it is the secret, or part of it.
-    if len(raw) > MAX_SECRET_BYTES:
-        raise ConfigError([f"secret file {path} is larger than 64 KiB: is it the right file?"])
-    try:
-        return raw.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise ConfigError([f"secret file {path} is not UTF-8 text"]) from None

@@ -32,6 +32,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("top level", schema.Config),
     ("api", schema.Api),
     ("api.tokens[]", schema.ApiToken),
+    ("api.tls", schema.ApiTls),
     ("mqtt", schema.Mqtt),
     ("mqtt.tls", schema.MqttTls),
     ("defaults", schema.Defaults),
@@ -70,6 +71,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
         schema.SecretRef,
     ),
     ("sla", schema.Sla),
+    ("status_page", schema.StatusPage),
     ("records", schema.Records),
     ("database", schema.Database),
     ("cluster", schema.Cluster),
@@ -154,6 +156,20 @@ EXAMPLES: dict[str, Example] = {
               sha256: "c695b42d79a2420ca858fe997c67cab0749a72f3875834c654113b9cb2219478"
         """,
     ),
+    "api.tls": _example(
+        "api",
+        "tls",
+        text="""
+        api:
+          listen: 0.0.0.0:9470
+          tls:                               # HTTPS for the API, /metrics and health
+            cert_file: /etc/nodevigil/tls/api.crt        # PEM, with its chain
+            key_file: /etc/nodevigil/tls/api.key         # PEM, unencrypted
+            client_ca_file: /etc/nodevigil/tls/clients.crt  # optional: mutual TLS
+          # /metrics then needs this bearer token (sha256 hex), or an admin or read token
+          metrics_token_sha256: "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"
+        """,
+    ),
     "mqtt": _example(
         "mqtt",
         text="""
@@ -211,6 +227,7 @@ EXAMPLES: dict[str, Example] = {
           hold_down: 30s                     # a recovered node stays out this long, doubled
           hold_down_max: 10m                 # on each flap up to this
           site_hold_down: 1m                 # a recovered site waits this long to return to DNS
+          mode: observe                      # decide and log only: no LB write, no customer told
         """,
     ),
     "failover.brake": _example(
@@ -234,8 +251,8 @@ EXAMPLES: dict[str, Example] = {
             address: 203.0.113.10            # published in the DNS records of its services
             local_lb: haproxy-sh
             backend: web-sh                  # instead of the load balancer's backend
-            min_healthy: 2
-            max_unavailable: 50%
+            min_healthy: 2                   # the floor: never fewer in (default 1)
+            max_unavailable: 50%             # the cap, rounded up: 2 of 3 nodes, 3 of 5
         """,
     ),
     "nodes[]": _example(
@@ -393,6 +410,7 @@ EXAMPLES: dict[str, Example] = {
           - id: acme
             services: [web]
             plan: gold                       # a contingency_plans entry
+            timezone: Asia/Shanghai          # its notices' times; default: the top-level timezone
         """,
     ),
     "load_balancers.NAME type: haproxy": _example(
@@ -619,6 +637,14 @@ EXAMPLES: dict[str, Example] = {
         sla:
           rounding: minute-buckets
           settlement_delay: 2d
+        """,
+    ),
+    "status_page": _example(
+        "status_page",
+        text="""
+        status_page:
+          url: https://status.provider.example/  # linked from every customer notice
+          history_days: 90                   # daily availability bars per service
         """,
     ),
     "records": _example(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import zoneinfo
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,7 +23,7 @@ from pydantic import (
 )
 
 from nodevigil.core.durations import format_duration, parse_duration
-from nodevigil.core.tlsfiles import TlsFileError, client_context
+from nodevigil.core.tlsfiles import TlsFileError, client_context, server_context
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -244,13 +245,21 @@ Percent = Annotated[str, Field(pattern=r"^\d{1,3}%$")]
 
 
 class Site(Frozen):
-    """Nodes behind one local load balancer, published under one public address."""
+    """Nodes behind one local load balancer, published under one public address. Failover
+    drains at most ``max_unavailable`` of its nodes at once (a percentage rounds up: 50% of 3
+    nodes is 2) and keeps ``min_healthy`` in; ``check-config`` prints each site's figure."""
 
     name: Name
     address: str
     local_lb: Name | None = None
     backend: str | None = None  # overrides the load balancer's default backend
+    # The floor: this many nodes stay in, whatever their verdicts (the last server is never
+    # drained). Past it, down nodes are kept in and the site is in panic.
     min_healthy: int = Field(default=1, ge=0)
+    # The cap: at most this many nodes out at once (Envoy's 50% panic threshold, as a count). A
+    # percentage of the site's nodes rounds UP, as a Kubernetes PodDisruptionBudget's does: 50%
+    # of 3 nodes is 2, of 4 is 2, of 5 is 3; 10% of 3 is 1 (only 0% drains none). With the
+    # floor: 1 node drains none, 2 nodes one, 3 nodes two (the third stays in).
     max_unavailable: int | Percent = "50%"
 
     @field_validator("address")
@@ -267,10 +276,18 @@ class Site(Frozen):
         return value
 
     def max_unavailable_count(self, size: int) -> int:
-        """How many of ``size`` nodes may be out at once."""
+        """How many of ``size`` nodes the cap lets out at once (a percentage rounds up)."""
         if isinstance(self.max_unavailable, int):
             return self.max_unavailable
-        return size * int(self.max_unavailable[:-1]) // 100
+        return -(-size * int(self.max_unavailable[:-1]) // 100)  # ceiling, in integers
+
+    def drain_budget(self, size: int) -> tuple[int, str]:
+        """How many of ``size`` nodes may be drained at once, and the limit that sets it
+        (``min_healthy`` or ``max_unavailable``): what the controller holds to."""
+        by_floor = size - self.min_healthy
+        by_cap = self.max_unavailable_count(size)
+        limit = "min_healthy" if by_floor <= by_cap else "max_unavailable"
+        return max(0, min(by_floor, by_cap)), limit
 
 
 class Service(Frozen):
@@ -378,6 +395,10 @@ class FailoverSettings(Frozen):
     # ``for`` is refused (422), so a forgotten drain cannot keep capacity out for ever.
     drain_max: Annotated[Duration, Field(gt=0, le=365 * 86400)] = 86400.0
     brake: FailoverBrake = FailoverBrake()
+    # ``observe``: probe, judge, decide and open incidents as ever, but write nothing to any
+    # load balancer and notify no customer (operator alerts still go, marked); the decisions
+    # are logged and served as "would ...". ``run --observe`` forces it. A reload switches.
+    mode: Literal["act", "observe"] = "act"
 
 
 # --- daemon surfaces ------------------------------------------------------------------------
@@ -390,6 +411,29 @@ class ApiToken(Frozen):
     role: Literal["admin", "read", "customer"]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     customer: Name | None = None
+
+
+class ApiTls(Frozen):
+    """HTTPS for the API, /metrics and the health endpoints: the server's certificate and key,
+    and with client_ca_file, mutual TLS (every client presents a certificate that CA signed).
+    Read from a configuration file, the files are loaded as the daemon loads them at start, so
+    check-config refuses a missing, unreadable or mismatched file with the reason."""
+
+    cert_file: Path  # PEM, the server's certificate (and its chain)
+    key_file: Path  # PEM, its unencrypted private key
+    client_ca_file: Path | None = None  # PEM; set: clients without its certificate are refused
+
+    @model_validator(mode="after")
+    def _usable(self, info: ValidationInfo) -> ApiTls:
+        cert, key = (_file_as_run_opens_it(p, info) for p in (self.cert_file, self.key_file))
+        if cert is None or key is None:
+            return self
+        ca = self.client_ca_file and _file_as_run_opens_it(self.client_ca_file, info)
+        try:
+            server_context(cert, key, ca)  # what the daemon does with them at start
+        except TlsFileError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class Api(Frozen):
@@ -411,6 +455,10 @@ class Api(Frozen):
     # /healthz still gets in), or the new one when all are busy. Default: a quarter of the
     # descriptor limit, at most 256, so clients can never take the probes' descriptors.
     max_connections: int | None = Field(default=None, ge=8, le=1_000_000)
+    tls: ApiTls | None = None  # HTTPS, optionally mutual TLS; applies at start
+    # Set: /metrics needs "Authorization: Bearer <token>" with this sha256 hex digest (or an
+    # admin or read token); unset, /metrics is open like /healthz. Follows a reload.
+    metrics_token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
 class MqttTls(Frozen):
@@ -437,12 +485,31 @@ class Mqtt(Frozen):
     reconnect_grace: Duration | None = None  # default: each probe's max_silence + 15s
 
 
+def _check_zone(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Asia/Shanghai)") from None
+    return value
+
+
 class Customer(Frozen):
-    """A customer: the services it holds and its contingency plan."""
+    """A customer: the services it holds, its contingency plan, and the time zone its notices
+    say times in (default: the billing ``timezone``)."""
 
     id: Name
     services: list[Name] = Field(default_factory=list)
     plan: Name | None = None
+    timezone: Annotated[str | None, AfterValidator(_check_zone)] = None
+
+
+class StatusPage(Frozen):
+    """The public status page (``/status``): where customers reach it, linked from every
+    customer notice (unset: notices carry no link), and how many days of history it shows."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")] | None = None
+    history_days: int = Field(default=90, ge=1, le=366)
 
 
 # --- incidents and notifications ------------------------------------------------------------
@@ -796,6 +863,7 @@ class Config(Frozen):
     incidents: Incidents = Incidents()
     notifications: Notifications = Notifications()
     sla: Sla = Sla()
+    status_page: StatusPage = StatusPage()
     records: Records = Records()
     database: Database | None = None  # PostgreSQL; unset: SQLite in state_dir
     cluster: Cluster | None = None  # several hosts, one leader (needs database)

@@ -232,6 +232,18 @@ class PostgresLedgerStore:
         )
 
     @_edge
+    def meta_setdefault(self, key: str, value: str) -> str:
+        """The stored setting; ``value`` stored first when there is none (one host wins)."""
+        conn = self._connection()
+        conn.execute(
+            "INSERT INTO ledger_meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+            (key, value),
+        )
+        row = conn.execute("SELECT value FROM ledger_meta WHERE key = %s", (key,)).fetchone()
+        assert row is not None  # inserted above, or there already
+        return str(row[0])
+
+    @_edge
     def insert_interval(
         self,
         service: str,

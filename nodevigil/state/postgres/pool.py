@@ -11,9 +11,9 @@ from pathlib import Path
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from nodevigil.core.config import read_secret
 from nodevigil.core.config.schema import Database, SecretRef
-from nodevigil.core.errors import ConfigError, StateError
+from nodevigil.core.config.secrets import load_secret
+from nodevigil.core.errors import StateError
 
 # What a PostgreSQL store may raise when the server is away or refuses: callers retry later.
 DATABASE_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, StateError)
@@ -24,11 +24,8 @@ def password(db: Database, base_dir: Path | None) -> str | None:
     if db.password_file is None and db.password_env is None:
         return None
     ref = SecretRef(secret_file=db.password_file, secret_env=db.password_env)
-    try:
-        return read_secret(ref, base_dir)
-    except ConfigError as exc:
-        key = "database.password_file" if db.password_file else "database.password_env"
-        raise ConfigError([f"{key}: {p}" for p in exc.problems], exc.source) from None
+    key = "database.password_file" if db.password_file else "database.password_env"
+    return load_secret(key, ref, base_dir, "text")  # as check-config reads it
 
 
 def connect_kwargs(db: Database, secret: str | None) -> dict[str, object]:

@@ -154,6 +154,13 @@ class SqliteLedgerStore:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     @_edge
+    def meta_setdefault(self, key: str, value: str) -> str:
+        """The stored setting; ``value`` stored first when there is none."""
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return str(row[0])
+
+    @_edge
     def insert_interval(
         self,
         service: str,
