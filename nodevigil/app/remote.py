@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import aiohttp
 from nodevigil.app.kinds import EVENT_KINDS
 from nodevigil.core.config import load_config
 from nodevigil.core.errors import NodevigilError
+from nodevigil.core.tlsfiles import TlsFileError, client_context
 
 
 def _token(args: argparse.Namespace) -> str:
@@ -48,6 +50,7 @@ class Api:
         self.base = _base_url(args)
         self._headers = {"Authorization": f"Bearer {_token(args)}"}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._ssl = _tls() if self.base.startswith("https://") else None
 
     async def send(
         self, method: str, path: str, body: dict[str, Any] | None = None
@@ -57,7 +60,9 @@ class Api:
         try:
             async with (
                 aiohttp.ClientSession(timeout=self._timeout) as session,
-                session.request(method, url, json=body, headers=self._headers) as response,
+                session.request(
+                    method, url, json=body, headers=self._headers, ssl=self._ssl or True
+                ) as response,
             ):
                 text = await response.text()
                 status = response.status
@@ -85,10 +90,30 @@ class Unreachable(NodevigilError):
 def _base_url(args: argparse.Namespace) -> str:
     if args.url:
         return str(args.url).rstrip("/")
-    listen = load_config(args.config, event_kinds=EVENT_KINDS).api.listen
-    host, _, port = listen.rpartition(":")
+    api = load_config(args.config, event_kinds=EVENT_KINDS).api
+    host, _, port = api.listen.rpartition(":")
     host = "127.0.0.1" if host in ("0.0.0.0", "", "[::]") else host
-    return f"http://{host}:{port}"
+    return f"{'https' if api.tls is not None else 'http'}://{host}:{port}"
+
+
+def _tls() -> ssl.SSLContext | None:
+    """The CLI's TLS towards an ``api.tls`` daemon: ``NODEVIGIL_CA_FILE`` (the CA that signed
+    its certificate; default: the system's), ``NODEVIGIL_CLIENT_CERT`` and
+    ``NODEVIGIL_CLIENT_KEY`` when it asks for a client certificate (``api.tls.client_ca_file``)."""
+    ca, cert, key = (
+        os.environ.get(name, "").strip() or None
+        for name in ("NODEVIGIL_CA_FILE", "NODEVIGIL_CLIENT_CERT", "NODEVIGIL_CLIENT_KEY")
+    )
+    if ca is None and cert is None and key is None:
+        return None  # the system's CAs, no client certificate
+    if ca is None:
+        raise NodevigilError("NODEVIGIL_CLIENT_CERT needs NODEVIGIL_CA_FILE (the API's CA)")
+    try:
+        return client_context(
+            Path(ca), None if cert is None else Path(cert), None if key is None else Path(key)
+        )
+    except TlsFileError as exc:
+        raise NodevigilError(f"NODEVIGIL_CA_FILE / NODEVIGIL_CLIENT_*: {exc}") from None
 
 
 def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:

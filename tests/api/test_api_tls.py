@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import ssl
 import subprocess
@@ -235,3 +236,40 @@ def test_run_names_the_file_when_it_changed_after_the_check(tmp_path: Path, pki:
     (pki.directory / "api.key").write_text("not a key")
     with pytest.raises(StartError, match=r"^api\.tls\.cert_file: .*api\.crt with key_file"):
         api_tls(api, pki.directory)
+
+
+async def test_the_cli_speaks_https_with_the_ca_and_client_certificate_it_is_given(
+    daemon: Daemon, pki: Pki, tmp_path: Path
+) -> None:
+    client = pki.ca.issue_cert("noc@example.net")
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "cli.crt"))
+    client.private_key_pem.write_to_path(str(tmp_path / "cli.key"))
+    pki.ca.cert_pem.write_to_path(str(tmp_path / "ca.crt"))
+    url = f"https://127.0.0.1:{daemon.api_port}"
+    env = {**os.environ, "NODEVIGIL_TOKEN": READER}
+
+    def nodes(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "nodevigil", "nodes", "--url", url, "-o", "json"],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    # Without the CA the daemon's certificate is not trusted; without a client certificate
+    # the daemon (api.tls.client_ca_file) refuses the connection: both say why, no traceback.
+    untrusted = await asyncio.to_thread(nodes)
+    assert untrusted.returncode != 0 and "Traceback" not in untrusted.stderr
+    assert "certificate" in untrusted.stderr.lower()
+    no_cert = await asyncio.to_thread(nodes, NODEVIGIL_CA_FILE=str(tmp_path / "ca.crt"))
+    assert no_cert.returncode != 0 and "Traceback" not in no_cert.stderr
+    done = await asyncio.to_thread(
+        nodes,
+        NODEVIGIL_CA_FILE=str(tmp_path / "ca.crt"),
+        NODEVIGIL_CLIENT_CERT=str(tmp_path / "cli.crt"),
+        NODEVIGIL_CLIENT_KEY=str(tmp_path / "cli.key"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"n"' in done.stdout
