@@ -7,7 +7,7 @@ tested by calling ``decide`` with plain values.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from failover.controller.brake import Throttle, forgive, judge, scopes
@@ -214,77 +214,20 @@ def decide(config: Config, st: ControllerState, now: float, wall: float) -> Deci
     )
     notices += brake_notices
     throttle = Throttle(s.brake, brakes, config.nodes, books, now)
+    memo = Memo()
+    out = Outcome(node_views, site_books, site_views, actions, notices)
     for site in config.sites:
-        nodes = by_site.get(site.name, [])
-        plan = _plan_site(config, site, nodes, st, books)
-        if throttle.engaged:
-            plan = replace(plan, desired=throttle.hold_drains(site.name, plan.desired, st, books))
-        for name in plan.released:  # let back in early: its hold-down starts over if it fails
-            books[name] = replace(books[name], held=False, up_since=None, back_at=now)
-        old = st.book.sites.get(site.name, SiteBook())
-        new = _advance_site(old, _site_health(site, nodes, st), now, s)
-        panic = bool(plan.kept_down)
-        if panic and not old.panic:
-            notices.append(
-                Notice(
-                    FailoverPanic(
-                        subject=site.name,
-                        at=wall,
-                        vantage="",
-                        site=site.name,
-                        kept_in=tuple(plan.kept_down),
-                        limit=plan.limit,
-                        min_healthy=site.min_healthy,
-                        max_unavailable=site.max_unavailable,
-                    ),
-                    f"PANIC site {site.name}: {len(plan.kept_down)} down nodes kept in "
-                    f"at its {plan.limit} (possible monitoring fault)",
-                )
-            )
-        elif old.panic and not panic:
-            over = FailoverPanicOver(subject=site.name, at=wall, vantage="", site=site.name)
-            notices.append(Notice(over))
-        new = replace(new, panic=panic)
-        site_books[site.name] = new
-        _site_notices(site=site, nodes=nodes, old=old, new=new, st=st, wall=wall, notices=notices)
-        nodes_out = 0
-        for n in nodes:
-            want, why = plan.desired[n.name]
-            nodes_out += want is not ServerState.READY
-            verdict = st.verdicts.get(n.name, Verdict.UNKNOWN)
-            node_views[n.name] = NodeView(verdict, want, books[n.name].hold_until(), why)
-            actual = st.observed.servers.get(n.name)
-            if site.local_lb is None or actual is None or actual is want:
-                continue
-            actions.append(
-                SetServerState(
-                    site.local_lb,
-                    site_backend(config, site),
-                    n.server_name,
-                    n.name,
-                    site.name,
-                    actual,
-                    want,
-                    why,
-                )
-            )
-            if plan.forced_below_floor and ("node", n.name) in st.overrides:
-                notices.append(
-                    Notice(
-                        OverrideBelowFloor(
-                            subject=n.name,
-                            at=wall,
-                            vantage="",
-                            node=n.name,
-                            site=site.name,
-                            min_healthy=site.min_healthy,
-                        ),
-                        f"WARNING operator drain of {n.name} takes {site.name} below min_healthy",
-                    )
-                )
-        drained = ("site", site.name) in st.overrides
-        site_views[site.name] = SiteView(
-            new.can_serve, new.up and not drained, panic, nodes_out, throttle.site_braked(site.name)
+        _decide_site(
+            config,
+            site,
+            by_site.get(site.name, []),
+            st,
+            now=now,
+            wall=wall,
+            books=books,
+            throttle=throttle,
+            out=out,
+            memo=memo,
         )
     if throttle.engaged:
         site_views = throttle.hold_withdrawals(config, st, site_views)
@@ -294,8 +237,148 @@ def decide(config: Config, st: ControllerState, now: float, wall: float) -> Deci
     brakes, brake_views = throttle.outcome(st.book.brakes, down)
     book = Book(nodes=books, sites=site_books, outages=outages, brakes=brakes)
     return Decision(
-        tuple(actions), tuple(notices), book, node_views, site_views, available, brake_views
+        tuple(actions),
+        tuple(notices),
+        book,
+        node_views,
+        site_views,
+        available,
+        brake_views,
+        wakes=memo.wakes,
+        recent=memo.recent,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where ``_decide_site`` puts what it decides (the decision's parts, filled site by site)."""
+
+    node_views: dict[str, NodeView]
+    site_books: dict[str, SiteBook]
+    site_views: dict[str, SiteView]
+    actions: list[Action]
+    notices: list[Notice]
+
+
+@dataclass(frozen=True, slots=True)
+class Memo:
+    """Per site, what a later decision needs to know which sites it may skip (``changes.py``)."""
+
+    wakes: dict[str, float] = field(default_factory=dict)  # site -> next time-driven change
+    recent: dict[str, int] = field(default_factory=dict)  # site -> nodes down within the window
+
+
+def _node_wake(book: NodeBook, s: FailoverSettings) -> float | None:
+    """When time alone next moves an up node's bookkeeping (``advance_node``), if ever."""
+    until = book.hold_until()
+    if until is not None:
+        return until
+    if not book.held and book.failures and book.back_at is not None:
+        return book.back_at + s.hold_down_max  # the flaps are forgiven then
+    return None
+
+
+def _decide_site(
+    config: Config,
+    site: Site,
+    nodes: list[Node],
+    st: ControllerState,
+    *,
+    now: float,
+    wall: float,
+    books: dict[str, NodeBook],
+    throttle: Throttle,
+    out: Outcome,
+    memo: Memo,
+) -> None:
+    """Decide one site: its nodes' wanted states and actions, its book, view and notices."""
+    s = config.failover
+    plan = _plan_site(config, site, nodes, st, books)
+    if throttle.engaged:
+        plan = replace(plan, desired=throttle.hold_drains(site.name, plan.desired, st, books))
+    for name in plan.released:  # let back in early: its hold-down starts over if it fails
+        books[name] = replace(books[name], held=False, up_since=None, back_at=now)
+    old = st.book.sites.get(site.name, SiteBook())
+    new = _advance_site(old, _site_health(site, nodes, st), now, s)
+    panic = bool(plan.kept_down)
+    if panic and not old.panic:
+        out.notices.append(
+            Notice(
+                FailoverPanic(
+                    subject=site.name,
+                    at=wall,
+                    vantage="",
+                    site=site.name,
+                    kept_in=tuple(plan.kept_down),
+                    limit=plan.limit,
+                    min_healthy=site.min_healthy,
+                    max_unavailable=site.max_unavailable,
+                ),
+                f"PANIC site {site.name}: {len(plan.kept_down)} down nodes kept in "
+                f"at its {plan.limit} (possible monitoring fault)",
+            )
+        )
+    elif old.panic and not panic:
+        over = FailoverPanicOver(subject=site.name, at=wall, vantage="", site=site.name)
+        out.notices.append(Notice(over))
+    new = replace(new, panic=panic)
+    out.site_books[site.name] = new
+    _site_notices(site=site, nodes=nodes, old=old, new=new, st=st, wall=wall, notices=out.notices)
+    nodes_out = 0
+    node_views = out.node_views
+    wake: float | None = None
+    recent = 0
+    since = now - s.brake.window
+    for n in nodes:
+        want, why = plan.desired[n.name]
+        nodes_out += want is not ServerState.READY
+        verdict = st.verdicts.get(n.name, Verdict.UNKNOWN)
+        book = books[n.name]
+        node_views[n.name] = NodeView(verdict, want, book.hold_until(), why)
+        if verdict is Verdict.UP and (at := _node_wake(book, s)) is not None:
+            wake = at if wake is None else min(wake, at)
+        recent += book.down and (book.down_since or 0.0) >= since
+        actual = st.observed.servers.get(n.name)
+        if site.local_lb is None or actual is None or actual is want:
+            continue
+        out.actions.append(
+            SetServerState(
+                site.local_lb,
+                site_backend(config, site),
+                n.server_name,
+                n.name,
+                site.name,
+                actual,
+                want,
+                why,
+            )
+        )
+        if plan.forced_below_floor and ("node", n.name) in st.overrides:
+            out.notices.append(
+                Notice(
+                    OverrideBelowFloor(
+                        subject=n.name,
+                        at=wall,
+                        vantage="",
+                        node=n.name,
+                        site=site.name,
+                        min_healthy=site.min_healthy,
+                    ),
+                    f"WARNING operator drain of {n.name} takes {site.name} below min_healthy",
+                )
+            )
+    drained = ("site", site.name) in st.overrides
+    out.site_views[site.name] = SiteView(
+        new.can_serve, new.up and not drained, panic, nodes_out, throttle.site_braked(site.name)
+    )
+    if new.recovering_since is not None:  # up at last: the next decision forgets the since
+        at = now if new.up else new.recovering_since + s.site_hold_down
+        wake = at if wake is None else min(wake, at)
+    if plan.released:
+        wake = now  # let back in early: the next decision says so (views, and what comes next)
+    if wake is not None:
+        memo.wakes[site.name] = wake
+    memo.recent[site.name] = recent
 
 
 def _site_notices(

@@ -7,7 +7,7 @@ so one unreachable load balancer never stops the others or the loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from failover.controller.decide import site_backend
@@ -26,7 +26,7 @@ from failover.lb.errors import (
     LoadBalancerUnavailable,
 )
 from nodevigil.core.authority import Authority
-from nodevigil.core.config.schema import Config
+from nodevigil.core.config.schema import Config, Node
 from nodevigil.core.errors import ConfigError
 
 # report(key, lb, what, target, error): error None means the call succeeded.
@@ -86,8 +86,17 @@ async def read_back(
     global_lbs: Mapping[str, GlobalLoadBalancer],
     seconds: float,
     report: Report,
+    *,
+    only_sites: Collection[str] | None = None,
+    only_records: Collection[tuple[str, str]] | None = None,
+    nodes_of: Mapping[str, Sequence[Node]] | None = None,
 ) -> tuple[Observed, bool]:
-    """Read every local backend and global record in use; return what was read and if all was."""
+    """Read every local backend and global record in use; return what was read and if all was.
+
+    With ``only_sites``, only those sites' servers (a backend shared with other sites is read, but
+    only these sites' servers in it are checked), and with ``only_records`` only those records.
+    ``nodes_of`` (site -> nodes) saves grouping the configuration's nodes again.
+    """
     servers: dict[str, ServerState] = {}
     records: dict[tuple[str, str], frozenset[str]] = {}
     complete = True
@@ -134,19 +143,23 @@ async def read_back(
         records[(lb_name, record)] = frozenset(str(a) for a in got)
 
     backends: dict[tuple[str, str], dict[str, str]] = {}
-    servers_by_site: dict[str, dict[str, str]] = {}
-    for node in config.nodes:  # one pass, not one per site (O(sites x nodes) at 10,000 nodes)
-        servers_by_site.setdefault(node.site, {})[node.server_name] = node.name
+    if nodes_of is None:
+        grouped: dict[str, list[Node]] = {}
+        for node in config.nodes:  # one pass, not one per site (O(sites x nodes))
+            grouped.setdefault(node.site, []).append(node)
+        nodes_of = grouped
     for site in config.sites:
-        if site.local_lb is None:
+        if site.local_lb is None or (only_sites is not None and site.name not in only_sites):
             continue
         members = backends.setdefault((site.local_lb, site_backend(config, site)), {})
-        members.update(servers_by_site.get(site.name, {}))
+        members.update((n.server_name, n.name) for n in nodes_of.get(site.name, ()))
     wanted = {
         (svc.global_lb, svc.record)
         for svc in config.services
         if svc.global_lb is not None and svc.record is not None
     }
+    if only_records is not None:
+        wanted &= set(only_records)
     await asyncio.gather(
         *(read_local(lb, be, m) for (lb, be), m in backends.items()),
         *(read_global(lb, rec) for lb, rec in sorted(wanted)),

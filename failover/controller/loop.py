@@ -13,13 +13,22 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from itertools import compress, repeat
+from operator import is_not
 from types import TracebackType
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from failover.controller.brake import FLEET
-from failover.controller.decide import decide
+from failover.controller.changes import (
+    FleetIndex,
+    changed_nodes,
+    changed_overrides,
+    decide_changed,
+    unsettled_sites,
+)
+from failover.controller.decide import decide, site_backend
 from failover.controller.lbio import (
     Applied,
     Report,
@@ -46,6 +55,7 @@ from failover.controller.state import (
     UnknownNameError,
     VerdictSource,
     shift_book,
+    shift_changed,
 )
 from failover.controller.status import (
     ControllerStatus,
@@ -71,6 +81,11 @@ from nodevigil.core.failpoints import failpoint
 log = logging.getLogger(__name__)
 
 PACE = 2.0  # rest this many times a cycle's duration before the next (see _loop)
+# The full pass (read every load balancer back, decide every site) runs every failover.cycle,
+# or less often when it is expensive: at most this share of the time, and at least every
+# FULL_PASS_MAX seconds. Between full passes a cycle redoes only what changed (changes.py).
+FULL_PASS_SHARE = 0.02
+FULL_PASS_MAX = 30.0
 # In a cluster, how often every host re-reads the shared overrides: a drain written through a
 # standby's API is in the store, not in the leader's memory. A few rows: cheap.
 OVERRIDES_REFRESH = 2.0
@@ -141,6 +156,7 @@ class Controller:
         self._releases: list[Release] = []  # servers a reload let go of, still to put back
         self._book = Book()
         self._saved_book: Book | None = None
+        self._saved_wall: tuple[float, Book] | None = None  # (offset, _saved_book shifted by it)
         self._reasons: dict[str, str] = {}
         self._failing: dict[str, str] = {}
         # Per failing call key: when its streak began (wall) and how many attempts failed.
@@ -151,6 +167,18 @@ class Controller:
         )  # failing call key -> error, to report once per streak
         self._observed: Observed | None = None
         self._last: Decision | None = None
+        # What the last cycle decided from, so the next one redoes only what changed.
+        self._last_state: ControllerState | None = None
+        self._last_config: Config | None = None
+        self._last_acting: tuple[bool, bool] | None = None  # (leader, observing)
+        self._index: tuple[Config, FleetIndex] | None = None
+        self._touched: set[str] = set()  # nodes named by verdict events since the last cycle
+        self._unsettled: set[str] = set()  # sites of the last cycle's actions that did not take
+        self._unread_sites: set[str] = set()  # sites with a server the last read missed
+        self._unread_records: set[tuple[str, str]] = set()
+        self._unread_keys: dict[tuple[str, str], str] = {}  # (lb, target) -> why unreadable
+        self._full_at: float | None = None  # monotonic time of the last full pass
+        self._full_took = 0.0  # its duration (seconds)
         self._last_cycle_at: float | None = None
         self._loaded = False
         self._sub: Subscription | None = None
@@ -170,6 +198,7 @@ class Controller:
             # Stored times are wall-clock; bookkeeping runs on the monotonic clock.
             self._book = shift_book(stored.book, self._clock.monotonic() - self._clock.wall())
             self._saved_book = self._book
+            self._saved_wall = None
             self._loaded = True
 
     async def __aenter__(self) -> Controller:
@@ -191,20 +220,31 @@ class Controller:
 
     async def _loop(self) -> None:
         while True:
-            started = time.perf_counter()
+            started = time.thread_time()  # the loop thread's CPU, not waits on disk or LBs
+            full = self._full_due()
             try:
-                await self.run_once()
+                await self.run_once(full=full)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in one cycle must not end failover; the next cycle retries
                 log.exception("failover cycle failed; retrying on the next cycle")
-            # A cycle is O(nodes), ~0.1 s at 10,000 nodes, and a flapping fleet sends a verdict
-            # every few milliseconds: rest twice as long as the cycle took before the next one,
-            # so deciding never takes more than a third of the process (bench/load_bench.py).
-            # A small fleet's cycle takes a millisecond or two: no delay worth the name.
-            took = time.perf_counter() - started
-            await asyncio.sleep(min(PACE * took, self._config.failover.cycle))
+            # A flapping fleet sends a verdict every few milliseconds: rest twice as long as
+            # the cycle's CPU before the next one, so deciding never takes more than a third of
+            # the loop's thread (bench/load_bench.py). CPU, not elapsed time: a cycle waiting
+            # on a synced save or a load balancer costs the loop nothing, and resting for it
+            # only delayed the verdicts queued behind it (bench/controller_bench.py). A full
+            # pass is paced by _full_due already.
+            took = time.thread_time() - started
+            if not full:
+                await asyncio.sleep(min(PACE * took, self._config.failover.cycle))
             await self._wait()
+
+    def _full_due(self) -> bool:
+        """Whether the loop's next cycle is a full pass (see FULL_PASS_SHARE)."""
+        if self._full_at is None:
+            return True
+        period = max(self._config.failover.cycle, self._full_took / FULL_PASS_SHARE)
+        return self._clock.monotonic() - self._full_at >= min(period, FULL_PASS_MAX)
 
     async def _wait(self) -> None:
         """Until a verdict event, an override or config change, or the cycle time passes."""
@@ -229,6 +269,7 @@ class Controller:
     def _note(self, event: Event) -> None:
         if isinstance(event, NodeVerdictEvent):
             self._reasons[event.subject] = event.reason
+            self._touched.add(event.subject)
 
     def update_config(self, config: Config) -> None:
         """Use ``config`` from the next cycle on (adapters are fixed; missing ones are refused).
@@ -247,8 +288,13 @@ class Controller:
 
     # --- one cycle ---------------------------------------------------------------------------
 
-    async def run_once(self) -> Decision:
-        """Run one cycle: read back, decide, apply, publish, save. Return the decision."""
+    async def run_once(self, *, full: bool = True) -> Decision:
+        """Run one cycle: read back, decide, apply, publish, save. Return the decision.
+
+        ``full``: read every load balancer back and decide every site; else only the sites
+        whose verdicts, overrides or pending actions changed since the last cycle (and the
+        records of their services), unless something needs a full pass anyway.
+        """
         async with self._cycle:
             await self.start()
             started = time.perf_counter()  # real elapsed time, for the histogram only
@@ -267,21 +313,31 @@ class Controller:
             if leader:  # a standby leaves the shared overrides to the leader
                 await self._overrides.drop_orphaned(config, self._clock.wall())
                 await self._overrides.expire(self._clock.wall(), config.failover.drain_max)
-            unread: dict[str, list[str]] = {}
-            observed, complete = await read_back(
-                config, self._local, self._global, self._lb_timeout, self._reading(unread)
-            )
-            self._unread = unread
+            index = self._fleet_index(config)
+            verdicts = dict(self._source.verdicts())
+            overrides = self._overrides.snapshot()
+            dirty = None if full else self._dirty(config, index, verdicts, overrides, leader)
+            if dirty is None:
+                self._touched = set()  # the full pass looks at every node anyway
+            observed, complete = await self._read(config, index, dirty)
             now, wall = self._clock.monotonic(), self._clock.wall()
             state = ControllerState(
-                verdicts=dict(self._source.verdicts()),
+                verdicts=verdicts,
                 observed=observed,
-                overrides=self._overrides.snapshot(),
+                overrides=overrides,
                 book=self._book,
                 reasons=dict(self._reasons),
             )
-            decision = decide(config, state, now, wall)
+            decision = None
+            if dirty is not None and self._last is not None:
+                decision = decide_changed(
+                    config, index, state, now, wall, last=self._last, dirty=dirty
+                )
+            if decision is None:  # a full pass, or one the brakes need
+                decision = decide(config, state, now, wall)
             self._book = decision.book
+            self._last_state, self._last_config = state, config
+            self._last_acting = (leader, observing)
             applied: list[Applied] = []
             released: list[Applied] = []
             if leader:
@@ -304,6 +360,7 @@ class Controller:
                     failpoint("controller.after_apply")
                 released = await self._release_servers()
             self._observed = after_applied(observed, applied)
+            self._unsettled = unsettled_sites(decision.actions, (r.action for r in applied))
             self._last = decision
             self._last_cycle_at = wall
             self._would = [would_do(a, config) for a in decision.actions] if observing else []
@@ -318,8 +375,127 @@ class Controller:
                 observing=observing and leader,
             )
             reconciled = complete and acting and len(applied) == len(decision.actions)
+            reconciled = reconciled and dirty is None  # only a full pass saw everything
             self._update_metrics(decision, [*applied, *released], reconciled, wall, started)
+            if dirty is None:
+                self._full_at = self._clock.monotonic()
+                self._full_took = time.perf_counter() - started
             return decision
+
+    def _fleet_index(self, config: Config) -> FleetIndex:
+        """The lookups of ``config``, built once per configuration."""
+        if self._index is None or self._index[0] is not config:
+            self._index = (config, FleetIndex.of(config))
+        return self._index[1]
+
+    def _dirty(
+        self,
+        config: Config,
+        index: FleetIndex,
+        verdicts: Mapping[str, Verdict],
+        overrides: Mapping[tuple[OverrideKind, str], Override],
+        leader: bool,
+    ) -> set[str] | None:
+        """The sites this cycle must redo, or None when it must be a full pass (the first
+        cycle, a reload, a new role or mode, bookkeeping reloaded from the store)."""
+        last, before = self._last, self._last_state
+        mode = (leader, config.failover.mode == "observe")
+        if (
+            last is None
+            or before is None
+            or self._last_config is not config
+            or self._last_acting != mode
+            or self._book is not last.book
+        ):
+            return None
+        touched, self._touched = self._touched, set()
+        dirty = index.sites_of(touched | changed_nodes(verdicts, before.verdicts))
+        dirty |= changed_overrides(overrides, before.overrides, index)
+        dirty |= self._unsettled  # actions that failed or were not sent: decided again
+        dirty |= self._unread_sites  # read again: the load balancer may be back
+        return dirty
+
+    async def _read(
+        self, config: Config, index: FleetIndex, dirty: set[str] | None
+    ) -> tuple[Observed, bool]:
+        """Read the load balancers back: all of them (``dirty`` None), or only the servers of
+        the ``dirty`` sites and the records of their services (the rest as last cycle left
+        it). Keeps what could not be read, for readiness and for the next cycle."""
+        records = None
+        if dirty is not None:
+            records = {
+                (svc.global_lb, svc.record)
+                for site in dirty
+                for svc in index.services_of.get(site, ())
+                if svc.global_lb is not None and svc.record is not None
+            } | self._unread_records
+            if self._observed is None:
+                dirty = None
+            elif not dirty and not records:
+                return self._observed, True
+        unread = self._unread_keys if dirty is not None else {}
+        self._forget_unread(config, dirty, records)
+        got, complete = await read_back(
+            config,
+            self._local,
+            self._global,
+            self._lb_timeout,
+            self._reading(unread),
+            only_sites=dirty,
+            only_records=records,
+            nodes_of=index.nodes_of,
+        )
+        self._unread_keys = unread
+        self._unread = {}
+        for (lb, _), why in unread.items():
+            self._unread.setdefault(lb, []).append(why)
+        sites = dirty if dirty is not None else index.nodes_of.keys()
+        with_lb = {s.name for s in config.sites if s.local_lb is not None}
+        missing = {
+            site
+            for site in sites
+            if site in with_lb
+            and any(n.name not in got.servers for n in index.nodes_of.get(site, ()))
+        }
+        if dirty is None or self._observed is None:
+            self._unread_sites = missing
+            self._unread_records = {r for r in self._wanted(config) if r not in got.records}
+            return got, complete
+        self._unread_sites = (self._unread_sites - dirty) | missing
+        assert records is not None
+        self._unread_records = {r for r in records if r not in got.records}
+        servers = dict(self._observed.servers)
+        for site in dirty:
+            for n in index.nodes_of.get(site, ()):
+                servers.pop(n.name, None)
+        servers.update(got.servers)
+        kept = {k: v for k, v in self._observed.records.items() if k not in records}
+        return Observed(servers, {**kept, **got.records}), complete
+
+    @staticmethod
+    def _wanted(config: Config) -> set[tuple[str, str]]:
+        return {
+            (svc.global_lb, svc.record)
+            for svc in config.services
+            if svc.global_lb is not None and svc.record is not None
+        }
+
+    def _forget_unread(
+        self, config: Config, dirty: set[str] | None, records: set[tuple[str, str]] | None
+    ) -> None:
+        """Before reading some targets again, drop what their last read could not read."""
+        if dirty is None or records is None:
+            return
+        backends = {
+            (s.local_lb, site_backend(config, s))
+            for s in config.sites
+            if s.name in dirty and s.local_lb is not None
+        }
+        for lb, target in list(self._unread_keys):
+            record = target.removeprefix("record ")
+            backend = target.removeprefix("backend ").split("/", 1)[0]
+            if (lb, record) in records or (lb, backend) in backends:
+                del self._unread_keys[(lb, target)]
 
     async def _take_authority(self) -> bool:
         """Whether this cycle may act; on becoming the leader, reload the durable state the
@@ -373,13 +549,13 @@ class Controller:
             return "observe: nothing to do any more: the load balancers match the decision"
         return "observe: " + "; ".join([*would, *others])
 
-    def _reading(self, unread: dict[str, list[str]]) -> Report:
+    def _reading(self, unread: dict[tuple[str, str], str]) -> Report:
         """``_report``, also noting in ``unread`` what this cycle could not read, and why."""
 
         def report(key: str, lb: str, what: str, target: str, error: BaseException | None) -> None:
             if error is not None and what == "read":
                 text = (str(error) or type(error).__name__).removeprefix(f"{lb}: ")
-                unread.setdefault(lb, []).append(f"cannot read {target}: {text}")
+                unread[(lb, target)] = f"cannot read {target}: {text}"
             self._report(key, lb, what, target, error)
 
         return report
@@ -459,10 +635,12 @@ class Controller:
             log.info("failover: %s%s", line, who)
             # Evidence: the nodes acted on and every node not up (not the whole fleet).
             acted = {r.action.node for r in applied if isinstance(r.action, SetServerState)}
-            evidence = {
-                name: {"verdict": v.value, "reason": state.reasons.get(name, "")}
-                for name, v in sorted(state.verdicts.items())
-                if name in acted or v is not Verdict.UP
+            v = state.verdicts  # the nodes not up, found in C: this runs on the hot path
+            shown = acted | set(compress(v, map(is_not, v.values(), repeat(Verdict.UP))))
+            evidence = {  # sorted after filtering: a few nodes, not the whole fleet
+                name: {"verdict": v[name].value, "reason": state.reasons.get(name, "")}
+                for name in sorted(shown)
+                if name in v
             }
             self._emit(
                 ControllerDecision(
@@ -488,8 +666,14 @@ class Controller:
         try:
             # Rounded, so unchanged entries convert to the same wall times and are not rewritten.
             offset = round(self._clock.wall() - self._clock.monotonic(), 3)
-            await self._store.save_book(shift_book(self._book, offset))
+            saved, shifted = self._saved_book, self._saved_wall
+            if saved is not None and shifted is not None and shifted[0] == offset:
+                wall_book = shift_changed(self._book, offset, saved, shifted[1])
+            else:
+                wall_book = shift_book(self._book, offset)
+            await self._store.save_book(wall_book)
             self._saved_book = self._book
+            self._saved_wall = (offset, wall_book)
         except NodevigilError as exc:  # keep acting on traffic; saving is retried next cycle
             self._report("store", "store", "save", "bookkeeping", exc)
 

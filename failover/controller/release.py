@@ -71,6 +71,9 @@ def releases(old: Config, new: Config, last: Decision | None) -> list[Release]:
 
 def still_released(pending: Iterable[Release], config: Config) -> list[Release]:
     """The pending releases whose server ``config`` does not manage again (then it owns it)."""
+    pending = list(pending)
+    if not pending:
+        return []  # the common case, every cycle: no map of 10,000 servers built for nothing
     kept = managed_servers(config)
     return [r for r in pending if r.key not in kept]
 

@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
-from failover.controller.state import Book, BrakeBook, NodeBook, Outage, SiteBook
+from failover.controller.state import (
+    Book,
+    BrakeBook,
+    NodeBook,
+    Outage,
+    SiteBook,
+    changed_keys,
+)
 from failover.controller.store import ActionRecord
 
 T = TypeVar("T")
@@ -34,7 +41,11 @@ def _changes(new: Mapping[str, T], old: Mapping[str, T] | None) -> tuple[dict[st
     """Entries of ``new`` that differ from ``old``, and names ``old`` has but ``new`` lacks."""
     if old is None:
         return dict(new), []
-    changed = {name: value for name, value in new.items() if old.get(name) != value}
+    # By identity first: an unchanged entry is the very same object, and comparing 10,000
+    # dataclasses field by field took milliseconds a save.
+    changed = {
+        name: value for name in changed_keys(new, old) if (value := new[name]) != old.get(name)
+    }
     return changed, [name for name in old if name not in new]
 
 
