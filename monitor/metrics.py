@@ -13,6 +13,7 @@ from prometheus_client.registry import Collector
 
 from monitor.heartbeat import FIGURES
 from monitor.verdicts import Verdict
+from nodevigil.core.exposition import LeanGauge
 from nodevigil.core.resources import PROBES, LocalTrouble
 
 if TYPE_CHECKING:
@@ -28,17 +29,19 @@ class MonitorMetrics:
         # Per probe of a node, as blackbox_exporter users expect: the latest conclusive result
         # and its duration, two series per probe. Counts and the distribution are kept per
         # probe type, never per node: they would multiply the series of a 10,000-node fleet.
-        self.probe_success = Gauge(
+        # Series that grow with the fleet are lean gauges: a scrape formats only what changed.
+        self.probe_success = LeanGauge(
             "nodevigil_probe_success",
             "1 if the probe's latest conclusive result was a success, 0 if a failure.",
             ["node", "probe"],
             registry=registry,
         )
-        self.probe_duration = Gauge(
+        self.probe_duration = LeanGauge(
             "nodevigil_probe_duration_seconds",
             "How long the probe's latest conclusive result took.",
             ["node", "probe"],
             registry=registry,
+            decimals=6,  # microseconds: the digits beyond mean nothing for a probe
         )
         self.probe_results = Counter(
             "nodevigil_probe_results",
@@ -53,12 +56,22 @@ class MonitorMetrics:
             buckets=PROBE_BUCKETS,
             registry=registry,
         )
-        self.node_verdict = Gauge(
-            "nodevigil_node_verdict",
-            "1 for the node's current verdict (unknown, up, down), 0 for the others.",
-            ["node", "site", "verdict"],
+        # One series per node, as blackbox_exporter's probe_success: 1 up, 0 down, absent while
+        # the node is new (unknown). The counts by verdict, unknown included, are per site.
+        self.node_up = LeanGauge(
+            "nodevigil_node_up",
+            "1 while the node's verdict is up, 0 while it is down (absent while unknown).",
+            ["node", "site"],
             registry=registry,
         )
+        self.nodes = Gauge(
+            "nodevigil_nodes",
+            "Nodes by site and verdict (unknown, up, down).",
+            ["site", "verdict"],
+            registry=registry,
+        )
+        self._verdicts: dict[str, tuple[str, Verdict]] = {}  # node -> (site, verdict) shown
+        self._site_nodes: dict[str, int] = {}  # site -> its nodes with a verdict shown
         self.verdict_changes = Counter(
             "nodevigil_verdict_changes",
             "Node verdict changes by site and new verdict.",
@@ -97,15 +110,45 @@ class MonitorMetrics:
         self.vantage = VantageMetrics(registry)
 
     def set_verdict(self, node: str, site: str, verdict: Verdict) -> None:
-        """Mark ``verdict`` as the node's current one."""
-        for v in Verdict:
-            self.node_verdict.labels(node, site, v.value).set(1 if v is verdict else 0)
+        """Show ``verdict`` as the node's current one."""
+        shown = self._verdicts.get(node)
+        if shown is not None and shown[0] != site:  # moved to another site
+            self._drop_verdict(node)
+            shown = None
+        if shown is not None:
+            self.nodes.labels(site, shown[1].value).dec()
+        else:
+            if site not in self._site_nodes:  # a new site: its three counts, from 0
+                for v in Verdict:
+                    self.nodes.labels(site, v.value)
+            self._site_nodes[site] = self._site_nodes.get(site, 0) + 1
+        self._verdicts[node] = (site, verdict)
+        self.nodes.labels(site, verdict.value).inc()
+        if verdict is Verdict.UNKNOWN:
+            with contextlib.suppress(KeyError):
+                self.node_up.remove(node, site)
+        else:
+            self.node_up.labels(node, site).set(1 if verdict is Verdict.UP else 0)
+
+    def _drop_verdict(self, node: str) -> None:
+        """Take the node's shown verdict out of the counts and drop its series."""
+        shown = self._verdicts.pop(node, None)
+        if shown is None:
+            return
+        site, verdict = shown
+        with contextlib.suppress(KeyError):
+            self.node_up.remove(node, site)
+        self.nodes.labels(site, verdict.value).dec()
+        left = self._site_nodes[site] = self._site_nodes[site] - 1
+        if not left:  # a site without nodes leaves no series behind
+            del self._site_nodes[site]
+            for v in Verdict:
+                with contextlib.suppress(KeyError):
+                    self.nodes.remove(site, v.value)
 
     def forget_node(self, node: str, site: str, probes: Iterable[str] = ()) -> None:
         """Drop a removed node's series (its verdict's, and those of ``probes``)."""
-        for v in Verdict:
-            with contextlib.suppress(KeyError):
-                self.node_verdict.remove(node, site, v.value)
+        self._drop_verdict(node)
         for probe in probes:
             for family in (self.probe_success, self.probe_duration):
                 with contextlib.suppress(KeyError):

@@ -148,7 +148,11 @@ async def test_nodes_api_shows_verdicts_and_last_results(running: Running) -> No
 async def test_metrics_pass_promtool(running: Running, tmp_path: Path) -> None:
     async def judged() -> bool:
         _, text = await running.get("/metrics", token=None)
-        return 'nodevigil_node_verdict{node="zz",site="s",verdict="down"} 1.0' in text
+        verdicts = (
+            'nodevigil_node_up{node="zz",site="s"} 0.0',
+            'nodevigil_node_up{node="a",site="s"} 1.0',
+        )
+        return all(line in text for line in verdicts)
 
     await poll_until(judged, within=10, what="verdict gauge")
     _, text = await running.get("/metrics", token=None)
@@ -158,6 +162,8 @@ async def test_metrics_pass_promtool(running: Running, tmp_path: Path) -> None:
         'nodevigil_probe_success{node="zz",probe="http"} 0.0',
         'nodevigil_probe_success{node="a",probe="http"} 1.0',
         'nodevigil_probe_duration_seconds{node="a",probe="http"}',
+        'nodevigil_nodes{site="s",verdict="down"} 1.0',
+        'nodevigil_nodes{site="s",verdict="unknown"} 0.0',
         "nodevigil_verdict_changes_total",
         "nodevigil_event_loop_lag_seconds",
         "nodevigil_build_info",

@@ -687,12 +687,12 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 pass
             assert time.monotonic() < deadline, "not ready within 20 s:\n" + log_path.read_text()
             time.sleep(0.05)
-        while True:  # ready may come before the node's first probe result: wait for it
+        while True:  # ready may come before the node's first verdict: wait for it
             status, text = _get(base + "/metrics")
             assert status == 200
-            if 'nodevigil_probe_success{node="n",probe="http"}' in text:
+            if 'nodevigil_node_up{node="n",site="s"}' in text:
                 break
-            assert time.monotonic() < deadline, "no probe result within 20 s:\n" + text
+            assert time.monotonic() < deadline, "no verdict within 20 s:\n" + text
             time.sleep(0.05)
         yield text
     finally:
@@ -735,12 +735,16 @@ def test_live_metrics_pass_promtool_and_follow_the_conventions(live_metrics: str
     # (1.0, or 0.0 when the 100 ms probe timed out on a busy machine)
     assert re.search(r'nodevigil_probe_success\{node="n",probe="http"\} [01]\.0\n', live_metrics)
     assert re.search(r'nodevigil_probe_duration_seconds\{node="n",probe="http"\} \d', live_metrics)
+    # One verdict series per node, as blackbox_exporter's probe_success; counts per site.
+    assert re.search(r'nodevigil_node_up\{node="n",site="s"\} [01]\.0\n', live_metrics)
+    assert re.search(r'nodevigil_nodes\{site="s",verdict="unknown"\} 0\.0\n', live_metrics)
     assert 'node="n",probe="http",result=' not in live_metrics
 
 
 def test_every_metric_in_rules_and_dashboard_exists(live_metrics: str) -> None:
     exposed = exposed_series(live_metrics)
-    assert "nodevigil_node_verdict" in exposed and "nodevigil_probe_results_total" in exposed
+    assert "nodevigil_node_up" in exposed and "nodevigil_probe_results_total" in exposed
+    assert "nodevigil_node_verdict" not in exposed  # three series a node: replaced by node_up
     used = dashboard_and_rule_metrics()
     missing = {
         name: sorted(where)

@@ -118,8 +118,8 @@ async def run_attack(tmp_path: Path, api: dict[str, Any]) -> dict[str, Any]:
 
             async def all_up() -> bool:
                 _, text = await get(base, "/metrics")
-                up = samples(text, "nodevigil_node_verdict")
-                return sum(v for k, v in up.items() if 'verdict="up"' in k) == NODES
+                up = samples(text, "nodevigil_node_up{")
+                return sum(up.values()) == NODES
 
             deadline = time.monotonic() + 10
             while not await all_up():

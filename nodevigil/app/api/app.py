@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from nodevigil.app.api import times
 from nodevigil.app.api.auth import Principal, TokenBook, token_digest
@@ -28,6 +28,7 @@ from nodevigil.core.clock import Clock, SystemClock
 from nodevigil.core.config import Config
 from nodevigil.core.errors import StateError
 from nodevigil.core.eventlog import EventLog
+from nodevigil.core.exposition import exposition
 
 log = logging.getLogger(__name__)
 
@@ -232,14 +233,15 @@ def metrics_token_accepted(request: web.Request) -> bool:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus exposition, rendered off the event loop (behind a token when configured)."""
+    """Prometheus exposition (behind a token when configured), rendered in a thread: the series
+    that grow with the fleet are kept as lines, so a scrape formats only what changed."""
     if not metrics_token_accepted(request):
         return _unauthorized(
             "/metrics needs the metrics token (api.metrics_token_sha256)",
             'Bearer realm="nodevigil-metrics"',
             hint=BEARER_HINT,
         )
-    body = await asyncio.to_thread(generate_latest, request.app[CONTEXT].registry)
+    body = await asyncio.to_thread(exposition, request.app[CONTEXT].registry)
     response = web.Response(body=body)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"

@@ -50,7 +50,7 @@ def intro(world: World, kept: bool) -> str:
         "try, in another terminal:",
         f"  curl -s -H 'Authorization: Bearer {token}' {api}/api/v1/status",
         f"  curl -s -H 'Authorization: Bearer {token}' {api}/api/v1/sla/credits",
-        f"  curl -s {api}/metrics | grep nodevigil_node_verdict",
+        f"  curl -s {api}/metrics | grep nodevigil_node_up",
     ]
     return "\n".join(lines)
 
