@@ -314,6 +314,10 @@ class Controller:
                 await self._overrides.drop_orphaned(config, self._clock.wall())
                 await self._overrides.expire(self._clock.wall(), config.failover.drain_max)
             index = self._fleet_index(config)
+            # Verdicts that moved during the awaits above: their events are noted with the
+            # verdicts read, so a decision never pairs a new verdict with an old reason.
+            for event in self._sub.drain():
+                self._note(event)
             verdicts = dict(self._source.verdicts())
             overrides = self._overrides.snapshot()
             dirty = None if full else self._dirty(config, index, verdicts, overrides, leader)
