@@ -112,7 +112,7 @@ class _SwitchableResponder(_Responder):
         return FAILING if self._failing[0] else RESPONSE
 
 
-async def _serve_switchable(ports: int, max_seconds: float) -> None:
+async def _serve_switchable(ports: int, max_seconds: float, host: str = LOOPBACK) -> None:
     """Serve ``ports`` ports; stdin lines ``fail P...`` / ``ok P...`` switch ports, each
     acknowledged with one JSON line carrying the wall time the switch took effect."""
     loop = asyncio.get_running_loop()
@@ -121,7 +121,7 @@ async def _serve_switchable(ports: int, max_seconds: float) -> None:
     for _ in range(ports):
         failing = [False]
         server = await loop.create_server(
-            functools.partial(_SwitchableResponder, failing), LOOPBACK, 0, backlog=1024
+            functools.partial(_SwitchableResponder, failing), host, 0, backlog=1024
         )
         switches[server.sockets[0].getsockname()[1]] = failing
         servers.append(server)
@@ -150,12 +150,12 @@ async def _serve_switchable(ports: int, max_seconds: float) -> None:
             server.close()
 
 
-def start_switchable_targets(ports: int) -> Child:
-    """The light target on ``ports`` ports whose answers the parent can switch to 503."""
-    return spawn_json(
-        [sys.executable, str(Path(__file__).resolve()), "switchable", "--ports", str(ports)],
-        timeout=300.0,
-    )
+def start_switchable_targets(ports: int, host: str = LOOPBACK) -> Child:
+    """The light target on ``ports`` ports of ``host`` (any 127.x.y.z: each address has its
+    own ports, so fleets beyond the ephemeral port range fit on several) whose answers the
+    parent can switch to 503."""
+    command = [sys.executable, str(Path(__file__).resolve()), "switchable", "--ports", str(ports)]
+    return spawn_json([*command, "--host", host], timeout=300.0)
 
 
 def raise_fd_limit_to(wanted: int) -> int:
@@ -316,13 +316,14 @@ def main() -> None:
     switchable = sub.add_parser("switchable", help="like target; stdin switches ports to 503")
     switchable.add_argument("--ports", type=int, default=1)
     switchable.add_argument("--max-seconds", type=float, default=TARGET_LIFETIME)
+    switchable.add_argument("--host", default=LOOPBACK, help="a loopback address to serve on")
     args = parser.parse_args()
     raise_fd_limit()
     if args.role == "target":
         asyncio.run(_serve_targets(args.ports, args.max_seconds))
     elif args.role == "switchable":
         raise_fd_limit_to(4 * args.ports + 1024)  # listeners, connections, hedged extras
-        asyncio.run(_serve_switchable(args.ports, args.max_seconds))
+        asyncio.run(_serve_switchable(args.ports, args.max_seconds, args.host))
 
 
 if __name__ == "__main__":

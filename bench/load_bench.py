@@ -3,7 +3,9 @@
 Run: ``cd /work/main && .venv/bin/python bench/load_bench.py`` (5 minutes measured per
 backend, about 13 in all for both) or ``--quick`` (1 minute each, about 6 for both).
 Options: ``--nodes N``, ``--minutes M``, ``--peer-nodes N`` (0 skips the peer),
-``--flap-share F``, ``--target-procs P``, ``--seed S``, ``--backend sqlite|postgres|both``
+``--flap-share F``, ``--target-procs P``, ``--seed S``, ``--workers N`` or ``N,M``
+(monitor.workers; two counts are compared on the first backend, ``--abba`` for N M M N),
+``--backend sqlite|postgres|both``
 (default both: the whole run once on SQLite, then once on PostgreSQL 15 started by
 ``tests/postgres_server.py``, the daemon's configuration with a ``database:`` section and a
 fresh database; the peer runs on the first backend only).
@@ -96,6 +98,7 @@ class Plan:
     seed: int
     scrape_every: float = 15.0
     backend: str = "sqlite"  # or "postgres": the daemon's configuration gets a database: section
+    workers: int | None = None  # monitor.workers (None: the daemon's default)
 
 
 # --- the daemon's side (child process) -------------------------------------------------------
@@ -255,6 +258,14 @@ def _trim_recordings(daemon: Any) -> int:
     return trimmed
 
 
+def _worker_lags(daemon: Any) -> dict[str, list[float]]:
+    """Each monitor worker's loop lags since the last sample (empty without workers)."""
+    take = getattr(daemon.monitor, "take_worker_lags", None)
+    if take is None:
+        return {}
+    return {str(pid): [round(lag, 4) for lag in lags] for pid, lags in take().items()}
+
+
 async def daemon_role(config_path: Path, sample_every: float, stalls: bool = False) -> None:
     """Run the real daemon; print a hello line, then one JSON sample every ``sample_every``."""
     from nodevigil.app.daemon import Daemon
@@ -323,6 +334,8 @@ async def daemon_role(config_path: Path, sample_every: float, stalls: bool = Fal
                 "cycles": cycles,
                 "cycle_time": cycle_time,
                 "lb_calls": _trim_recordings(daemon),
+                # monitor.workers: each worker's 100 ms ticker lags, by pid
+                "worker_lags": _worker_lags(daemon),
             }
             print(json.dumps(sample), flush=True)
         await run
@@ -337,9 +350,13 @@ async def daemon_role(config_path: Path, sample_every: float, stalls: bool = Fal
 
 
 def build_config(
-    workdir: Path, ports: list[int], nodes: int, database: dict[str, str] | None = None
+    workdir: Path,
+    addresses: list[str],
+    nodes: int,
+    database: dict[str, str] | None = None,
+    workers: int | None = None,
 ) -> Path:
-    """The daemon's configuration file: ``nodes`` nodes on ``ports`` (one each); state in
+    """The daemon's configuration file: ``nodes`` nodes on ``addresses`` (one each); state in
     ``workdir/state``, or in PostgreSQL with ``database`` (url, password_file)."""
     lbs: dict[str, Any] = {f"lb-{s:02d}": {"type": "recording"} for s in range(SITES)}
     lbs["gslb"] = {"type": "recording"}
@@ -370,13 +387,15 @@ def build_config(
             {
                 "name": f"n{i:05d}",
                 "site": f"s{i % SITES:02d}",
-                "probes": [{"type": "http", "url": f"http://127.0.0.1:{ports[i]}/healthz"}],
+                "probes": [{"type": "http", "url": f"http://{addresses[i]}/healthz"}],
             }
             for i in range(nodes)
         ],
     }
     if database is not None:
         config["database"] = database
+    if workers is not None:
+        config["monitor"] = {"workers": workers}
     path = workdir / "nodevigil.json"  # YAML is a superset of JSON: the loader reads it
     path.write_text(json.dumps(config))
     return path
@@ -388,11 +407,11 @@ class Switch:
 
     at: float
     node: str = field(compare=False)
-    port: int = field(compare=False)
+    address: str = field(compare=False)  # host:port
     fail: bool = field(compare=False)
 
 
-def flap_schedule(plan: Plan, ports: list[int], start: float) -> list[Switch]:
+def flap_schedule(plan: Plan, addresses: list[str], start: float) -> list[Switch]:
     """Every switch of every flapping node over the run, in time order."""
     rng = random.Random(plan.seed)
     count = round(plan.nodes * plan.flap_share)
@@ -402,9 +421,9 @@ def flap_schedule(plan: Plan, ports: list[int], start: float) -> list[Switch]:
     for i in flappers:
         at = start + rng.uniform(0, PERIOD)  # the first failure
         while at < end:
-            switches.append(Switch(at, f"n{i:05d}", ports[i], True))
+            switches.append(Switch(at, f"n{i:05d}", addresses[i], True))
             if at + DOWN_FOR < end:
-                switches.append(Switch(at + DOWN_FOR, f"n{i:05d}", ports[i], False))
+                switches.append(Switch(at + DOWN_FOR, f"n{i:05d}", addresses[i], False))
             at += PERIOD
     return sorted(switches)
 
@@ -417,22 +436,24 @@ class Targets:
 
     def __init__(self, ports_per_proc: list[int]) -> None:
         self.children: list[Child] = []
-        self.owner: dict[int, int] = {}
+        self.owner: dict[str, int] = {}  # host:port -> its process
         self._acks: list[queue.Queue[dict[str, Any]]] = []
-        for count in ports_per_proc:
-            child = start_switchable_targets(count)
-            index = len(self.children)
+        for index, count in enumerate(ports_per_proc):
+            # One loopback address per process: 20,000 listeners would not fit in the
+            # ephemeral port range of one address (28,232 ports, shared with every client).
+            child = start_switchable_targets(count, f"127.0.0.{index + 1}")
+            child.hello["host"] = f"127.0.0.{index + 1}"
             self.children.append(child)
             for port in child.hello["ports"]:
-                self.owner[port] = index
+                self.owner[f"{child.hello['host']}:{port}"] = index
             acks: queue.Queue[dict[str, Any]] = queue.Queue()
             self._acks.append(acks)
             threading.Thread(target=self._read, args=(child, acks), daemon=True).start()
 
     @property
-    def ports(self) -> list[int]:
-        """Every port, in process order."""
-        return [p for child in self.children for p in child.hello["ports"]]
+    def addresses(self) -> list[str]:
+        """Every host:port, in process order."""
+        return [f"{c.hello['host']}:{p}" for c in self.children for p in c.hello["ports"]]
 
     @staticmethod
     def _read(child: Child, acks: queue.Queue[dict[str, Any]]) -> None:
@@ -441,11 +462,11 @@ class Targets:
             with contextlib.suppress(ValueError):
                 acks.put(json.loads(line))
 
-    def switch(self, ports: list[int], fail: bool) -> float:
-        """Switch ``ports``; return the (latest) wall time the switch took effect."""
-        by_proc: dict[int, list[int]] = {}
-        for port in ports:
-            by_proc.setdefault(self.owner[port], []).append(port)
+    def switch(self, addresses: list[str], fail: bool) -> float:
+        """Switch ``addresses``; return the (latest) wall time the switch took effect."""
+        by_proc: dict[int, list[str]] = {}
+        for address in addresses:
+            by_proc.setdefault(self.owner[address], []).append(address.rpartition(":")[2])
         at = 0.0
         for index, group in by_proc.items():
             stdin = self.children[index].process.stdin
@@ -478,7 +499,7 @@ class DaemonChild:
             args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
         )
         self.samples: list[dict[str, Any]] = []
-        self.outside: list[dict[str, float]] = []
+        self.outside: list[dict[str, Any]] = []
         self._hello: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.hello = self._hello.get(timeout=600)
@@ -503,10 +524,17 @@ class DaemonChild:
     def look(self) -> None:
         """The outside view: CPU seconds, RSS, open files (psutil, all threads)."""
         times = self.ps.cpu_times()
+        workers: dict[str, dict[str, float]] = {}  # monitor workers (monitor.workers), by pid
+        for child in self.ps.children():
+            with contextlib.suppress(psutil.Error):
+                t = child.cpu_times()
+                rss = child.memory_info().rss / (1 << 20)
+                workers[str(child.pid)] = {"cpu": t.user + t.system, "rss": rss}
         self.outside.append(
             {
                 "t": time.monotonic(),
                 "cpu": times.user + times.system,
+                "workers": workers,
                 "rss": self.ps.memory_info().rss / (1 << 20),
                 "fds": float(self.ps.num_fds()),
                 "db_cpu": postgres_cpu(),  # the PostgreSQL server's processes (0 without one)
@@ -562,7 +590,7 @@ class RunResult:
 
     plan: Plan
     samples: list[dict[str, Any]]
-    outside: list[dict[str, float]]
+    outside: list[dict[str, Any]]
     switches: list[tuple[Switch, float]]  # each switch and the wall time it took effect
     events: list[tuple[str, str, float, dict[str, Any]]]
     start_wall: float
@@ -593,7 +621,9 @@ def run_pipeline(plan: Plan, log: Any, address: PostgresAddress | None = None) -
                 dbname = address.create_database()
                 database = {"url": address.url(dbname), "password_file": str(address.password_file)}
             try:
-                config = build_config(Path(tmp), targets.ports, plan.nodes, database)
+                config = build_config(
+                    Path(tmp), targets.addresses, plan.nodes, database, plan.workers
+                )
                 log(f"  starting the daemon on {plan.nodes} nodes ({BACKENDS[plan.backend]})")
                 daemon = DaemonChild(config)
                 if "error" in daemon.hello:
@@ -623,7 +653,7 @@ def run_pipeline(plan: Plan, log: Any, address: PostgresAddress | None = None) -
 def _drive(plan: Plan, targets: Targets, daemon: DaemonChild, log: Any) -> RunResult:
     start_mono, start_wall = time.monotonic(), time.time()
     target_cpu0 = targets.cpu()
-    schedule = flap_schedule(plan, targets.ports, start_mono)
+    schedule = flap_schedule(plan, targets.addresses, start_mono)
     end = start_mono + WARMUP + plan.seconds
     switched: list[tuple[Switch, float]] = []
     next_look = start_mono
@@ -643,7 +673,7 @@ def _drive(plan: Plan, targets: Targets, daemon: DaemonChild, log: Any) -> RunRe
             due[switch.fail].append(switch)
         for fail, group in due.items():
             if group:
-                at = targets.switch([s.port for s in group], fail)
+                at = targets.switch([s.address for s in group], fail)
                 switched.extend((s, at) for s in group)
         upcoming = min(next_look, end, pending[-1].at if pending else end)
         time.sleep(max(0.0, min(upcoming - time.monotonic(), 0.05)))
@@ -820,6 +850,10 @@ class Window:
     db_cores: float = 0.0  # the PostgreSQL server's processes
     writes: dict[str, float] = field(default_factory=dict)  # event-log batch writes
     pool: dict[str, float] = field(default_factory=dict)  # PostgreSQL pool (empty on SQLite)
+    # monitor.workers: each worker's loop lag p99 and RSS at the end, and their CPU together
+    worker_lag_p99: list[float] = field(default_factory=list)
+    worker_rss: list[float] = field(default_factory=list)
+    worker_cores: float = 0.0
 
 
 def _writes(
@@ -907,7 +941,26 @@ def window(
         db_cores=db_cores,
         writes=_writes(first, last, later),
         pool=_pool(first, last, later),
+        **_workers(later, outside),
     )
+
+
+def _workers(later: list[dict[str, Any]], outside: list[dict[str, Any]]) -> dict[str, Any]:
+    """The monitor workers' figures over a window: loop lag p99 and RSS per worker, cores."""
+    lags: dict[str, list[float]] = {}
+    for sample in later:
+        for pid, got in sample.get("worker_lags", {}).items():
+            lags.setdefault(pid, []).extend(got)
+    a, b = outside[0].get("workers", {}), outside[-1].get("workers", {})
+    span = outside[-1]["t"] - outside[0]["t"]
+    cores = sum(b[pid]["cpu"] - a[pid]["cpu"] for pid in b if pid in a) / span
+    # A worker started during the window (a restart) counts from its start.
+    cores += sum(b[pid]["cpu"] for pid in b if pid not in a) / span
+    return {
+        "worker_lag_p99": [quantile(v, 0.99) for _, v in sorted(lags.items()) if v],
+        "worker_rss": [w["rss"] for _, w in sorted(b.items())],
+        "worker_cores": cores,
+    }
 
 
 def _ms(seconds: float) -> str:
@@ -1011,6 +1064,21 @@ def summarize(result: RunResult) -> dict[str, Any]:
         f"{gc_runs}, pause max {_ms(whole.gc_max)} ms; open files "
         f"{max(o['fds'] for o in steady):.0f}"
     )
+    late = whole.skipped * (plan.seconds)
+    print(
+        f"probes on time: {whole.rate / offered:.2%} of the offered rate ran; rounds shed for "
+        f"running late (> interval/2): {late:.0f} ({whole.skipped:.1f}/s)"
+    )
+    rss_total = [(o["t"] - base, o["rss"] + sum(w["rss"] for w in o.get("workers", {}).values()))
+                 for o in steady]  # fmt: skip
+    if whole.worker_rss:
+        print(
+            f"monitor workers: {len(whole.worker_rss)}, loop lag p99 "
+            f"{', '.join(_ms(v) for v in whole.worker_lag_p99)} ms (main {_ms(whole.lag_p99)} "
+            f"ms), RSS {', '.join(f'{v:.0f}' for v in whole.worker_rss)} MiB (main "
+            f"{whole.rss:.0f}), {whole.worker_cores:.2f} cores (main {whole.cores:.2f}); all "
+            f"processes' RSS {_slope(rss_total):+.2f} MiB/min"
+        )
     if result.scrapes:
         print(
             f"/metrics scraped every {plan.scrape_every:g}s: {len(result.scrapes)} scrapes of "
@@ -1038,6 +1106,9 @@ def summarize(result: RunResult) -> dict[str, Any]:
     action_all = [d.action_lag for d in settled if d.action_lag is not None]
     return {
         "backend": plan.backend,
+        "workers": plan.workers,
+        "rss_total_slope": _slope(rss_total),
+        "scrape_p50": quantile(result.scrapes, 0.5) if result.scrapes else math.nan,
         "action_p99": quantile(action_all, 0.99),
         "nodes": plan.nodes,
         "whole": whole,
@@ -1073,6 +1144,39 @@ def print_ratios(main: dict[str, Any], peer: dict[str, Any]) -> None:
 
 def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
+
+
+def print_worker_ratios(runs: dict[int | None, list[dict[str, Any]]]) -> None:
+    """The same plan with two values of monitor.workers (same run; A B B A with --abba):
+    each figure over the measured window, averaged over each count's runs."""
+    (wa, a), (wb, b) = runs.items()
+    rows: list[tuple[str, Any]] = [
+        ("probes/s achieved", lambda r: r["whole"].rate),
+        ("share of offered probes that ran (%)", lambda r: r["whole"].rate / r["nodes"] * 100),
+        ("rounds shed for lateness (/s)", lambda r: r["whole"].skipped),
+        ("main process: cores", lambda r: r["whole"].cores),
+        ("workers: cores (together)", lambda r: r["whole"].worker_cores),
+        ("main process: loop lag p99 (ms)", lambda r: r["whole"].lag_p99 * 1000),
+        ("main process: loop lag max (ms)", lambda r: r["whole"].lag_max * 1000),
+        ("worst worker: loop lag p99 (ms)",
+         lambda r: max(r["whole"].worker_lag_p99, default=math.nan) * 1000),
+        ("main process: RSS at the end (MiB)", lambda r: r["whole"].rss),
+        ("workers: RSS at the end (MiB, sum)", lambda r: sum(r["whole"].worker_rss)),
+        ("all processes: RSS slope (MiB/min)", lambda r: r["rss_total_slope"]),
+        ("down verdict p50 (ms)", lambda r: r["down_verdict"][0] * 1000),
+        ("verdict -> lb action p50 (ms)", lambda r: r["action"][0] * 1000),
+        ("verdict -> lb action p99 (ms)", lambda r: r["action_p99"] * 1000),
+        ("/metrics scrape p50 (ms)", lambda r: r["scrape_p50"] * 1000),
+        ("false verdicts", lambda r: r["false"]),
+        ("decisions missing", lambda r: r["missing"]),
+    ]  # fmt: skip
+    name = {None: "default"}
+    ha, hb = f"workers {name.get(wa, wa)}", f"workers {name.get(wb, wb)}"
+    each = f" (mean of {len(a)} runs each, A B B A)" if len(a) > 1 else ""
+    print(f"\n--- {a[0]['nodes']} nodes: monitor.workers compared, same invocation{each} ---")
+    print(f"{'':<40}{ha:>12}{hb:>12}")
+    for label, get in rows:
+        print(f"{label:<40}{_mean([get(r) for r in a]):>12.2f}{_mean([get(r) for r in b]):>12.2f}")
 
 
 def print_backend_ratios(sq: list[dict[str, Any]], pg: list[dict[str, Any]]) -> None:
@@ -1152,10 +1256,16 @@ def main_parent(args: argparse.Namespace) -> None:
             log(f"peer: {peer.nodes} nodes for {WARMUP + peer.seconds:.0f}s on {peer.backend}")
             peer_summary = summarize(run_pipeline(peer, log, address))
         summaries: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
-        order = list(backends)
-        if args.abba and len(backends) == 2:
-            order = [backends[0], backends[1], backends[1], backends[0]]
-        for backend in order:
+        counts: list[int | None] = (
+            [int(w) for w in args.workers.split(",")] if args.workers else [None]
+        )
+        runs = [(b, counts[0]) for b in backends]
+        if len(counts) == 2:  # workers against workers, on the first backend
+            runs = [(backends[0], w) for w in counts]
+        if args.abba and len(runs) == 2:
+            runs = [runs[0], runs[1], runs[1], runs[0]]
+        by_workers: dict[int | None, list[dict[str, Any]]] = {}
+        for backend, workers in runs:
             plan = Plan(
                 args.nodes,
                 seconds,
@@ -1164,12 +1274,20 @@ def main_parent(args: argparse.Namespace) -> None:
                 args.seed,
                 args.scrape_every,
                 backend,
+                workers,
             )
-            log(f"\nmain: {plan.nodes} nodes for {WARMUP + plan.seconds:.0f}s on {backend}")
-            summaries[backend].append(summarize(run_pipeline(plan, log, address)))
+            log(
+                f"\nmain: {plan.nodes} nodes for {WARMUP + plan.seconds:.0f}s on {backend}, "
+                f"monitor.workers {workers if workers is not None else 'default'}"
+            )
+            summary = summarize(run_pipeline(plan, log, address))
+            summaries[backend].append(summary)
+            by_workers.setdefault(workers, []).append(summary)
     if peer_summary is not None:
         print_ratios(summaries[backends[0]][0], peer_summary)
-    if len(summaries) == 2:
+    if len(by_workers) == 2:
+        print_worker_ratios(by_workers)
+    elif len(summaries) == 2:
         print_backend_ratios(summaries["sqlite"], summaries["postgres"])
     print(f"\ncommand: {command}\ntotal time: {time.monotonic() - started:.0f}s")
 
@@ -1197,6 +1315,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--scrape-every", type=float, default=15.0, help="GET /metrics this often (0: never)"
+    )
+    parser.add_argument(
+        "--workers",
+        help="monitor.workers for the daemon: N, or N,M to compare two counts on the first "
+        "backend (with --abba: N M M N); unset: the daemon's default",
     )
     parser.add_argument(
         "--stalls", action="store_true", help="the daemon prints where its loop was late"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -40,6 +41,11 @@ OVERLOAD_HOLD = 2.0
 # 50 ms for a 100 ms probe, 250 ms for the default 500 ms. A fleet of 10,000 nodes has
 # decision cycles of ~0.1 s; with one flat threshold of 0.1 s they blinded the monitor for good.
 OVERLOAD_SHARE = 0.5
+# A probe's first round opens its connection, which costs several times a round on a kept-alive
+# one: 10,000 of them in the first second stalled the loop for seconds at start, and the rounds
+# it shed opened yet more. The first rounds of a large batch of new probes are spread so that
+# at most this many start per second, each still at its own random phase within its interval.
+FIRST_ROUNDS_PER_SECOND = 2000
 
 
 @dataclass(slots=True)
@@ -207,9 +213,10 @@ class Monitor:
         for name in list(old):
             if name not in wanted or old[name].node != wanted[name]:
                 self._stop(old.pop(name))
-        for node in config.nodes:
-            if node.name not in old:
-                old[node.name] = self._start(node)
+        new = [node for node in config.nodes if node.name not in old]
+        spread = sum(len(node.probes) for node in new) / FIRST_ROUNDS_PER_SECOND
+        for node in new:
+            old[node.name] = self._start(node, spread)
         self._watched = {n.name: old[n.name] for n in config.nodes}
         # Only the agents of configured mqtt probes are heard; messages for others are dropped.
         self._board.expect(
@@ -219,7 +226,9 @@ class Monitor:
             if isinstance(spec, MqttProbe)
         )
 
-    def _start(self, node: Node) -> _Watched:
+    def _start(self, node: Node, spread: float = 0.0) -> _Watched:
+        """Watch ``node``: a judge, a prober and a schedule per probe, whose first round comes
+        within ``spread`` seconds (at least one interval; see FIRST_ROUNDS_PER_SECOND)."""
         d = self._config.defaults
         judge = NodeJudge.create(
             [p.label for p in node.probes],
@@ -249,11 +258,34 @@ class Monitor:
                 watched, spec.label, prober, interval, spec.type, f"probe:{node.name}/{spec.label}"
             )
             # A random phase per probe spreads 10,000 probes over the interval; the schedule is
-            # then fixed on the monotonic clock so probes neither drift nor bunch up again.
+            # then fixed on the monotonic clock so probes neither drift nor bunch up again. The
+            # first round comes at that phase in one of the first intervals that ``spread``
+            # covers, so that a fleet's connections open at the pace its rounds will run.
             schedule.next_at = now + self._rng.uniform(0, interval)
-            schedule.entry = self._timers.call_at(schedule.next_at, partial(self._due, schedule))
+            if spread > interval:
+                schedule.next_at += self._rng.randrange(math.ceil(spread / interval)) * interval
+            schedule.entry = self._timers.call_at(
+                schedule.next_at, partial(self._first_due, schedule)
+            )
             watched.schedules.append(schedule)
         return watched
+
+    def _first_due(self, schedule: _Schedule) -> None:
+        """A probe's first round: at its phase, unless the loop was too busy (starting up, a
+        reload's batch) to run it near then. Such first rounds come due all at once when the
+        loop is free again; each then takes a fresh random phase within the next interval
+        instead of all opening their connections together (once: later rounds are shed when
+        late, see ``_due``)."""
+        if schedule.stopped or schedule.entry is None:
+            return
+        schedule.entry[2] = partial(self._due, schedule)  # every later round
+        now = self._clock.monotonic()
+        if now - schedule.next_at > min(OVERLOAD_LAG, schedule.interval / 2):
+            schedule.next_at = now + self._rng.uniform(0, schedule.interval)
+            assert self._timers is not None
+            self._timers.reschedule(schedule.entry, schedule.next_at)
+            return
+        self._due(schedule)
 
     def _stop(self, watched: _Watched) -> None:
         for schedule in watched.schedules:

@@ -869,3 +869,22 @@ async def test_an_unreadable_file_is_refused_by_the_console_script(tmp_path: Pat
     code, out, err = await _run(*argv, cwd=tmp_path)
     assert (code, out) == (1, ""), err
     assert err == f"{path}: cannot read: Permission denied\n"
+
+
+# --- libyaml's C loader reads what the Python loader reads ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *(path.read_text() for path in sorted((ROOT / "configs").glob("*.yaml"))),
+        _laughs(4),  # aliases, expanded alike
+        "a: &x {b: [1, 2.5, yes, ~, 2026-03-01, '0x10', 0x10]}\nc: {<<: *x, d: !!binary aGk=}\n",
+    ],
+)
+def test_the_c_loader_reads_what_the_python_loader_reads(text: str) -> None:
+    from nodevigil.core.config import yamlfile
+
+    if yamlfile._CLoader is None:
+        pytest.skip("PyYAML was built without libyaml")
+    assert yamlfile._load(yamlfile._CLoader(text)) == yamlfile._python_load(text)

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self, runtime_checkable
 
 from yarl import URL
 
@@ -185,11 +185,26 @@ class Exchange(Try):
             self.connecting.cancel()
 
 
+@runtime_checkable
+class StreamTransport(Protocol):
+    """What a connection needs of its transport: a byte stream it can write to and drop.
+
+    asyncio's own transports subclass ``asyncio.Transport``; uvloop's (``TCPTransport``, its
+    SSL transport) implement the same methods without subclassing it, so the check is by
+    shape: one the connection could not write to or drop (a read-only pipe's) is refused.
+    """
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> None: ...
+    def abort(self) -> None: ...
+    def close(self) -> None: ...
+    def is_closing(self) -> bool: ...
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection parsing one answer at a time."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+        self.transport: StreamTransport | None = None
         self.key: tuple[str, str, int, bool] | None = None
         self.session: ProbeSession | None = None
         self.reusable = False
@@ -211,7 +226,10 @@ class _Connection(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # create_connection always hands over a stream; checked by shape, not by class (uvloop)
+        if not isinstance(transport, StreamTransport):
+            transport.close()
+            raise TypeError(f"not a stream transport: {type(transport).__name__}")
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
@@ -50,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="observe mode whatever failover.mode says: decide and log, write nothing to "
         "any load balancer, notify no customer (until restarted without it)",
+    )
+    run.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default=None,
+        help="event loop: auto (uvloop when installed, the default), asyncio or uvloop; "
+        "overrides $NODEVIGIL_LOOP",
     )
 
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
@@ -224,8 +232,12 @@ def main(argv: list[str] | None = None, *, early: EarlySignals | None = None) ->
             return _check_config(args.config)
         if args.command == "run":
             from nodevigil.app.daemon import serve
+            from nodevigil.core.eventloop import choose_loop, loop_factory
 
-            return asyncio.run(serve(args.config, early=early, observe=args.observe))
+            loop = choose_loop(args.loop)
+            logging.getLogger("nodevigil").info("event loop: %s", loop)
+            with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
+                return runner.run(serve(args.config, early=early, observe=args.observe))
         if args.command == "sla":
             from nodevigil.app import sla_cli
 

@@ -34,7 +34,7 @@ from failover.notify.outbox import Dispatcher
 from failover.notify.transports import build_transport
 from monitor.heartbeat import HeartbeatBoard, HeartbeatListener
 from monitor.metrics import AgentCollector, MonitorMetrics
-from monitor.monitor import Monitor
+from monitor.sharded import MonitorView, build_monitor
 from nodevigil import __version__
 from nodevigil.app import systemd
 from nodevigil.app.api import (
@@ -116,6 +116,7 @@ class Daemon:
         self.on_started: Callable[[], None] | None = None
         self._etcd: EtcdClient | None = None  # in a cluster: one client for lease and votes
         self.vantages: Vantages | None = None  # with cluster.vantages: this host's votes
+        self.monitor: MonitorView  # set by run(): in this process or over worker processes
 
     def request_stop(self) -> None:
         """Ask the daemon to stop cleanly."""
@@ -237,13 +238,15 @@ class Daemon:
         # what the controller and the API read is the quorum's verdict (app/vantages.py).
         voting = config.cluster is not None and bool(config.cluster.vantages)
         local_bus = EventBus() if voting else self.bus
+        # In this process, or over ``monitor.workers`` processes (monitor/sharded.py).
         self.monitor = await stack.enter_async_context(
-            Monitor(
+            build_monitor(
                 config,
                 bus=local_bus,
                 clock=self.clock,
                 metrics=MonitorMetrics(self.registry),
                 board=self.board,
+                registry=self.registry,
             )
         )
         nodes: NodeView = self.monitor
@@ -732,7 +735,7 @@ def restart_only_changes(old: Config, new: Config) -> list[str]:
     """The changed settings a reload cannot apply (the process opened or built them at start)."""
     changed = [
         key
-        for key in ("state_dir", "timezone", "vantage", "mqtt", "sla")
+        for key in ("state_dir", "timezone", "vantage", "mqtt", "sla", "monitor")
         if getattr(old, key) != getattr(new, key)
     ]
     applied: dict[str, Any] = {"tokens": [], "metrics_token_sha256": None}  # per request

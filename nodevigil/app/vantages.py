@@ -28,11 +28,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from monitor.canaries import Canaries
 from monitor.isolation import IsolationJudge, IsolationSettings, VantageMetrics
-from monitor.monitor import Monitor
 from monitor.quorum import Combined, Vote, VoteBook
+from monitor.sharded import MonitorView
 from monitor.verdicts import NodeVerdictEvent, Verdict, VerdictChange
 from nodevigil.core.clock import Clock
-from nodevigil.core.config.schema import Cluster, Config, split_host_port
+from nodevigil.core.config.schema import Cluster, Config, Isolation, split_host_port
 from nodevigil.core.events import Event, EventBus
 from nodevigil.state.etcd.votes import StoredVote, VoteStore
 
@@ -55,14 +55,20 @@ def advertise_url(config: Config) -> str | None:
     host, port = split_host_port(config.api.listen)
     if host in ("", "0.0.0.0", "::") or port == 0:
         return None
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if config.api.tls is not None else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def default_canaries(cluster: Cluster, peers: Callable[[], Sequence[str]]) -> list[str]:
-    """``cluster.isolation.canaries``, else the etcd endpoints and the other vantages' APIs."""
+    """``cluster.isolation.canaries``, else the etcd endpoints and the other vantages' APIs.
+
+    etcd's canary is its ``/version``, a static answer: ``/health`` costs etcd a raft
+    proposal and a WAL fsync on every member per call (etcd 3.4), each vantage's every
+    second, to learn nothing more (any answer proves the path).
+    """
     if cluster.isolation.canaries is not None:
         return list(cluster.isolation.canaries)
-    etcd = [f"{url.rstrip('/')}/health" for url in cluster.etcd.endpoints]
+    etcd = [f"{url.rstrip('/')}/version" for url in cluster.etcd.endpoints]
     return [*etcd, *(f"{api.rstrip('/')}/healthz" for api in peers())]
 
 
@@ -77,7 +83,7 @@ class Vantages:
         self,
         *,
         config: Config,
-        monitor: Monitor,
+        monitor: MonitorView,
         local_bus: EventBus,
         bus: EventBus,
         store: VoteStore,
@@ -99,15 +105,11 @@ class Vantages:
         self._judge = IsolationJudge(isolation_settings(cluster))
         self._isolation_reason = ""
         self._isolated_at = 0.0  # wall time isolation began (the label of the unknown votes)
-        self._canaries = Canaries(
-            canaries,
-            interval=cluster.isolation.interval,
-            timeout=cluster.isolation.timeout,
-            clock=clock,
-        )
+        self._canary_targets = canaries
+        self._canaries = self._new_canaries(cluster)
+        self._canaries_running = False
         self._metrics = VantageMetrics(registry)
         self._task: asyncio.Task[None] | None = None
-        self._stack = contextlib.AsyncExitStack()
         local_bus.add_sink(self._on_local)
         store.subscribe(self._on_vote)
         registry.register(VoteTally(self.book))
@@ -115,7 +117,8 @@ class Vantages:
     # --- running -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        await self._stack.enter_async_context(self._canaries)
+        await self._canaries.__aenter__()
+        self._canaries_running = True
         self._task = asyncio.create_task(self._judge_isolation(), name="vantage-isolation")
         return self
 
@@ -127,13 +130,44 @@ class Vantages:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._stack.aclose()
+        await self._stop_canaries()
 
-    async def _judge_isolation(self) -> None:
+    @property
+    def canary_timing(self) -> tuple[float, float]:
+        """The running canaries' interval and timeout (a reload changes them at a check)."""
+        return self._canary_timing
+
+    def _isolation(self) -> Isolation:
+        """``cluster.isolation`` of the configuration in force (it follows a reload)."""
         cluster = self._config.cluster
         assert cluster is not None
+        return cluster.isolation
+
+    def _new_canaries(self, cluster: Cluster) -> Canaries:
+        iso = cluster.isolation
+        self._canary_timing = (iso.interval, iso.timeout)
+        return Canaries(
+            self._canary_targets, interval=iso.interval, timeout=iso.timeout, clock=self._clock
+        )
+
+    async def _stop_canaries(self) -> None:
+        if self._canaries_running:
+            self._canaries_running = False
+            await self._canaries.__aexit__(None, None, None)
+
+    async def _judge_isolation(self) -> None:
         while True:
-            await self._clock.sleep(cluster.isolation.interval)
+            await self._clock.sleep(self._isolation().interval)
+            iso = self._isolation()
+            if (iso.interval, iso.timeout) != self._canary_timing:
+                # A reload changed how often and how long canaries are checked: new checkers
+                # (their results are unknown, so ignored, until their first round ends).
+                await self._stop_canaries()
+                cluster = self._config.cluster
+                assert cluster is not None
+                self._canaries = self._new_canaries(cluster)
+                await self._canaries.__aenter__()
+                self._canaries_running = True
             try:
                 self.check_isolation()
             except Exception:  # the judgement must never stop: log and look again next time
@@ -143,6 +177,11 @@ class Vantages:
         """Judge once whether this vantage is cut off; act on a change. Returns isolated."""
         results = self._canaries.results()
         self._metrics.set_canaries(results)
+        if self._monitor.overloaded():
+            # As with the probes' failures: a canary that failed while this process's loop was
+            # late proves nothing about the network (it may have timed out here, not out
+            # there; its result does not say which), so none counts until the loop keeps up.
+            results = {target: (None if ok is False else ok) for target, ok in results.items()}
         check = self._judge.check(
             canaries=results,
             own=self._monitor.verdicts(),
@@ -250,6 +289,8 @@ class Vantages:
         gone = set(self._sites) - {n.name for n in config.nodes}
         self._config = config
         self._sites = {n.name: n.site for n in config.nodes}
+        # The judgement's thresholds at once; the canaries' timing at the next check.
+        self._judge.settings = isolation_settings(cluster)
         for node in gone:
             self.book.forget(node)
             self._store.withdraw(node)

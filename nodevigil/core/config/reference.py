@@ -37,6 +37,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("mqtt.tls", schema.MqttTls),
     ("defaults", schema.Defaults),
     ("defaults.flap", schema.FlapDamping),
+    ("monitor", schema.MonitorSettings),
     ("failover", schema.FailoverSettings),
     ("failover.brake", schema.FailoverBrake),
     ("sites[]", schema.Site),
@@ -217,6 +218,13 @@ EXAMPLES: dict[str, Example] = {
             window: 5m
             max_changes: 4                   # a 5th up/down change within 5m holds the node down
             hold: 2m                         # until it has stayed up this long
+        """,
+    ),
+    "monitor": _example(
+        "monitor",
+        text="""
+        monitor:
+          workers: 2                         # probing processes; unset: one per core
         """,
     ),
     "failover": _example(

@@ -641,6 +641,16 @@ class Sla(Frozen):
     settlement_delay: Duration = 86400.0
 
 
+class MonitorSettings(Frozen):
+    """How the monitor runs: probing shards across worker processes (every core probes)."""
+
+    # Worker processes that probe and judge a shard of the nodes each (nodes with an mqtt
+    # probe stay in the main process, beside the MQTT link). Unset: the number of cores for
+    # fleets of 2,000 nodes and more, else 1. 1: the monitor runs in the main process.
+    # Fixed at start (a reload keeps the running count).
+    workers: int | None = Field(default=None, ge=1, le=64)
+
+
 class Records(Frozen):
     """Clause IV.3: events and ledger records are kept at least 90 days."""
 
@@ -850,6 +860,7 @@ class Config(Frozen):
     api: Api = Api()
     mqtt: Mqtt | None = None
     defaults: Defaults = Defaults()
+    monitor: MonitorSettings = MonitorSettings()
     failover: FailoverSettings = FailoverSettings()
     load_balancers: dict[Name, LoadBalancer] = Field(default_factory=dict)
     sites: list[Site] = Field(default_factory=list)
