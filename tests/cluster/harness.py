@@ -462,6 +462,7 @@ def daemon_config(
     far: HttpNode | None = None,
     east: HAProxyInstance | None = None,
     cluster_extra: Mapping[str, Any] | None = None,
+    defaults_extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One member's configuration: everything but ``vantage`` and ``api.listen`` is shared.
 
@@ -598,6 +599,8 @@ def daemon_config(
         service.setdefault("record", "www")
     if cluster_extra:
         data["cluster"] = merged(data["cluster"], cluster_extra)
+    if defaults_extra:
+        data["defaults"] = merged(data["defaults"], defaults_extra)
     return data
 
 
@@ -648,6 +651,7 @@ async def run_cluster(
     east: tuple[str, ...] = (),
     cluster_extra: Mapping[str, Any] | None = None,
     cuttable: Collection[str] = (),
+    defaults_extra: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Harness]:
     """Start the whole cluster under ``root`` (logs and state) and stop everything afterwards.
 
@@ -656,7 +660,8 @@ async def run_cluster(
     configured but not started (the benchmark starts them itself). ``bind=True``: a real BIND
     as the global load balancer and a second site (see ``daemon_config``). ``east`` (server
     names, e.g. ``EAST_NODES``): a site ``east`` over those HTTP nodes behind an HAProxy of its
-    own. ``cluster_extra``: merged into every member's ``cluster:`` section. ``cuttable``
+    own. ``cluster_extra``: merged into every member's ``cluster:`` section
+    (``defaults_extra`` into ``defaults:``, e.g. a higher ``fall``). ``cuttable``
     (member names, ``ops-<i>``): those run under a cut identity of their own, for ``cut`` and
     ``heal``; the test is skipped where cuts cannot be made (not root, no nft).
     """
@@ -714,6 +719,7 @@ async def run_cluster(
                     far=far,
                     east=east_haproxy,
                     cluster_extra=cluster_extra,
+                    defaults_extra=defaults_extra,
                 )
                 config = home / "nodevigil.yaml"
                 config.write_text(yaml.safe_dump(data))

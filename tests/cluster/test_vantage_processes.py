@@ -36,7 +36,6 @@ import pytest
 import yaml
 
 from failover.lb import ServerState
-from nodevigil.core.config.schema import FailoverSettings
 from tests.cluster.harness import EAST_NODES, LEASE_TTL, Harness, Member, run_cluster, until
 from tests.cluster.test_cluster_fences import rrset
 from tests.etcd_cluster import ETCD
@@ -53,6 +52,10 @@ needs_bind = pytest.mark.skipif(not NAMED.exists(), reason="BIND is missing: bin
 
 NAMES = ("ops-1", "ops-2", "ops-3")
 VOTING = {"vantages": list(NAMES), "quorum": 2}
+# The nodes are served by this test process: a stall of it on a busy machine is seen by every
+# vantage at once, a mass failure the brake (from 10 nodes) does not cover in this 7-node
+# fleet. Three timeouts in a row (600 ms) ride over such a stall; a real death still drains.
+STEADY = {"fall": 3}
 SH_NODES = ("sh-n1", "sh-n2", "sh-n3")
 EAST = tuple(f"east-{e}" for e in EAST_NODES)
 SH, EAST_ADDR, FAR = "192.0.2.10", "192.0.2.30", "192.0.2.20"  # the sites' addresses in DNS
@@ -147,7 +150,12 @@ def rewrite(cluster: Harness, edit: Callable[[dict[str, Any]], None]) -> None:
 async def cluster(tmp_path: Path, postgres: PostgresAddress) -> AsyncIterator[Harness]:
     """Three voting members, sites ``sh`` and ``east``, every member cuttable."""
     async with run_cluster(
-        tmp_path, postgres, east=EAST_NODES, cluster_extra=VOTING, cuttable=NAMES
+        tmp_path,
+        postgres,
+        east=EAST_NODES,
+        cluster_extra=VOTING,
+        cuttable=NAMES,
+        defaults_extra=STEADY,
     ) as harness:
         await all_votes(harness, SH_NODES + EAST, "up")
         yield harness
@@ -157,7 +165,13 @@ async def cluster(tmp_path: Path, postgres: PostgresAddress) -> AsyncIterator[Ha
 async def dns_cluster(tmp_path: Path, postgres: PostgresAddress) -> AsyncIterator[Harness]:
     """As ``cluster``, with BIND as the global load balancer (sites sh, east and far)."""
     async with run_cluster(
-        tmp_path, postgres, east=EAST_NODES, bind=True, cluster_extra=VOTING, cuttable=NAMES
+        tmp_path,
+        postgres,
+        east=EAST_NODES,
+        bind=True,
+        cluster_extra=VOTING,
+        cuttable=NAMES,
+        defaults_extra=STEADY,
     ) as harness:
         await all_votes(harness, SH_NODES + EAST + ("far-f1",), "up")
         await in_dns(harness, {SH, EAST_ADDR, FAR})
@@ -286,7 +300,9 @@ async def test_a_dead_node_is_drained_on_the_quorums_word_and_the_votes_are_name
 async def test_a_dead_vantages_votes_vanish_and_the_others_decide(
     tmp_path: Path, postgres: PostgresAddress
 ) -> None:
-    async with run_cluster(tmp_path, postgres, east=EAST_NODES, cluster_extra=VOTING) as cluster:
+    async with run_cluster(
+        tmp_path, postgres, east=EAST_NODES, cluster_extra=VOTING, defaults_extra=STEADY
+    ) as cluster:
         nodes = SH_NODES + EAST
         await all_votes(cluster, nodes, "up")
         dead = await leader_of(cluster)
@@ -323,10 +339,6 @@ async def test_a_dead_vantages_votes_vanish_and_the_others_decide(
 
 
 @needs_bind
-@pytest.mark.skipif(
-    "brake" not in FailoverSettings.model_fields,
-    reason="the brake on mass failure (failover/controller/brake.py, failover.brake) is missing",
-)
 async def test_a_whole_site_failing_at_once_is_braked_and_leaves_dns(
     tmp_path: Path, postgres: PostgresAddress
 ) -> None:
