@@ -146,6 +146,7 @@ class StateDirWatch:
         self.failing: str | None = None  # the error of the current streak of failed writes
         self._failing_since = 0.0
         self._reminded_at = 0.0
+        self._writing: asyncio.Future[None] | None = None  # the periodic mark being written
         self.writable = Gauge(
             "nodevigil_state_writable",
             "1 while the state directory takes writes, 0 while it is full or read-only.",
@@ -172,8 +173,14 @@ class StateDirWatch:
     async def mark(self) -> bool:
         """Write the mark once; report a change of health. Whether the write succeeded."""
         self._check_step()
+        # Shielded and remembered: a cancel must not leave this write running in its thread
+        # behind the last, clean mark of ``run`` (it would land after it and undo it).
+        writing = asyncio.ensure_future(
+            asyncio.to_thread(write_atomic, self.path, self._mark(clean=False))
+        )
+        self._writing = writing
         try:
-            await asyncio.to_thread(write_atomic, self.path, self._mark(clean=False))
+            await asyncio.shield(writing)
         except OSError as exc:
             self._failed(exc)
             return False
@@ -187,6 +194,10 @@ class StateDirWatch:
                 await self.mark()
                 await self._clock.sleep(self._every)
         finally:
+            writing = self._writing
+            if writing is not None and not writing.done():
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await writing  # the periodic mark in flight lands first, not after
             # A stop leaves an exact mark, so a restart's gap is measured from here; only a
             # requested stop is clean (a task that crashed the process cancels this one too).
             with contextlib.suppress(OSError):
