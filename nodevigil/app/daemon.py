@@ -580,8 +580,7 @@ class Daemon:
                 None if p is None else str(self.base_dir / p)
                 for p in (etcd.tls.cert_file, etcd.tls.key_file)
             )
-            if etcd.tls.ca_file is None:  # the client trusts only the CA it is given
-                raise ConfigError(["cluster.etcd.tls.ca_file: required with tls"])
+            assert etcd.tls.ca_file is not None  # required by the schema (EtcdTls)
             tls = (str(self.base_dir / etcd.tls.ca_file), cert, key)
         try:
             client = EtcdClient(
