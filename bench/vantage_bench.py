@@ -33,7 +33,7 @@ lease_ttl 2 s, probes every 200 ms with fall 1, controller cycle 200 ms):
    over the three), etcd's own count of puts, transactions and committed proposals a second,
    and CPU seconds a second of the leader, the standbys, etcd and the targets.
 
-    .venv/bin/python bench/vantage_bench.py                    # T=10, D=20, N=1,000: ~10 min
+    .venv/bin/python bench/vantage_bench.py                    # T=10, D=20, N=1,000: ~7 min
     .venv/bin/python bench/vantage_bench.py --trials 200 --deaths 100 --nodes 10000
     .venv/bin/python bench/vantage_bench.py --trials 0 --deaths 0 --nodes 10000
 
