@@ -26,15 +26,17 @@ lease_ttl 2 s, probes every 200 ms with fall 1, controller cycle 200 ms):
 3. Votes at scale, ``--nodes N`` more nodes (the issue's figure: 10000) in 20 sites behind
    ``recording`` load balancers, one HTTP probe each every ``--interval`` (default 10 s; three
    daemons probing 10,000 nodes every second do not fit in 2 cores) against
-   ``bench/common.py switchable`` targets, one port per node; ``--flap-share`` (5 %) of them
-   fail 15 s out of every 45 s. Three daemons without vantages, then with: over
-   ``--cpu-window`` seconds after ``--warmup``, vote writes and transactions a second (the
+   ``bench/common.py switchable`` targets (one port per node, 500 ports on each target
+   process's own loopback address); ``--flap-share`` (5 %) of them fail 15 s out of every
+   45 s. Three daemons without vantages, then with, the lease at its defaults (5 s, etcd calls
+   1 s); with votes, once every member holds every vote (the start-up storm is not measured).
+   Over ``--cpu-window`` seconds after ``--warmup``: vote writes and transactions a second (the
    VoteStore's ``nodevigil_cluster_vote_writes_total`` and ``..._transactions_total``, summed
-   over the three), etcd's own count of puts, transactions and committed proposals a second,
-   and CPU seconds a second of the leader, the standbys, etcd and the targets.
+   over the three), etcd's own puts, committed proposals and WAL fsyncs a second, and CPU
+   seconds a second of the leader, the standbys, etcd and the targets.
 
     .venv/bin/python bench/vantage_bench.py                    # T=10, D=20, N=1,000: ~7 min
-    .venv/bin/python bench/vantage_bench.py --trials 200 --deaths 100 --nodes 10000
+    .venv/bin/python bench/vantage_bench.py --trials 200 --deaths 100 --nodes 10000  # ~45 min
     .venv/bin/python bench/vantage_bench.py --trials 0 --deaths 0 --nodes 10000
 
 Cuts need root and nft (the cut faults are skipped otherwise). It prints numbers and asserts
