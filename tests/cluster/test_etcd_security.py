@@ -12,6 +12,7 @@ them is ``fenced``: it never acts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 import uuid
@@ -40,9 +41,8 @@ pytestmark = [
 
 @pytest.fixture(autouse=True)
 def collect_refused_handshakes() -> Iterator[None]:
-    """Known and left open: a TLS handshake etcd refuses leaves aiohttp's SSL transport for the
-    garbage collector (a ResourceWarning). Collected here, after each test, it is reported
-    against this module rather than whichever test the collector happens to run in next."""
+    """A connection left open (a ResourceWarning when collected) is reported against the test
+    that left it, not whichever test the collector happens to run in next."""
     yield
     gc.collect()
 
@@ -96,9 +96,11 @@ async def lease_over(client: EtcdClient, me: str) -> AsyncIterator[LeaderLease]:
 
 
 async def first_event(client: EtcdClient, revision: int) -> WatchEvent:
-    """The first change under the client's prefix from ``revision`` on."""
-    async for event in client.watch("", start_revision=revision):
-        return event
+    """The first change under the client's prefix from ``revision`` on; the watch is closed
+    here, before the client, not left to the garbage collector with its connection."""
+    async with contextlib.aclosing(client.watch("", start_revision=revision)) as events:
+        async for event in events:
+            return event
     raise AssertionError("the watch ended")
 
 

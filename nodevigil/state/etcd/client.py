@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -317,7 +317,7 @@ class EtcdClient:
 
     def watch(
         self, prefix: str = "", *, start_revision: int, idle_reconnect: float = 10.0
-    ) -> AsyncIterator[WatchEvent]:
+    ) -> AsyncGenerator[WatchEvent]:
         """Every change under ``prefix`` from ``start_revision`` on, in order, none missed.
 
         When a member fails the watch moves to another endpoint and resumes after the last

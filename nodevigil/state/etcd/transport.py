@@ -176,6 +176,9 @@ class Transport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+            # A transport closed just now closes its socket in a callback on the next loop
+            # turn: give it that turn, so a caller that stops the loop next leaks no socket.
+            await asyncio.sleep(0)
 
     def _order(self) -> list[int]:
         count = len(self.endpoints)
@@ -336,11 +339,21 @@ class Transport:
                         async for message in messages:
                             yield message
                     finally:
-                        response.close()
+                        cut(response)
                     return
                 if response is not None:
-                    response.close()
+                    cut(response)
             await asyncio.sleep(min(0.05, max(deadline - loop.time(), 0)))
+
+
+def cut(response: aiohttp.ClientResponse) -> None:
+    """Drop a streaming answer's connection at once. Closing a TLS connection mid-stream
+    waits for etcd's close_notify and can outlive the session (its socket then left to the
+    garbage collector); a stream that is given up is aborted instead."""
+    connection = response.connection
+    if connection is not None and connection.protocol is not None:
+        connection.protocol.abort()
+    response.close()
 
 
 async def _messages(response: aiohttp.ClientResponse) -> AsyncIterator[Json]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import aiohttp
 
@@ -34,7 +34,7 @@ async def watch_events(
     start_revision: int,
     idle_reconnect: float,
     decode: Callable[[Json], KeyValue],
-) -> AsyncIterator[WatchEvent]:
+) -> AsyncGenerator[WatchEvent]:
     """Yield every event in ``[key, end)`` from ``start_revision`` on (see EtcdClient.watch)."""
     next_revision = start_revision
     while True:
