@@ -5,7 +5,13 @@ backend, about 13 in all for both) or ``--quick`` (1 minute each, about 6 for bo
 Options: ``--nodes N``, ``--minutes M``, ``--peer-nodes N`` (0 skips the peer),
 ``--flap-share F``, ``--target-procs P``, ``--seed S``, ``--workers N`` or ``N,M``
 (monitor.workers; two counts are compared on the first backend, ``--abba`` for N M M N),
-``--backend sqlite|postgres|both``
+``--backend sqlite|postgres|both``, ``--hog D`` (a task in the daemon keeps its event
+loop busy a share D of the time in short slices: one process overloaded for good, 1/(1-D)
+times, rather than stalled now and then), ``--machine-hogs N`` (N processes spinning on the
+cores for each main run: the whole machine overloaded, targets too), ``--base PATH`` (the main
+plan also runs the daemon on the code of another checkout, e.g. ``git worktree add
+/tmp/nv-guard-base HEAD``: before and after in one invocation, with ``--abba`` as base, this,
+this, base)
 (default both: the whole run once on SQLite, then once on PostgreSQL 15 started by
 ``tests/postgres_server.py``, the daemon's configuration with a ``database:`` section and a
 fresh database; the peer runs on the first backend only).
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import gc
 import itertools
@@ -99,6 +106,9 @@ class Plan:
     scrape_every: float = 15.0
     backend: str = "sqlite"  # or "postgres": the daemon's configuration gets a database: section
     workers: int | None = None  # monitor.workers (None: the daemon's default)
+    hog: float = 0.0  # share of the daemon's loop a CPU hog takes (--hog)
+    repo: Path | None = None  # the daemon runs this checkout's code (--base); None: this one
+    machine_hogs: int = 0  # processes spinning on the machine's cores for the run (--machine-hogs)
 
 
 # --- the daemon's side (child process) -------------------------------------------------------
@@ -258,6 +268,23 @@ def _trim_recordings(daemon: Any) -> int:
     return trimmed
 
 
+HOG_SLICE = 0.02  # the hog's longest burn: each stall short against the overload guard's
+
+
+async def hog(duty: float) -> None:
+    """Keep the loop busy ``duty`` of the time: after every turn of the loop, burn
+    duty / (1 - duty) of the time the turn took (at most HOG_SLICE at once), so that the
+    daemon's own work gets 1 - duty of one core however busy it is."""
+    last = time.perf_counter()
+    while True:
+        await asyncio.sleep(0)
+        now = time.perf_counter()
+        until = now + min((now - last) * duty / (1 - duty), HOG_SLICE)
+        while time.perf_counter() < until:
+            pass
+        last = time.perf_counter()
+
+
 def _worker_lags(daemon: Any) -> dict[str, list[float]]:
     """Each monitor worker's loop lags since the last sample (empty without workers)."""
     take = getattr(daemon.monitor, "take_worker_lags", None)
@@ -266,7 +293,9 @@ def _worker_lags(daemon: Any) -> dict[str, list[float]]:
     return {str(pid): [round(lag, 4) for lag in lags] for pid, lags in take().items()}
 
 
-async def daemon_role(config_path: Path, sample_every: float, stalls: bool = False) -> None:
+async def daemon_role(
+    config_path: Path, sample_every: float, stalls: bool = False, duty: float = 0.0
+) -> None:
     """Run the real daemon; print a hello line, then one JSON sample every ``sample_every``."""
     from nodevigil.app.daemon import Daemon
 
@@ -289,7 +318,13 @@ async def daemon_role(config_path: Path, sample_every: float, stalls: bool = Fal
             await run  # raises what stopped it
             return
         await asyncio.sleep(0.05)
-    hello = {"pid": os.getpid(), "ready_after": time.monotonic() - started}
+    import nodevigil
+
+    hello = {
+        "pid": os.getpid(),
+        "ready_after": time.monotonic() - started,
+        "code": str(Path(nodevigil.__file__).resolve().parent.parent),
+    }
     print(json.dumps({**hello, "api_port": daemon.api_port}), flush=True)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -303,6 +338,8 @@ async def daemon_role(config_path: Path, sample_every: float, stalls: bool = Fal
         asyncio.create_task(stop_on_eof(), name="stdin"),
         asyncio.create_task(ticker.run(), name="ticker"),
     ]
+    if duty > 0:
+        helpers.append(asyncio.create_task(hog(duty), name="hog"))
     stall = StallWatch() if stalls else None
     if stall is not None:
         helpers.append(asyncio.create_task(stall.run(), name="stalls"))
@@ -490,13 +527,23 @@ class Targets:
 class DaemonChild:
     """The daemon's child process and the samples it prints."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, hog: float = 0.0, repo: Path | None = None) -> None:
         args = [sys.executable, str(Path(__file__).resolve()), "--role", "daemon"]
-        args += ["--config", str(config), "--sample", str(SAMPLE_EVERY)]
+        args += ["--config", str(config), "--sample", str(SAMPLE_EVERY), "--hog", str(hog)]
         if STALLS:
             args.append("--stalls")
+        env = None
+        if repo is not None:  # that checkout's code first on the path (and its workers' path)
+            args += ["--repo", str(repo)]
+            env = {**os.environ, "PYTHONPATH": str(repo)}
         self.process = subprocess.Popen(
-            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=env,
+            cwd=repo,
         )
         self.samples: list[dict[str, Any]] = []
         self.outside: list[dict[str, Any]] = []
@@ -601,6 +648,7 @@ class RunResult:
     scrapes: list[float] = field(default_factory=list)  # seconds per /metrics scrape
     scrape_size: int = 0
     scrape_errors: int = 0
+    code: str = ""  # the checkout whose code the daemon ran
 
 
 def run_pipeline(plan: Plan, log: Any, address: PostgresAddress | None = None) -> RunResult:
@@ -612,6 +660,10 @@ def run_pipeline(plan: Plan, log: Any, address: PostgresAddress | None = None) -
     ]
     log(f"  starting {plan.target_procs} target processes ({plan.nodes} ports)")
     targets = Targets(per_proc)
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(plan.machine_hogs)
+    ]
     try:
         with tempfile.TemporaryDirectory(prefix="load-bench-") as tmp:
             dbname = None
@@ -625,7 +677,7 @@ def run_pipeline(plan: Plan, log: Any, address: PostgresAddress | None = None) -
                     Path(tmp), targets.addresses, plan.nodes, database, plan.workers
                 )
                 log(f"  starting the daemon on {plan.nodes} nodes ({BACKENDS[plan.backend]})")
-                daemon = DaemonChild(config)
+                daemon = DaemonChild(config, plan.hog, plan.repo)
                 if "error" in daemon.hello:
                     raise RuntimeError(daemon.hello["error"])
                 scraper = Scraper(int(daemon.hello["api_port"]), plan.scrape_every)
@@ -642,11 +694,15 @@ def run_pipeline(plan: Plan, log: Any, address: PostgresAddress | None = None) -
                 else:
                     result.events = read_events(Path(tmp) / "state" / "events.db")
                 result.ready_after = float(daemon.hello["ready_after"])
+                result.code = str(daemon.hello.get("code", ""))
                 return result
             finally:
                 if address is not None and dbname is not None:
                     address.drop_database(dbname)
     finally:
+        for spinning in hogs:
+            spinning.kill()
+            spinning.wait()
         targets.stop()
 
 
@@ -798,6 +854,12 @@ def decisions(result: RunResult) -> tuple[list[Decision], list[str]]:
         if kind == "node.down" and subject not in flappers
     ]
     return out, false
+
+
+def _detail_kind(line: str) -> str:
+    """A false verdict's probe detail without its figures ("timed out (no answer within Nms)")."""
+    reason = line.split(": ", 1)[-1]
+    return "".join("N" if c.isdigit() else c for c in reason).replace("NN", "N")[:60]
 
 
 def _in(decision: Decision, window: tuple[float, float], until: float) -> bool:
@@ -1052,6 +1114,21 @@ def summarize(result: RunResult) -> dict[str, Any]:
         )
     for line in false[:5]:
         print(f"  false: {line}")
+    if false:
+        kinds = collections.Counter(_detail_kind(line) for line in false)
+        print(f"  false verdicts by probe detail: {dict(kinds.most_common())}")
+    measured = [s for s in samples if "overloaded" in s["probes"]]
+    overloaded = sum(bool(s["probes"]["overloaded"]) for s in measured)
+    inconclusive = (
+        (samples[-1]["probes"].get("inconclusive", 0) - samples[0]["probes"].get("inconclusive", 0))
+        / (samples[-1]["t"] - samples[0]["t"])
+        if len(samples) > 1
+        else 0.0
+    )
+    print(
+        f"overload guard: overloaded in {overloaded} of {len(measured)} samples, "
+        f"{inconclusive:.1f} results/s not trusted (inconclusive); daemon code {result.code}"
+    )
     kept = all(w.rate >= KEPT_UP_RATE * offered for w in minutes) and whole.rate >= (
         KEPT_UP_RATE * offered
     )
@@ -1115,11 +1192,27 @@ def summarize(result: RunResult) -> dict[str, Any]:
         "per_probe_us": per_probe,
         "kept_up": kept,
         "false": len(false),
+        "code": result.code,
+        "overloaded": f"{overloaded}/{len(measured)}",
+        "inconclusive": inconclusive,
         "missing": missing_verdict + missing_action,
         "down_verdict": _lags([d.verdict_lag for d in downs]),
         "up_verdict": _lags([d.verdict_lag for d in ups]),
         "action": _lags([d.action_lag for d in settled]),
     }
+
+
+def print_code_comparison(by_code: dict[str, list[dict[str, Any]]]) -> None:
+    """Two checkouts on the same plan (--base): what the overload guard let through."""
+    print("\n--- the same plan on two checkouts, same invocation ---")
+    for code, runs in by_code.items():
+        print(
+            f"{code}: false verdicts {[r['false'] for r in runs]}, verdicts or actions missing "
+            f"{[r['missing'] for r in runs]}, overloaded in {[r['overloaded'] for r in runs]} "
+            f"of the samples, inconclusive results/s "
+            f"{[round(r['inconclusive'], 1) for r in runs]}, "
+            f"down verdict p50 {[_ms(r['down_verdict'][0]) for r in runs]} ms"
+        )
 
 
 def print_ratios(main: dict[str, Any], peer: dict[str, Any]) -> None:
@@ -1259,13 +1352,16 @@ def main_parent(args: argparse.Namespace) -> None:
         counts: list[int | None] = (
             [int(w) for w in args.workers.split(",")] if args.workers else [None]
         )
-        runs = [(b, counts[0]) for b in backends]
+        runs: list[tuple[str, int | None, Path | None]] = [(b, counts[0], None) for b in backends]
         if len(counts) == 2:  # workers against workers, on the first backend
-            runs = [(backends[0], w) for w in counts]
+            runs = [(backends[0], w, None) for w in counts]
+        elif args.base is not None:  # the other checkout against this one, on the first backend
+            runs = [(backends[0], counts[0], args.base.resolve()), (backends[0], counts[0], None)]
         if args.abba and len(runs) == 2:
             runs = [runs[0], runs[1], runs[1], runs[0]]
         by_workers: dict[int | None, list[dict[str, Any]]] = {}
-        for backend, workers in runs:
+        by_code: dict[str, list[dict[str, Any]]] = {}
+        for backend, workers, repo in runs:
             plan = Plan(
                 args.nodes,
                 seconds,
@@ -1275,16 +1371,26 @@ def main_parent(args: argparse.Namespace) -> None:
                 args.scrape_every,
                 backend,
                 workers,
+                args.hog,
+                repo,
+                args.machine_hogs,
             )
             log(
                 f"\nmain: {plan.nodes} nodes for {WARMUP + plan.seconds:.0f}s on {backend}, "
                 f"monitor.workers {workers if workers is not None else 'default'}"
+                + (f", loop hog {args.hog:.0%}" if args.hog else "")
+                + (f", {args.machine_hogs} spinning processes" if args.machine_hogs else "")
+                + (f", code of {repo}" if repo is not None else "")
             )
             summary = summarize(run_pipeline(plan, log, address))
-            summaries[backend].append(summary)
-            by_workers.setdefault(workers, []).append(summary)
+            if repo is None:
+                summaries[backend].append(summary)
+                by_workers.setdefault(workers, []).append(summary)
+            by_code.setdefault(summary["code"], []).append(summary)
     if peer_summary is not None:
         print_ratios(summaries[backends[0]][0], peer_summary)
+    if len(by_code) == 2:
+        print_code_comparison(by_code)
     if len(by_workers) == 2:
         print_worker_ratios(by_workers)
     elif len(summaries) == 2:
@@ -1324,12 +1430,35 @@ def main() -> None:
     parser.add_argument(
         "--stalls", action="store_true", help="the daemon prints where its loop was late"
     )
+    parser.add_argument(
+        "--hog",
+        type=float,
+        default=0.0,
+        help="share of the daemon's event loop a CPU hog takes, in short slices (0 to 0.95)",
+    )
+    parser.add_argument(
+        "--machine-hogs",
+        type=int,
+        default=0,
+        help="processes spinning on the machine's cores during each main run (the whole "
+        "machine overloaded: daemon and targets alike)",
+    )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="another checkout (a worktree of HEAD, say): the main plan also runs its daemon",
+    )
+    parser.add_argument("--repo", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=["daemon"], help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--sample", type=float, default=SAMPLE_EVERY, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not 0 <= args.hog <= 0.95:
+        parser.error("--hog must be between 0 and 0.95")
     if args.role == "daemon":
-        asyncio.run(daemon_role(args.config, args.sample, args.stalls))
+        if args.repo is not None:  # before anything imports the daemon's code
+            sys.path.insert(0, str(args.repo.resolve()))
+        asyncio.run(daemon_role(args.config, args.sample, args.stalls, args.hog))
     else:
         global STALLS  # noqa: PLW0603 -- passed on to the daemon child
         STALLS = args.stalls

@@ -117,6 +117,26 @@ class AddressesSet(LbAction):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TrafficProof(Event):
+    """Whether traffic followed a load-balancer action (``subject``: the node or service):
+    ``outcome`` proved, no_traffic (a quiet restore), timeout or abandoned; ``text`` says it
+    ("traffic left n1 in 1.4 s (3 sessions drained)")."""
+
+    KIND = "lb.proof"
+    lb: str
+    lb_type: str  # haproxy, rfc2136: the metric's label
+    target: str  # backend/server or record, as in the action log
+    direction: str  # drain, restore, withdraw, publish, replace
+    outcome: str
+    seconds: float | None  # from the action to the traffic moving (proved only)
+    text: str
+    action_at: float  # wall time of the action proved
+    sessions: int | None = field(default=None, metadata=json_key("sessions", omit_none=True))
+    ttl: int | None = field(default=None, metadata=json_key("ttl", omit_none=True))
+    epoch: int | None = None  # the leader epoch the action was sent under
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LbRecovered(Event):
     """A load-balancer call that kept failing works again (``subject`` is the load balancer)."""
 
@@ -390,6 +410,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ServiceAvailable,
     ServiceUnavailable,
     LbAction,
+    TrafficProof,
     LbRecovered,
     FailoverFailed,
     FailoverPanic,

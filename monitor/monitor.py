@@ -7,7 +7,6 @@ import logging
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import partial
@@ -15,9 +14,11 @@ from types import TracebackType
 from typing import Any, Self
 
 from monitor.heartbeat import HeartbeatBoard, MqttProber
+from monitor.history import RunRecorder
+from monitor.looplag import LagWatch
 from monitor.metrics import MonitorMetrics
 from monitor.probes import build_prober
-from monitor.probes.base import Prober, ProbeResult
+from monitor.probes.base import HedgedProber, Prober, ProbeResult
 from monitor.probes.httpclient import ProbeSession
 from monitor.timers import Entry, Timers, clock_timers, loop_timers
 from monitor.verdict import NodeJudge, Transition
@@ -38,8 +39,12 @@ OVERLOAD_HOLD = 2.0
 # is still read as a success, but a stall eats into a try's time to connect and answer, and
 # into a latency limit. A failure is not trusted when the loop was late, within the hold, by
 # more than this share of the probe's own budget (its timeout, or its max_latency if shorter):
-# 50 ms for a 100 ms probe, 250 ms for the default 500 ms. A fleet of 10,000 nodes has
+# 50 ms for a 100 ms probe, 450 ms for the default 900 ms. A fleet of 10,000 nodes has
 # decision cycles of ~0.1 s; with one flat threshold of 0.1 s they blinded the monitor for good.
+# A loop overloaded for good is late by less than that on every turn, yet a probe spends most
+# of its time queued: its failure is not trusted either when the loop's late time summed over
+# the probe's own run passes that share (monitor.looplag); then only failures that ran out of
+# time are suspect: a node's answer (a refusal, an HTTP 503) still judges it.
 OVERLOAD_SHARE = 0.5
 # A probe's first round opens its connection, which costs several times a round on a kept-alive
 # one: 10,000 of them in the first second stalled the loop for seconds at start, and the rounds
@@ -86,8 +91,10 @@ class Monitor:
         metrics: MonitorMetrics,
         board: HeartbeatBoard,
         rng: random.Random | None = None,
+        history: RunRecorder | None = None,
     ) -> None:
         self._config = config
+        self._history = history  # every judged result is folded into runs (monitor.history)
         self._bus = bus
         self._clock = clock
         self._metrics = metrics
@@ -98,7 +105,9 @@ class Monitor:
         self._flapping: set[str] = set()
         self._confirming: set[tuple[str, str]] = set()  # (node, mqtt probe) confirming a will
         self._overloaded_until = 0.0
-        self._lags: deque[tuple[float, float]] = deque()  # (monotonic, lag) within the hold
+        self.lag_watch = LagWatch(time.monotonic)  # real time: stalls are real whatever the clock
+        self.untrusted = 0  # failures not trusted because the monitor was overloaded
+        self._said_overloaded = False
         self._lag_task: asyncio.Task[None] | None = None
         self._timers: Timers | None = None
         self._rounds = 0
@@ -120,7 +129,8 @@ class Monitor:
                 partial(lambda key: session.stats()[key], state)
             )
         self._metrics.probe_rounds.set_function(lambda: self._rounds)
-        self._lag_task = asyncio.create_task(self._watch_lag(), name="monitor-lag")
+        self.lag_watch.on_sample = self._lag_seen
+        self._lag_task = asyncio.create_task(self.lag_watch.run(), name="monitor-lag")
         self.apply_config(self._config)
         return self
 
@@ -194,6 +204,7 @@ class Monitor:
             "running": self._rounds,
             "timers": len(self._timers) if self._timers is not None else 0,
             "overloaded": self.overloaded(),
+            "untrusted": self.untrusted,
             "flapping": len(self._flapping),
             **{f"connections_{k}": v for k, v in connections.items()},
         }
@@ -296,6 +307,8 @@ class Monitor:
                 schedule.task.cancel()
         self._flapping.discard(watched.node.name)
         self._metrics.forget_node(watched.node.name, watched.node.site, watched.probers)
+        if self._history is not None:  # removed or changed: its runs end here
+            self._history.forget(watched.node.name)
 
     async def _stop_all(self) -> None:
         tasks = [s.task for w in self._watched.values() for s in w.schedules if s.task is not None]
@@ -353,14 +366,23 @@ class Monitor:
     async def _check(self, watched: _Watched, probe: str, prober: Prober) -> ProbeResult:
         """Run one probe once; its failures are not trusted while the loop is stalled."""
         started = time.perf_counter()
+        since = time.monotonic()  # the lag watch's clock
+        loop_since = asyncio.get_running_loop().time()  # the clock of the probe's own deadline
         try:
             ok, detail, decisive = await prober.check()
         except Exception as exc:  # a prober bug must never kill the schedule
             log.exception("probe %s/%s crashed", watched.node.name, probe)
             ok, detail, decisive = False, f"probe error: {type(exc).__name__}", False
         duration = time.perf_counter() - started
-        if ok is False and not decisive and self._stalled_for(watched.budgets[probe]):
+        if (
+            ok is False
+            and not decisive
+            and self._may_be_ours(watched, probe, prober, since, loop_since)
+        ):
             ok, detail = None, f"not trusted, the monitor is overloaded: {detail}"
+            self.untrusted += 1
+            # Whatever the ticker saw, withholding a judgement is being overloaded: said at once.
+            self._overloaded_until = self._clock.monotonic() + OVERLOAD_HOLD
         return ProbeResult(ok, detail, duration, self._clock.wall(), self._config.vantage, decisive)
 
     def _record(self, watched: _Watched, probe: str, kind: str, result: ProbeResult) -> None:
@@ -389,6 +411,11 @@ class Monitor:
                 )
             gauges[0].set(1 if ok else 0)
             gauges[1].set(result.duration)
+        history = self._history
+        if history is not None:  # as history.observe, one call less (every result passes)
+            closed = history.fold(watched.node.name, probe, result)
+            if closed is not None:
+                history.add((closed,))
         transition = watched.judge.observe(probe, result, self._clock.monotonic())
         if transition is not None:
             self._publish(watched.node, transition)
@@ -421,45 +448,50 @@ class Monitor:
             log.info("node %s is %s: %s", node.name, t.new.value, t.reason)
         self._bus.publish(change.to_event())
 
-    def _stalled_for(self, budget: float) -> bool:
-        """Whether the loop was late, within the hold, by more than a share of ``budget``."""
-        lags = self._lags
-        if not lags:
+    def _may_be_ours(
+        self, watched: _Watched, probe: str, prober: Prober, since: float, loop_since: float
+    ) -> bool:
+        """Whether a failure may be the monitor's own overload rather than the node's.
+
+        After a stall (the loop late by more than the share once, within the hold, the stall
+        in progress included) no failure is trusted. A loop overloaded for good, late by less
+        on every turn, makes probes run out of time (a timeout, a latency limit) but fakes no
+        answer: a hedged probe that failed before its budget ran out (refused, reset, a wrong
+        status) still judges the node, so a dead node leaves an overloaded monitor's fleet.
+        Elapsed time is read on the loop's clock, as the probe's deadline is (uvloop's is the
+        time of the loop turn, which may be well behind).
+        """
+        share = OVERLOAD_SHARE * watched.budgets[probe]
+        watch = self.lag_watch
+        if watch.worst_within(OVERLOAD_HOLD) > share:
+            return True
+        elapsed = asyncio.get_running_loop().time() - loop_since
+        if isinstance(prober, HedgedProber) and elapsed < watched.budgets[probe]:
             return False
-        horizon = self._clock.monotonic() - OVERLOAD_HOLD
-        while lags and lags[0][0] < horizon:
-            lags.popleft()
-        return any(lag > OVERLOAD_SHARE * budget for _, lag in lags)
+        return watch.late_during(since) > share
 
     def overloaded(self) -> bool:
         """Whether the event loop has been too late recently for failures to be trusted."""
         return self._clock.monotonic() < self._overloaded_until
 
-    async def _watch_lag(self, period: float = 0.05) -> None:
-        was = False
-        while True:
-            started = time.monotonic()
-            await asyncio.sleep(period)
-            lag = time.monotonic() - started - period
-            now_mono = self._clock.monotonic()
-            if lag > OVERLOAD_LAG * OVERLOAD_SHARE / 2:  # a tenth of the shortest sane budget
-                self._lags.append((now_mono, lag))
-            while self._lags and self._lags[0][0] < now_mono - OVERLOAD_HOLD:
-                self._lags.popleft()
-            if lag > OVERLOAD_LAG:
-                self._overloaded_until = self._clock.monotonic() + OVERLOAD_HOLD
-            now = self.overloaded()
-            if now != was:  # logged once when it starts and once when it ends
-                self._metrics.overloaded.set(1 if now else 0)
-                if now:
-                    log.warning(
-                        "monitor overloaded (loop %.0fms late): failures of probes whose "
-                        "timeout that lag could eat into are not trusted",
-                        lag * 1e3,
-                    )
-                else:
-                    log.info("monitor no longer overloaded")
-                was = now
+    def _lag_seen(self, lag: float) -> None:
+        """A tick of the lag watch: the overloaded state, its gauge and its two log lines."""
+        if lag > OVERLOAD_LAG:
+            self._overloaded_until = self._clock.monotonic() + OVERLOAD_HOLD
+        now = self.overloaded()
+        if now != self._said_overloaded:  # logged once when it starts and once when it ends
+            self._metrics.overloaded.set(1 if now else 0)
+            if now:
+                log.warning(
+                    "monitor overloaded (loop %.0fms late): failures of probes whose "
+                    "timeout that lateness could eat into are not trusted",
+                    max(lag, self.lag_watch.worst_within(OVERLOAD_HOLD)) * 1e3,
+                )
+            else:
+                log.info(
+                    "monitor no longer overloaded (%d failures were not trusted)", self.untrusted
+                )
+            self._said_overloaded = now
 
     def _agent_offline(self, agent: str) -> None:
         """An agent's last-will was believed: confirm it with its nodes' other probes, now."""

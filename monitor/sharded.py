@@ -19,6 +19,7 @@ started again; meanwhile its nodes keep their last verdict: a worker's death jud
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -34,6 +35,7 @@ from typing import Any, Protocol, Self
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from monitor.heartbeat import HeartbeatBoard
+from monitor.history import RunRecorder, run_of_row
 from monitor.metrics import MonitorMetrics
 from monitor.monitor import Monitor
 from monitor.shards import (
@@ -123,11 +125,13 @@ def build_monitor(
     metrics: MonitorMetrics,
     board: HeartbeatBoard,
     registry: CollectorRegistry,
+    history: RunRecorder | None = None,
 ) -> AbstractAsyncContextManager[MonitorView]:
-    """The monitor for ``config``: in this process, or sharded over worker processes."""
+    """The monitor for ``config``: in this process, or sharded over worker processes; every
+    result judged is folded into ``history`` (by a worker: it sends its runs here)."""
     workers = worker_count(config, clock)
     if workers <= 1:
-        return Monitor(config, bus=bus, clock=clock, metrics=metrics, board=board)
+        return Monitor(config, bus=bus, clock=clock, metrics=metrics, board=board, history=history)
     return ShardedMonitor(
         config,
         bus=bus,
@@ -136,6 +140,7 @@ def build_monitor(
         board=board,
         registry=registry,
         workers=workers,
+        history=history,
     )
 
 
@@ -198,6 +203,7 @@ class ShardedMonitor:
         workers: int,
         restart_delay: float = RESTART_DELAY,
         silence_limit: float = SILENCE_LIMIT,
+        history: RunRecorder | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -206,8 +212,14 @@ class ShardedMonitor:
         self._clock = clock
         self._metrics = metrics
         self._shard_metrics = ShardMetrics(registry)
+        self._history = history  # the workers' runs join the local monitor's here
         self._local = Monitor(
-            _only(config, local_nodes(config)), bus=bus, clock=clock, metrics=metrics, board=board
+            _only(config, local_nodes(config)),
+            bus=bus,
+            clock=clock,
+            metrics=metrics,
+            board=board,
+            history=history,
         )
         self._workers = [_Worker(i) for i in range(workers)]
         self._restart_delay = restart_delay
@@ -250,8 +262,11 @@ class ShardedMonitor:
     ) -> None:
         self._closing = True
         for worker in self._workers:
-            if worker.writer is not None:
-                worker.writer.close()  # the worker sees the end of its stream and stops
+            if worker.writer is not None and not worker.writer.is_closing():
+                # Half-closed: the worker sees the end of its stream and stops, and can still
+                # send its last probe-history runs; it closes the socket when done.
+                with contextlib.suppress(OSError):  # the worker is gone already
+                    worker.writer.write_eof()
         tasks = [w.task for w in self._workers if w.task is not None]
         _, pending = await asyncio.wait(tasks, timeout=STOP_WAIT + 1) if tasks else ((), ())
         for task in pending:
@@ -358,6 +373,9 @@ class ShardedMonitor:
             self._statuses(worker, message[1])
         elif kind == "stats":
             self._stats(worker, message[1])
+        elif kind == "runs":
+            if self._history is not None:
+                self._history.add(run_of_row(row) for row in message[1])
         elif kind == "hello":
             worker.pid = int(message[1])
             if worker.starts > 1:

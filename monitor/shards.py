@@ -6,7 +6,9 @@ first item names the message. Pickle is safe here: both ends are nodevigil, the 
 
 main -> worker: ``("config", Config)`` (the worker's shard: only its nodes); EOF stops it.
 worker -> main: ``("hello", pid)``; ``("changes", [ChangeRow])`` as soon as verdicts move;
-``("status", [StatusRow])`` in chunks, every few seconds; ``("stats", dict)`` every second.
+``("status", [StatusRow])`` in chunks, every few seconds; ``("stats", dict)`` every second;
+``("runs", [RunRow])`` (``monitor.history``) every half ``records.history_save_every`` and
+once more at the end.
 """
 
 from __future__ import annotations

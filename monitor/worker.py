@@ -19,12 +19,12 @@ import os
 import signal
 import socket
 import sys
-import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from monitor.heartbeat import HeartbeatBoard
+from monitor.history import ProbeRun, RunRecorder, run_row
 from monitor.metrics import MonitorMetrics
 from monitor.monitor import Monitor, _Watched
 from monitor.shards import (
@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY = 2.0  # seconds between two pushes of every node's probe counters
 STATUS_CHUNK = 500  # nodes per status message: the main loop decodes one chunk at a time
+RUNS_CHUNK = 5000  # probe-history runs per message, for the same reason
 STATS_EVERY = 1.0
-LAG_TICK = 0.1  # the loop-lag ticker whose samples the stats carry (benchmarks read them)
 GC_THRESHOLDS = (20_000, 20, 20)  # as nodevigil.app.gctuning: a shard is a long-lived fleet
 FREEZE_AGAIN_AFTER = 30.0
 
@@ -68,6 +68,7 @@ class ShardMonitor(Monitor):
             clock=clock,
             metrics=MonitorMetrics(CollectorRegistry()),
             board=HeartbeatBoard(clock),  # a shard has no mqtt probe: they stay in the main
+            history=RunRecorder(),
         )
         self._link = link
 
@@ -92,6 +93,16 @@ class ShardMonitor(Monitor):
     def watched(self) -> list[_Watched]:
         """Every watched node, in configuration order."""
         return list(self._watched.values())
+
+    @property
+    def history(self) -> RunRecorder:
+        """The worker's probe history: its runs go to the main process, which saves them."""
+        assert self._history is not None
+        return self._history
+
+    def history_period(self) -> float:
+        """Seconds between two sends of the runs: half ``records.history_save_every``."""
+        return self._config.records.history_save_every / 2
 
     @property
     def metrics(self) -> MonitorMetrics:
@@ -159,20 +170,22 @@ async def serve(sock: socket.socket, index: int) -> None:
         return
     if first[0] != "config":
         raise ValueError(f"expected the configuration first, got {first[0]!r}")
-    lags: list[float] = []
     async with ShardMonitor(first[1], link) as monitor, asyncio.TaskGroup() as tasks:
         log.info("monitor worker %d: %d nodes", index, len(monitor.node_names()))
         _tune_gc()
         main = tasks.create_task(_listen(reader, monitor), name="listen")
         helpers = [
             tasks.create_task(_push_status(monitor, link), name="status"),
-            tasks.create_task(_push_stats(monitor, link, lags), name="stats"),
-            tasks.create_task(_tick(lags), name="lag"),
+            tasks.create_task(_push_stats(monitor, link), name="stats"),
+            tasks.create_task(_push_runs(monitor, link), name="history"),
             tasks.create_task(_freeze_later(), name="gc-freeze"),
         ]
         await main
         for helper in helpers:
             helper.cancel()
+    # The main process half-closed the socket to stop us: its read side waits for the runs
+    # still open, closed now that no probe runs, so that a clean stop loses no history.
+    send_runs(link, monitor.history.close_all())
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
@@ -194,19 +207,24 @@ async def _push_status(monitor: ShardMonitor, link: Link) -> None:
             await asyncio.sleep(0)  # let probes run between chunks
 
 
-async def _push_stats(monitor: ShardMonitor, link: Link, lags: list[float]) -> None:
+async def _push_stats(monitor: ShardMonitor, link: Link) -> None:
     while True:
         await asyncio.sleep(STATS_EVERY)
-        taken = lags[:]
-        lags.clear()
+        # The overload guard's own ticker (monitor.looplag): its lags are what benchmarks read.
+        taken = monitor.lag_watch.take()
         link.send(("stats", stats_message(monitor, taken)))
 
 
-async def _tick(lags: list[float]) -> None:
+def send_runs(link: Link, runs: list[ProbeRun]) -> None:
+    """Send probe-history runs (closed, or open ones as they stand) in chunks."""
+    for start in range(0, len(runs), RUNS_CHUNK):
+        link.send(("runs", [run_row(r) for r in runs[start : start + RUNS_CHUNK]]))
+
+
+async def _push_runs(monitor: ShardMonitor, link: Link) -> None:
     while True:
-        due = time.monotonic() + LAG_TICK
-        await asyncio.sleep(LAG_TICK)
-        lags.append(max(time.monotonic() - due, 0.0))
+        await asyncio.sleep(monitor.history_period())
+        send_runs(link, monitor.history.take())
 
 
 def _tune_gc() -> None:

@@ -23,8 +23,8 @@ from sla.events import EVENT_KINDS as SLA_KINDS
 # from the event classes, so such a drift cannot happen again).
 PUBLISHED = {
     "node.up", "node.down", "node.unknown", "site.up", "site.down", "service.available",
-    "service.unavailable", "lb.action", "lb.recovered", "failover.failed", "failover.panic",
-    "failover.panic_over", "failover.brake", "failover.brake_released",
+    "service.unavailable", "lb.action", "lb.proof", "lb.recovered", "failover.failed",
+    "failover.panic", "failover.panic_over", "failover.brake", "failover.brake_released",
     "controller.decision", "failover.mode", "override.set", "override.cleared",
     "override.expired", "override.below_floor", "incident.opened", "incident.reopened",
     "incident.updated", "incident.cause", "incident.resolved", "maintenance.declared",

@@ -94,6 +94,23 @@ class _SitePlan:
     forced_below_floor: bool
 
 
+def node_plan(
+    name: str, v: Verdict, book: NodeBook, st: ControllerState, out: ServerState
+) -> tuple[ServerState, str]:
+    """A node's wanted state and why, when its site's budget does not bind (``_plan_site``):
+    held out while its bookkeeping holds it, else in."""
+    if not book.held:
+        return (
+            ServerState.READY,
+            "verdict up" if v is Verdict.UP else "unknown verdicts never drain",
+        )
+    if v is Verdict.DOWN:
+        return out, f"verdict down: {st.reasons.get(name) or 'no reason given'}"
+    if v is Verdict.UP:
+        return out, f"up, in a {book.hold:.0f}s hold-down (flap {book.failures})"
+    return out, "held out; verdict unknown"
+
+
 def _plan_site(
     config: Config, site: Site, nodes: list[Node], st: ControllerState, books: dict[str, NodeBook]
 ) -> _SitePlan:
@@ -119,18 +136,8 @@ def _plan_site(
     kept_down: list[str] = []
     for i, n in enumerate(candidates):
         v = st.verdicts.get(n.name, Verdict.UNKNOWN)
-        book = books[n.name]
         if i < room:
-            if v is Verdict.DOWN:
-                reason = st.reasons.get(n.name) or "no reason given"
-                desired[n.name] = (out, f"verdict down: {reason}")
-            elif v is Verdict.UP:
-                desired[n.name] = (
-                    out,
-                    f"up, in a {book.hold:.0f}s hold-down (flap {book.failures})",
-                )
-            else:
-                desired[n.name] = (out, "held out; verdict unknown")
+            desired[n.name] = node_plan(n.name, v, books[n.name], st, out)
             continue
         desired[n.name] = (ServerState.READY, f"kept in: site {site.name} at its {limit}")
         if v is Verdict.UP:
@@ -140,8 +147,7 @@ def _plan_site(
     for n in nodes:
         if n.name not in desired:
             v = st.verdicts.get(n.name, Verdict.UNKNOWN)
-            why = "verdict up" if v is Verdict.UP else "unknown verdicts never drain"
-            desired[n.name] = (ServerState.READY, why)
+            desired[n.name] = node_plan(n.name, v, books[n.name], st, out)
     healthy_in = sum(
         1
         for n in nodes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -26,6 +27,7 @@ from failover.controller.changes import (
     changed_nodes,
     changed_overrides,
     decide_changed,
+    moved_servers,
     unsettled_sites,
 )
 from failover.controller.decide import decide, site_backend
@@ -69,6 +71,7 @@ from failover.controller.status import (
 from failover.controller.store import ActionRecord, Store
 from failover.events import ControllerDecision, FailoverFailed, FailoverModeChanged, LbRecovered
 from failover.lb.base import GlobalLoadBalancer, LocalLoadBalancer
+from failover.proof.runner import ProofRunner
 from monitor.verdicts import NodeVerdictEvent, Verdict
 from nodevigil.core.authority import OBSERVING, Authority, Sole, TrafficGate
 from nodevigil.core.clock import Clock
@@ -81,14 +84,25 @@ from nodevigil.core.failpoints import failpoint
 log = logging.getLogger(__name__)
 
 PACE = 2.0  # rest this many times a cycle's duration before the next (see _loop)
-# The full pass (read every load balancer back, decide every site) runs every failover.cycle,
-# or less often when it is expensive: at most this share of the time, and at least every
-# FULL_PASS_MAX seconds. Between full passes a cycle redoes only what changed (changes.py).
+# ... once the cycles' CPU beyond their share (1 / (1 + PACE) of the time) passes this many
+# seconds: a verdict is not kept waiting by a rest the controller's CPU did not need.
+PACE_BURST = 0.05
+# The sweep for drift (read every load balancer back, decide every site, a slice a cycle)
+# covers the fleet every failover.cycle, or less often when it is expensive: the last full
+# pass's duration is at most this share of the period, and the period at most FULL_PASS_MAX
+# seconds. Besides, a cycle redoes only what changed (changes.py).
 FULL_PASS_SHARE = 0.02
 FULL_PASS_MAX = 30.0
 # In a cluster, how often every host re-reads the shared overrides: a drain written through a
 # standby's API is in the store, not in the leader's memory. A few rows: cheap.
 OVERRIDES_REFRESH = 2.0
+# Stored bookkeeping is in wall time; the monotonic -> wall offset it was shifted by is kept
+# while the clocks agree within this (seconds): hold-downs are seconds long, and a wall clock
+# step beyond it shifts the whole book again.
+OFFSET_SLACK = 0.05
+# The action log is written behind the cycle: with the next cycle's book save, or by itself
+# after this many seconds without one (see Controller._record).
+RECORD_DELAY = 0.2
 
 
 class Controller:
@@ -177,14 +191,37 @@ class Controller:
         self._unread_sites: set[str] = set()  # sites with a server the last read missed
         self._unread_records: set[tuple[str, str]] = set()
         self._unread_keys: dict[tuple[str, str], str] = {}  # (lb, target) -> why unreadable
-        self._full_at: float | None = None  # monotonic time of the last full pass
-        self._full_took = 0.0  # its duration (seconds)
+        self._full_took = 0.0  # how long the last full pass took (seconds)
+        self._cpu_owed = 0.0  # the cycles' CPU beyond their share, to rest off (_rest)
+        self._paced_at: float | None = None  # when _rest last counted (perf_counter)
+        # The sweep for drift: the sites it has still to redo, when it began (monotonic),
+        # how many sites it covers, and whether every slice so far saw and fixed everything.
+        self._sweep: list[str] = []
+        self._sweep_at: float | None = None
+        self._sweep_size = 0
+        self._sweep_ok = True
         self._last_cycle_at: float | None = None
         self._loaded = False
         self._sub: Subscription | None = None
         self._poke = asyncio.Event()
         self._cycle = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._records: list[ActionRecord] = []  # the action log's entries still to write
+        self._recording: asyncio.Task[None] | None = None  # writing them (_record)
+        self._writing = False  # _write_records has a batch in the store's hands
+        self._write_now = asyncio.Event()  # ends the writer's delay (_flush_records)
+        # Proof that traffic followed each applied action, in the background (failover/proof).
+        self.proofs = ProofRunner(
+            clock=clock,
+            authority=self._authority,
+            local_lbs=self._local,
+            global_lbs=self._global,
+            lb_types=self._lb_type,
+            emit=self._emit,
+            record=self._store.record_actions,
+            vantage=lambda: self.vantage,
+            registry=self.metrics.registry,
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -214,6 +251,8 @@ class Controller:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.proofs.close()  # after the loop: no cycle starts one any more
+        await self._flush_records()  # the caller closes the store next
         if self._sub is not None:
             self._sub.close()
             self._sub = None
@@ -221,9 +260,10 @@ class Controller:
     async def _loop(self) -> None:
         while True:
             started = time.thread_time()  # the loop thread's CPU, not waits on disk or LBs
-            full = self._full_due()
             try:
-                await self.run_once(full=full)
+                # A full pass when one is needed (the first cycle, a reload...); else the
+                # changes, and the next slice of the sweep for drift (_sweep_slice).
+                await self.run_once(full=False, sweep=True, write_behind=True)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug in one cycle must not end failover; the next cycle retries
@@ -232,19 +272,44 @@ class Controller:
             # the cycle's CPU before the next one, so deciding never takes more than a third of
             # the loop's thread (bench/load_bench.py). CPU, not elapsed time: a cycle waiting
             # on a synced save or a load balancer costs the loop nothing, and resting for it
-            # only delayed the verdicts queued behind it (bench/controller_bench.py). A full
-            # pass is paced by _full_due already.
+            # only delayed the verdicts queued behind it (bench/controller_bench.py).
             took = time.thread_time() - started
-            if not full:
-                await asyncio.sleep(min(PACE * took, self._config.failover.cycle))
+            await asyncio.sleep(min(self._rest(took), self._config.failover.cycle))
             await self._wait()
 
-    def _full_due(self) -> bool:
-        """Whether the loop's next cycle is a full pass (see FULL_PASS_SHARE)."""
-        if self._full_at is None:
-            return True
-        period = max(self._config.failover.cycle, self._full_took / FULL_PASS_SHARE)
-        return self._clock.monotonic() - self._full_at >= min(period, FULL_PASS_MAX)
+    def _rest(self, took: float) -> float:
+        """How long to rest after a cycle that took ``took`` seconds of the loop's CPU.
+
+        The cycles may use 1 / (1 + PACE) of the time: what they use beyond it is owed,
+        and paid back, once the debt passes PACE_BURST, by resting as long as it takes to
+        earn it (as resting PACE times each cycle's CPU would, on average: cycles back to
+        back keep to the share); light load never rests."""
+        now = time.perf_counter()
+        since, self._paced_at = now - (self._paced_at or now), now
+        self._cpu_owed = max(0.0, self._cpu_owed + took - since / (1 + PACE))
+        if self._cpu_owed <= PACE_BURST:
+            return 0.0
+        return (1 + PACE) * self._cpu_owed  # earned back while resting (the next count)
+
+    def _sweep_slice(self, config: Config) -> tuple[set[str], bool]:
+        """The sites this cycle reads back and decides whole for drift, and whether they end
+        a sweep. A sweep covers every site once a period (FULL_PASS_SHARE: the time the last
+        full pass took, spread), a share in each cycle in proportion to the time gone, so
+        no cycle blocks the loop for the whole fleet (bench/controller_bench.py)."""
+        now = self._clock.monotonic()
+        period = max(config.failover.cycle, self._full_took / FULL_PASS_SHARE)
+        period = min(period, FULL_PASS_MAX)
+        if not self._sweep:
+            if self._sweep_at is not None and now - self._sweep_at < period:
+                return set(), False
+            self._sweep = [s.name for s in config.sites]
+            self._sweep_size, self._sweep_at, self._sweep_ok = len(self._sweep), now, True
+        began = now if self._sweep_at is None else self._sweep_at
+        done = self._sweep_size - len(self._sweep)
+        share = min(1.0, (now - began) / period) if period > 0 else 1.0
+        take = max(0, math.ceil(self._sweep_size * share) - done)
+        sites, self._sweep = self._sweep[:take], self._sweep[take:]
+        return set(sites), bool(sites) and not self._sweep
 
     async def _wait(self) -> None:
         """Until a verdict event, an override or config change, or the cycle time passes."""
@@ -262,6 +327,10 @@ class Controller:
         if waits[0].done() and not waits[0].cancelled():
             self._note(waits[0].result())
         self._poke.clear()
+
+    def _lb_type(self, name: str) -> str:
+        lb = self._config.load_balancers.get(name)
+        return "unknown" if lb is None else lb.type
 
     def _observing(self) -> bool:
         return self._config.failover.mode == "observe"
@@ -288,12 +357,18 @@ class Controller:
 
     # --- one cycle ---------------------------------------------------------------------------
 
-    async def run_once(self, *, full: bool = True) -> Decision:
+    async def run_once(
+        self, *, full: bool = True, sweep: bool = False, write_behind: bool = False
+    ) -> Decision:
         """Run one cycle: read back, decide, apply, publish, save. Return the decision.
 
         ``full``: read every load balancer back and decide every site; else only the sites
         whose verdicts, overrides or pending actions changed since the last cycle (and the
-        records of their services), unless something needs a full pass anyway.
+        records of their services), unless something needs a full pass anyway; inside such
+        a site, only its changed nodes when its budget allows (``decide_changed``).
+        ``sweep``: a short cycle also reads back and redoes the next slice of the sweep for
+        drift (``_sweep_slice``; the loop's cycles do). ``write_behind``: return before the
+        action log is written (``_record``; the loop's cycles do), else after.
         """
         async with self._cycle:
             await self.start()
@@ -320,9 +395,15 @@ class Controller:
                 self._note(event)
             verdicts = dict(self._source.verdicts())
             overrides = self._overrides.snapshot()
-            dirty = None if full else self._dirty(config, index, verdicts, overrides, leader)
+            changed = None if full else self._dirty(config, index, verdicts, overrides, leader)
+            dirty, narrow = (None, {}) if changed is None else changed
+            swept = False
             if dirty is None:
                 self._touched = set()  # the full pass looks at every node anyway
+            elif sweep:
+                slice_, swept = self._sweep_slice(config)
+                dirty |= slice_
+                narrow = {site: few for site, few in narrow.items() if site not in slice_}
             observed, complete = await self._read(config, index, dirty)
             now, wall = self._clock.monotonic(), self._clock.wall()
             state = ControllerState(
@@ -333,9 +414,11 @@ class Controller:
                 reasons=dict(self._reasons),
             )
             decision = None
-            if dirty is not None and self._last is not None:
+            if dirty is not None and self._last is not None and self._last_state is not None:
+                before = self._last_state.observed.servers
+                narrow = moved_servers(index, narrow, observed.servers, before)
                 decision = decide_changed(
-                    config, index, state, now, wall, last=self._last, dirty=dirty
+                    config, index, state, now, wall, last=self._last, dirty=dirty, nodes=narrow
                 )
             if decision is None:  # a full pass, or one the brakes need
                 decision = decide(config, state, now, wall)
@@ -362,6 +445,7 @@ class Controller:
                 )
                 if applied:
                     failpoint("controller.after_apply")
+                    self.proofs.start(applied, config.failover.proof)
                 released = await self._release_servers()
             self._observed = after_applied(observed, applied)
             self._unsettled = unsettled_sites(decision.actions, (r.action for r in applied))
@@ -379,11 +463,17 @@ class Controller:
                 observing=observing and leader,
             )
             reconciled = complete and acting and len(applied) == len(decision.actions)
-            reconciled = reconciled and dirty is None  # only a full pass saw everything
+            if dirty is not None:  # a sweep's slices saw everything, one after the other
+                self._sweep_ok = self._sweep_ok and reconciled
+                reconciled = swept and self._sweep_ok
             self._update_metrics(decision, [*applied, *released], reconciled, wall, started)
-            if dirty is None:
-                self._full_at = self._clock.monotonic()
+            if dirty is None:  # a full pass: the next sweep starts a period from now
+                self._sweep, self._sweep_at = [], self._clock.monotonic()
                 self._full_took = time.perf_counter() - started
+            if write_behind:
+                self._write_later(RECORD_DELAY)
+            else:
+                await self._flush_records()
             return decision
 
     def _fleet_index(self, config: Config) -> FleetIndex:
@@ -399,9 +489,11 @@ class Controller:
         verdicts: Mapping[str, Verdict],
         overrides: Mapping[tuple[OverrideKind, str], Override],
         leader: bool,
-    ) -> set[str] | None:
-        """The sites this cycle must redo, or None when it must be a full pass (the first
-        cycle, a reload, a new role or mode, bookkeeping reloaded from the store)."""
+    ) -> tuple[set[str], dict[str, set[str]]] | None:
+        """The sites this cycle must redo and, of those, the ones it may redo per node (site
+        -> its nodes named by events or whose verdict changed); or None when it must be a
+        full pass (the first cycle, a reload, a new role or mode, bookkeeping reloaded from
+        the store)."""
         last, before = self._last, self._last_state
         mode = (leader, config.failover.mode == "observe")
         if (
@@ -413,11 +505,15 @@ class Controller:
         ):
             return None
         touched, self._touched = self._touched, set()
-        dirty = index.sites_of(touched | changed_nodes(verdicts, before.verdicts))
-        dirty |= changed_overrides(overrides, before.overrides, index)
-        dirty |= self._unsettled  # actions that failed or were not sent: decided again
-        dirty |= self._unread_sites  # read again: the load balancer may be back
-        return dirty
+        whole = changed_overrides(overrides, before.overrides, index)
+        whole |= self._unsettled  # actions that failed or were not sent: decided again
+        whole |= self._unread_sites  # read again: the load balancer may be back
+        narrow: dict[str, set[str]] = {}
+        for node in touched | changed_nodes(verdicts, before.verdicts):
+            site = index.site_of.get(node)
+            if site is not None and site not in whole:
+                narrow.setdefault(site, set()).add(node)
+        return whole | narrow.keys(), narrow
 
     async def _read(
         self, config: Config, index: FleetIndex, dirty: set[str] | None
@@ -659,23 +755,79 @@ class Controller:
                 )
             )
         if records:
+            self._record(records)
+
+    def _record(self, records: list[ActionRecord]) -> None:
+        """Queue ``records`` for the action log, written behind the cycle (write-behind).
+
+        The log says what was done; it decides nothing, so no cycle waits for a disk sync of
+        its own: the records go into the next cycle's book save, one transaction and one
+        sync (``Store.save_book``), or, when no save comes within RECORD_DELAY, are written
+        by ``_write_records``. In order; ``actions()`` and leaving the ``async with`` wait
+        for them. As before, a crash after an action and before its record loses the record
+        (the window is now up to RECORD_DELAY longer).
+        """
+        self._records.extend(records)
+
+    def _write_later(self, delay: float) -> None:
+        """Write the queued records ``delay`` seconds from now, unless a save takes them."""
+        if self._records and (self._recording is None or self._recording.done()):
+            self._write_now.clear()
+            self._recording = asyncio.create_task(
+                self._write_records(delay), name="nodevigil-failover-action-log"
+            )
+
+    async def _write_records(self, delay: float) -> None:
+        if delay > 0:  # real time: a bound on the log's lag, not a decision
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._write_now.wait(), delay)
+        self._write_now.clear()
+        while self._records:
+            batch, self._records = self._records, []
+            self._writing = True
             try:
-                await self._store.record_actions(records)
+                await self._store.record_actions(batch)
             except NodevigilError as exc:
                 log.error("cannot record the action log: %s", exc)
+            except Exception:  # a background task: nobody else would see it
+                log.exception("cannot record the action log")
+            finally:
+                self._writing = False
+
+    async def _flush_records(self) -> None:
+        """Until every action record queued so far is written (or failed and was logged)."""
+        while self._records or (self._recording is not None and not self._recording.done()):
+            if self._recording is None or self._recording.done():
+                self._write_later(0.0)
+            self._write_now.set()  # a writer still waiting out its delay writes at once
+            if self._recording is not None:
+                await asyncio.shield(self._recording)
 
     async def _save_book(self) -> None:
         if self._book == self._saved_book:
             return
         try:
-            # Rounded, so unchanged entries convert to the same wall times and are not rewritten.
+            # Kept from save to save while it stays within OFFSET_SLACK (the two clocks are
+            # read microseconds apart and slew): an offset that moves rewrites every entry,
+            # ~10,000 rows at 10,000 nodes (bench/controller_bench.py's slowest saves).
             offset = round(self._clock.wall() - self._clock.monotonic(), 3)
             saved, shifted = self._saved_book, self._saved_wall
+            if shifted is not None and abs(shifted[0] - offset) < OFFSET_SLACK:
+                offset = shifted[0]
             if saved is not None and shifted is not None and shifted[0] == offset:
                 wall_book = shift_changed(self._book, offset, saved, shifted[1])
             else:
                 wall_book = shift_book(self._book, offset)
-            await self._store.save_book(wall_book)
+            # The queued action records ride along (one sync, not two), unless the writer is
+            # writing a batch: then they follow it, in order.
+            records: list[ActionRecord] = []
+            if not self._writing:
+                records, self._records = self._records, []
+            try:
+                await self._store.save_book(wall_book, records)
+            except BaseException:
+                self._records[:0] = records  # written later (or by the next save)
+                raise
             self._saved_book = self._book
             self._saved_wall = (offset, wall_book)
         except NodevigilError as exc:  # keep acting on traffic; saving is retried next cycle
@@ -910,5 +1062,6 @@ class Controller:
         return replace(status, mode=self.mode, would=self.would(), load_balancers=lbs)
 
     async def actions(self, limit: int = 100) -> list[ActionRecord]:
-        """The latest entries of the durable action log."""
+        """The latest entries of the durable action log (with every record queued so far)."""
+        await self._flush_records()
         return await self._store.actions(limit)

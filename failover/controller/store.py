@@ -9,7 +9,7 @@ controller shifts its monotonic bookkeeping to wall time when saving and back wh
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -58,8 +58,9 @@ class Store(Protocol):
         """Forget an override (no error when absent)."""
         ...
 
-    async def save_book(self, book: Book) -> None:
-        """Replace the saved bookkeeping with ``book`` (wall-clock times)."""
+    async def save_book(self, book: Book, records: Sequence[ActionRecord] = ()) -> None:
+        """Replace the saved bookkeeping with ``book`` (wall-clock times) and append
+        ``records`` to the action log, in one transaction (one disk sync, not two)."""
         ...
 
     async def record_actions(self, records: list[ActionRecord]) -> None:

@@ -127,6 +127,7 @@ def _rfc2136(
             tsig_algorithm=tsig_algorithm,
             retry=retry,
             authority=authority,
+            proof_servers=[split_host_port(s, 53) for s in cfg.proof_servers],
         )
     except ValueError as exc:
         raise ConfigError([f"load_balancers.{name}: {exc}"]) from None
@@ -152,6 +153,7 @@ def _powerdns(
         api_key=load_secret(f"load_balancers.{name}.api_key", cfg.api_key, base_dir, "text"),
         retry=retry,
         authority=authority,
+        proof_servers=[split_host_port(s, 53) for s in cfg.proof_servers],
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from failover.lb.base import OperationalState, ServerState, ServerStatus
@@ -88,6 +89,39 @@ def parse_servers_state(text: str, backend: str) -> dict[str, ServerStatus]:
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class ServerTraffic:
+    """One server's session counters from ``show stat``: what traffic it carries."""
+
+    name: str
+    current: int  # scur: sessions open now
+    total: int  # stot: sessions since HAProxy started (grows with every new one)
+
+
+def parse_stat(text: str, backend: str) -> dict[str, ServerTraffic]:
+    """Parse ``show stat`` CSV: the servers of ``backend`` with their ``scur`` and ``stot``."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        raise ValueError(f"unexpected 'show stat' answer: {text.strip()[:200]!r}")
+    # The header names the columns; HAProxy adds columns between versions, so use it.
+    columns = lines[0][2:].split(",")
+    try:
+        px, sv = columns.index("pxname"), columns.index("svname")
+        scur, stot = columns.index("scur"), columns.index("stot")
+    except ValueError as exc:
+        raise ValueError(f"'show stat' header lacks a column: {exc}") from exc
+    result: dict[str, ServerTraffic] = {}
+    for line in lines[1:]:
+        fields = line.split(",")
+        if len(fields) <= max(px, sv, scur, stot) or fields[px] != backend:
+            continue
+        name = fields[sv]
+        if name in ("FRONTEND", "BACKEND"):
+            continue
+        result[name] = ServerTraffic(name, int(fields[scur] or 0), int(fields[stot] or 0))
+    return result
+
+
 def _check_name(kind: str, value: str) -> None:
     if not _SAFE_NAME.match(value):
         raise LoadBalancerInvalid(f"{kind} name {value!r} cannot be sent to HAProxy")
@@ -138,6 +172,22 @@ class HAProxyLoadBalancer:
         try:
             return parse_servers_state(answer, backend)
         except (ValueError, KeyError) as exc:
+            raise LoadBalancerRejected(f"{self._name}: {exc}") from exc
+
+    async def traffic(self, backend: str) -> dict[str, ServerTraffic]:
+        """Read every server of ``backend``'s session counters (``show stat``, servers only)."""
+        _check_name("backend", backend)
+        # <proxy> 4 -1: the servers of that proxy only, not the whole process's stats.
+        answer = await self.command(f"show stat {backend} 4 -1")
+        text = answer.strip()
+        if text.startswith(("No such proxy", "No such backend", "Unknown")):
+            raise LoadBalancerNotFound(
+                f"{self._name}: HAProxy has no backend {backend!r}", backend=backend
+            )
+        self._raise_for_answer(answer, backend, "")
+        try:
+            return parse_stat(answer, backend)
+        except ValueError as exc:
             raise LoadBalancerRejected(f"{self._name}: {exc}") from exc
 
     async def set_state(self, backend: str, server: str, state: ServerState) -> None:

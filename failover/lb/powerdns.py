@@ -9,11 +9,13 @@ before each attempt); the remaining window is documented in docs/operations.md.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
+from failover.lb.authoritative import NameServer, ServerAnswer, ask_all, resolve
 from failover.lb.dnsnames import record_name, split_addresses, zone_name
 from failover.lb.errors import (
     LoadBalancerError,
@@ -50,6 +52,7 @@ class PowerDnsLoadBalancer:
         timeout: float = 2.0,
         retry: RetryPolicy | None = None,
         authority: Authority | None = None,
+        proof_servers: Sequence[tuple[str, int]] = (),
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -64,6 +67,8 @@ class PowerDnsLoadBalancer:
         self._retry = retry or RetryPolicy()
         self._api_key = api_key
         self._authority = authority
+        # The servers a traffic proof asks; empty: the zone's NS set (see ``published``).
+        self._proof_servers = [NameServer("", h, p) for h, p in proof_servers]
         zone_id = quote(self._zone.to_text(), safe=".")
         self._zone_url = (
             f"{url.rstrip('/')}/api/v1/servers/{quote(server_id, safe='')}/zones/{zone_id}"
@@ -91,6 +96,46 @@ class PowerDnsLoadBalancer:
                 if not item.get("disabled", False):
                     found.add(str(item["content"]))
         return found
+
+    @property
+    def ttl(self) -> int:
+        """The TTL the rrsets are given (how long clients may keep an old answer)."""
+        return self._ttl
+
+    async def published(self, record: str) -> list[ServerAnswer]:
+        """What every authoritative server answers for ``record`` (SOA serial, addresses):
+        the ``proof_servers``, else the zone's NS set as the API holds it, each NS name
+        resolved by the system resolver and asked on port 53."""
+        servers = self._proof_servers or await self._name_servers()
+        fqdn = record_name(record, self._zone)
+        return await ask_all(servers, self._zone, fqdn, self._timeout)
+
+    async def _name_servers(self) -> list[NameServer]:
+        apex = self._zone.to_text()
+        params = {"rrset_name": apex, "rrset_type": "NS"}
+        zone = await call_with_retries(
+            lambda: self._request("GET", self._zone_url, params=params), self._retry
+        )
+        rrsets: list[dict[str, Any]] = zone.get("rrsets", []) if isinstance(zone, dict) else []
+        names = sorted(
+            str(item["content"])
+            for rrset in rrsets
+            if rrset.get("name") == apex and rrset.get("type") == "NS"
+            for item in rrset.get("records", [])
+            if not item.get("disabled", False)
+        )
+        if not names:
+            raise LoadBalancerRejected(f"{self._name}: the zone {apex} has no NS set", code="NS")
+        servers = []
+        for name in names:
+            addresses = await resolve(name)
+            if not addresses:
+                raise LoadBalancerRejected(
+                    f"{self._name}: NS {name} of {apex} has no address (set proof_servers)",
+                    code="NS",
+                )
+            servers.append(NameServer(name, addresses[0]))
+        return servers
 
     async def set_addresses(self, record: str, addresses: set[str]) -> None:
         """Replace the record's A and AAAA rrsets in one PATCH (one transaction in PowerDNS)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 
 import dns.asyncquery
 import dns.exception
@@ -29,6 +30,7 @@ import dns.tsig
 import dns.tsigkeyring
 import dns.update
 
+from failover.lb.authoritative import NameServer, ServerAnswer, ask_all, name_servers
 from failover.lb.dnsnames import record_name, split_addresses, zone_name
 from failover.lb.errors import (
     LoadBalancerError,
@@ -93,6 +95,7 @@ class Rfc2136LoadBalancer:
         tsig_algorithm: str = "hmac-sha256",
         retry: RetryPolicy | None = None,
         authority: Authority | None = None,
+        proof_servers: Sequence[tuple[str, int]] = (),
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
@@ -108,6 +111,8 @@ class Rfc2136LoadBalancer:
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self._authority = authority
+        # The servers a traffic proof asks; empty: the zone's NS set (see ``published``).
+        self._proof_servers = [NameServer("", h, p) for h, p in proof_servers]
         self._fence = dns.name.from_text(FENCE_LABEL, origin=self._zone)
         self._fenced_at: int | None = None  # the epoch this adapter put (or found) in the fence
         self._refusal_logged: int | None = None  # the epoch whose refusal was logged
@@ -188,6 +193,26 @@ class Rfc2136LoadBalancer:
             self._fenced_at = None
             raise await self._refused(epoch, f"update {fqdn}", rcode)
         self._raise_for_rcode(rcode, f"update {fqdn}", _UPDATE_HINTS)
+
+    @property
+    def ttl(self) -> int:
+        """The TTL the updates give the records (how long clients may keep an old answer)."""
+        return self._ttl
+
+    async def published(self, record: str) -> list[ServerAnswer]:
+        """What every authoritative server of the zone (the NS set as the primary answers it)
+        answers for ``record``: its SOA serial and the record's addresses, or its error.
+        With ``proof_servers``, those servers are asked instead of the NS set."""
+        try:
+            servers = self._proof_servers or await name_servers(
+                self._zone, self._host, self._port, self._timeout
+            )
+        except LoadBalancerRejected as exc:
+            raise LoadBalancerRejected(f"{self._name}: {exc}", code=exc.code) from exc
+        except LoadBalancerError as exc:
+            raise type(exc)(f"{self._name}: {exc}") from exc
+        fqdn = record_name(record, self._zone)
+        return await ask_all(servers, self._zone, fqdn, self._timeout)
 
     async def fence_epoch(self) -> int | None:
         """The epoch the fence record holds now (None: no fence yet)."""

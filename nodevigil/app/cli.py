@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from failover.proof.ttl import ttl_warnings
 from nodevigil import __version__
 from nodevigil.app.kinds import EVENT_KINDS
 from nodevigil.app.logs import LOG_FORMATS
@@ -167,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nodevigil.app import status_cli
 
     status_cli.add_arguments(sub, DEFAULT_CONFIG)
+    from nodevigil.app.replay import cli as replay_cli
+
+    replay_cli.add_arguments(sub, DEFAULT_CONFIG)
     from nodevigil.app.demo import options as demo_options
 
     demo = sub.add_parser(
@@ -193,6 +197,8 @@ def _check_config(path: Path) -> int:
     )
     for line in drain_budgets(config):
         print(line)
+    for line in ttl_warnings(config):
+        print(f"warning: {line}")
     return 0
 
 
@@ -262,6 +268,10 @@ def main(argv: list[str] | None = None, *, early: EarlySignals | None = None) ->
             from nodevigil.app import status_cli
 
             return asyncio.run(status_cli.run(args))
+        if args.command == "replay":
+            from nodevigil.app.replay import cli as replay_cli
+
+            return replay_cli.run(args)
         if args.command == "demo":
             from nodevigil.app.demo import options as demo_options
             from nodevigil.app.demo.run import main as demo_main

@@ -33,6 +33,8 @@ from failover.notify.metrics import NotifyMetrics
 from failover.notify.outbox import Dispatcher
 from failover.notify.transports import build_transport
 from monitor.heartbeat import HeartbeatBoard, HeartbeatListener
+from monitor.history import RunRecorder
+from monitor.history_writer import HistoryWriter
 from monitor.metrics import AgentCollector, MonitorMetrics
 from monitor.sharded import MonitorView, build_monitor
 from nodevigil import __version__
@@ -41,6 +43,7 @@ from nodevigil.app.api import (
     cluster_routes,
     failover_routes,
     incident_routes,
+    replay_routes,
     sla_routes,
     status_page,
 )
@@ -238,6 +241,19 @@ class Daemon:
         # what the controller and the API read is the quorum's verdict (app/vantages.py).
         voting = config.cluster is not None and bool(config.cluster.vantages)
         local_bus = EventBus() if voting else self.bus
+        # The probe history (for replay): every judged result folded into runs, saved every
+        # half records.history_save_every; its last save follows the monitor's stop.
+        history = state.history_store()
+        await history.open()
+        stack.push_async_callback(history.close)
+        self.history_store = history  # read by replay (nodevigil.app)
+        self.history_writer = HistoryWriter(
+            RunRecorder(),
+            history,
+            every=lambda: self.config.records.history_save_every,
+            sleep=self.clock.sleep,
+        )
+        stack.push_async_callback(self.history_writer.close)
         # In this process, or over ``monitor.workers`` processes (monitor/sharded.py).
         self.monitor = await stack.enter_async_context(
             build_monitor(
@@ -247,6 +263,7 @@ class Daemon:
                 metrics=MonitorMetrics(self.registry),
                 board=self.board,
                 registry=self.registry,
+                history=self.history_writer.recorder,
             )
         )
         nodes: NodeView = self.monitor
@@ -365,6 +382,7 @@ class Daemon:
                 *incident_routes.routes(),
                 *status_page.routes(),
                 *cluster_routes.routes(),
+                *replay_routes.routes(),
             ],
         )
         app[cluster_routes.LEADERSHIP] = self.leadership
@@ -375,6 +393,7 @@ class Daemon:
         app[incident_routes.INCIDENTS] = self.incidents
         app[incident_routes.INCIDENT_STORE] = incident_store
         app[incident_routes.DISPATCHER] = self.dispatcher
+        app[replay_routes.HISTORY] = self.history_store
         snapshot: status_page.Snapshot = StatusSnapshot(
             controller=self.controller,
             incidents=self.incidents,
@@ -393,6 +412,7 @@ class Daemon:
             metrics=self.metrics,
             clock=self.clock,
             retention=lambda: self.config.records.retention,
+            history=history,
         )
         await self._serve(app, config, api_socket, stack)
         try:
@@ -403,6 +423,7 @@ class Daemon:
                 if database_watch is not None:
                     tg.create_task(database_watch.run(), name="database")
                 tg.create_task(upkeep.run(), name="upkeep")
+                tg.create_task(self.history_writer.run(), name="probe-history")
                 tg.create_task(bridge.run(), name="sla-ledger")
                 if leader_marks is not None:
                     tg.create_task(leader_marks.run(), name="leader-marks")

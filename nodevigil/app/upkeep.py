@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from failover.controller.store import Store
 from failover.incidents.ports import IncidentStore
+from monitor.history import HistoryStore
 from nodevigil.app.metrics import DaemonMetrics
 from nodevigil.app.sla_bridge import utc
 from nodevigil.core.clock import Clock
@@ -39,6 +40,7 @@ class Upkeep:
         metrics: DaemonMetrics,
         clock: Clock,
         retention: Callable[[], float],
+        history: HistoryStore | None = None,
     ) -> None:
         self._events = events
         self._store = store
@@ -48,6 +50,7 @@ class Upkeep:
         self._metrics = metrics
         self._clock = clock
         self._retention = retention  # read at each pass: a reload may change it
+        self._history = history  # the probe history (runs of equal results)
 
     async def run(self) -> None:
         """Refresh the queue gauges every few seconds; prune old records every hour."""
@@ -73,6 +76,8 @@ class Upkeep:
         removed += await self._incidents.prune(cutoff)
         pruned = await self._ledger.prune(utc(now), retention)
         removed += sum(pruned.values())
+        if self._history is not None:  # last: the records above matter more if it fails
+            removed += await self._history.prune(cutoff)
         if removed:
             log.info("pruned %d records older than the retention period", removed)
         return removed

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from failover.controller.store import Store
 from failover.incidents.ports import IncidentStore
+from monitor.history import DurableHistoryStore
 from nodevigil.core.authority import Authority
 from nodevigil.core.config.schema import Config, Database
 from nodevigil.core.errors import StateError
@@ -63,6 +64,10 @@ class Backend(Protocol):
 
     def ledger_store(self) -> Callable[[], LedgerStore]:
         """A factory of the ledger's store, called on the ledger's own worker thread."""
+        ...
+
+    def history_store(self) -> DurableHistoryStore:
+        """The probe history: runs of equal probe results (not yet opened)."""
         ...
 
     async def installation_id(self) -> str:
@@ -134,6 +139,12 @@ class SqliteBackend:
 
         path = self.state_dir / "ledger.db"
         return lambda: SqliteLedgerStore(path)
+
+    def history_store(self) -> DurableHistoryStore:
+        """``history.db``."""
+        from nodevigil.state.sqlite.history import SqliteHistoryStore
+
+        return SqliteHistoryStore(self.state_dir / "history.db")
 
     async def installation_id(self) -> str:
         """Kept in the ledger's settings (``nodevigil.state.installation``)."""
@@ -276,6 +287,12 @@ class PostgresBackend:
         kwargs = connect_kwargs(self.database, password(self.database, self.base_dir))
         fence = self.epoch_fence
         return lambda: PostgresLedgerStore(url, kwargs, fence=fence)
+
+    def history_store(self) -> DurableHistoryStore:
+        """The ``probe_runs`` table (written by every host of a cluster: its own vantage)."""
+        from nodevigil.state.postgres.history import PostgresHistoryStore
+
+        return PostgresHistoryStore(self.pool)
 
     async def installation_id(self) -> str:
         """Kept in the ledger's settings (``nodevigil.state.installation``)."""

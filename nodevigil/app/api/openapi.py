@@ -13,12 +13,16 @@ import json
 from typing import Any
 
 from nodevigil.app.api.openapi_schemas import (
+    DURATION_PATTERN,
     NAME,
     OUTBOX_STATES,
     QUERY_TIME,
     SCHEMAS,
     STRING,
+    TIME,
     Schema,
+    body,
+    obj,
     ref,
 )
 
@@ -265,6 +269,60 @@ def _operations() -> dict[str, dict[str, Any]]:
         **_sla_operations(),
         **_incident_operations(),
         **_cluster_operations(),
+        **_replay_operations(),
+    }
+
+
+def _replay_operations() -> dict[str, dict[str, Any]]:
+    moment = {"type": "string", "examples": ["2026-12-05T13:09:00Z", "-24h", "now"]}
+    diff = obj(
+        {
+            "change": {"type": "string", "enum": ["extra", "missing"]},
+            "kind": STRING,
+            "subject": STRING,
+            "at": TIME,
+            "what": STRING,
+            "evidence": {"type": "object"},
+        }
+    )
+    outcome = {"type": "object"}
+    return {
+        "/api/v1/replay": {
+            "post": _op(
+                "Replay a candidate configuration over the probe history against the running "
+                "one: the drains, withdrawals, incidents, notices and SLA minutes and credit "
+                "that would have differed, with their evidence (changes nothing; one at a "
+                "time, 409 while one runs; 503 past its time limit)",
+                "replay",
+                obj(
+                    {
+                        "from": TIME,
+                        "to": TIME,
+                        "candidate": outcome,
+                        "running": outcome,
+                        "differences": {"type": "array", "items": diff},
+                        "sla": outcome,
+                        "replay": outcome,
+                    }
+                ),
+                role="admin",
+                body=body(
+                    {
+                        "config": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": "the candidate, as YAML",
+                        },
+                        "from": moment,
+                        "to": moment,
+                        "tolerance": {"type": "string", "pattern": DURATION_PATTERN},
+                        "warmup": {"type": "string", "pattern": DURATION_PATTERN},
+                    },
+                    "config",
+                ),
+                errors=("409", "422", "503"),
+            )
+        },
     }
 
 

@@ -40,6 +40,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("monitor", schema.MonitorSettings),
     ("failover", schema.FailoverSettings),
     ("failover.brake", schema.FailoverBrake),
+    ("failover.proof", schema.FailoverProof),
     ("sites[]", schema.Site),
     ("nodes[]", schema.Node),
     ("nodes[].probes[] type: http", schema.HttpProbe),
@@ -248,6 +249,17 @@ EXAMPLES: dict[str, Example] = {
             window: 1m                       # ...within a minute holds its drains
             rate: 1                          # but lets one through a minute (default 0: none)
             min_nodes: 10                    # smaller scopes never brake
+        """,
+    ),
+    "failover.proof": _example(
+        "failover",
+        "proof",
+        text="""
+        failover:
+          proof:                             # after each action, watch the traffic move
+            enabled: true
+            timeout: 2m                      # a drained server's sessions may take this long
+            interval: 500ms                  # read HAProxy's counters / the DNS servers so often
         """,
     ),
     "sites[]": _example(
@@ -660,6 +672,7 @@ EXAMPLES: dict[str, Example] = {
         text="""
         records:
           retention: 400d                    # at least 90d (clause IV.3)
+          history_save_every: 30s            # a crash loses at most this much probe history
         """,
     ),
     "database": _example(
@@ -733,6 +746,7 @@ _DURATION_FIELDS = {
     "max_clock_skew",
     "settlement_delay",
     "retention",
+    "history_save_every",
     "resolve_after",
     "firing_for",
     "after",

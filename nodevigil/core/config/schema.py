@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import weakref
 import zoneinfo
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -338,6 +340,16 @@ class Rfc2136LB(Frozen):
     ttl: int = Field(default=30, ge=0, le=86400)
     timeout: Duration = 2.0
     tsig: TsigKey | None = None
+    # The servers a traffic proof asks (``host:port``, port 53 if left out); empty: the zone's
+    # NS set as the primary answers it. For servers the NS set does not name as reachable.
+    proof_servers: list[str] = Field(default_factory=list)
+
+    @field_validator("proof_servers")
+    @classmethod
+    def _servers(cls, value: list[str]) -> list[str]:
+        for item in value:
+            split_host_port(item, 53)
+        return value
 
 
 class PowerDnsLB(Frozen):
@@ -350,6 +362,16 @@ class PowerDnsLB(Frozen):
     ttl: int = Field(default=30, ge=0, le=86400)
     timeout: Duration = 2.0
     api_key: SecretRef
+    # The DNS servers a traffic proof asks (``host:port``, port 53 if left out); empty: the
+    # zone's NS set from the API, each name resolved by this host.
+    proof_servers: list[str] = Field(default_factory=list)
+
+    @field_validator("proof_servers")
+    @classmethod
+    def _servers(cls, value: list[str]) -> list[str]:
+        for item in value:
+            split_host_port(item, 53)
+        return value
 
 
 class RecordingLB(Frozen):
@@ -384,6 +406,26 @@ class FailoverBrake(Frozen):
     min_nodes: Annotated[int, Field(ge=1)] = 10
 
 
+class FailoverProof(Frozen):
+    """Proof that traffic moved: after each applied action, nodevigil watches in the
+    background until the traffic follows (a drained server's sessions end, a restored one
+    takes new ones, every authoritative DNS server answers the new record set) and records
+    when, or that it did not within ``timeout``. Only the leader watches."""
+
+    enabled: bool = True
+    # Long-lived sessions (WebSockets, downloads) may outlast this: the proof then says how
+    # many were still open.
+    timeout: Annotated[Duration, Field(gt=0, le=3600)] = 60.0
+    # How often the load balancer's counters or the DNS servers are read while proving.
+    interval: Annotated[Duration, Field(ge=0.05, le=60)] = 0.5
+
+    @model_validator(mode="after")
+    def _interval_within_timeout(self) -> FailoverProof:
+        if self.interval >= self.timeout:
+            raise ValueError("interval must be shorter than timeout")
+        return self
+
+
 class FailoverSettings(Frozen):
     """How the controller paces itself and holds recovering nodes and sites out."""
 
@@ -395,6 +437,7 @@ class FailoverSettings(Frozen):
     # ``for`` is refused (422), so a forgotten drain cannot keep capacity out for ever.
     drain_max: Annotated[Duration, Field(gt=0, le=365 * 86400)] = 86400.0
     brake: FailoverBrake = FailoverBrake()
+    proof: FailoverProof = FailoverProof()
     # ``observe``: probe, judge, decide and open incidents as ever, but write nothing to any
     # load balancer and notify no customer (operator alerts still go, marked); the decisions
     # are logged and served as "would ...". ``run --observe`` forces it. A reload switches.
@@ -652,9 +695,12 @@ class MonitorSettings(Frozen):
 
 
 class Records(Frozen):
-    """Clause IV.3: events and ledger records are kept at least 90 days."""
+    """Clause IV.3: events, ledger records and the probe history are kept at least 90 days.
+    The probe history (runs of equal results, for ``replay``) is saved every
+    ``history_save_every``: a crash loses at most that much of it."""
 
     retention: Duration = 90 * 86400.0
+    history_save_every: Annotated[Duration, Field(gt=0, le=3600)] = 30.0
 
 
 class Database(Frozen):
@@ -881,8 +927,26 @@ class Config(Frozen):
 
     def node(self, name: str) -> Node | None:
         """The node called ``name``, if any."""
-        return next((n for n in self.nodes if n.name == name), None)
+        return _named(self, "nodes", self.nodes).get(name)
 
     def site(self, name: str) -> Site | None:
         """The site called ``name``, if any."""
-        return next((s for s in self.sites if s.name == name), None)
+        return _named(self, "sites", self.sites).get(name)
+
+
+# Config.node() and .site() by name, built once per configuration object (the decision code
+# looks sites up for every service, every cycle). Kept beside the model, not in it: a private
+# attribute would take part in ``==`` and be copied, stale, by ``model_copy``. An entry goes
+# when its configuration is collected.
+_NAMED: dict[tuple[int, str], tuple[weakref.ref[Config], dict[str, Any]]] = {}
+
+
+def _named(config: Config, field: str, items: Sequence[Node] | Sequence[Site]) -> dict[str, Any]:
+    key = (id(config), field)
+    entry = _NAMED.get(key)
+    if entry is not None and entry[0]() is config:
+        return entry[1]
+    index = {item.name: item for item in items}
+    ref = weakref.ref(config, lambda _: _NAMED.pop(key, None))
+    _NAMED[key] = (ref, index)
+    return index

@@ -9,7 +9,7 @@ controller logs and retries on its next cycle.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import psycopg
@@ -155,9 +155,11 @@ class PostgresControllerStore:
 
         await self._run(f"delete the override of {kind} {name}", delete)
 
-    async def save_book(self, book: Book) -> None:
-        """Replace the saved bookkeeping, writing only the entries that changed."""
+    async def save_book(self, book: Book, records: Sequence[ActionRecord] = ()) -> None:
+        """Replace the saved bookkeeping, writing only the entries that changed, and append
+        ``records`` to the action log, in one transaction."""
         changes = book_changes(book, self._saved)
+        rows = [(r.at, action_body(r)) for r in records]
 
         async def save(conn: Conn) -> None:
             if changes.rewrite:
@@ -177,6 +179,11 @@ class PostgresControllerStore:
                     "DELETE FROM controller_outages WHERE service = ANY(%s::text[])",
                     (changes.ended,),
                 )
+            if rows:
+                async with conn.cursor() as cursor:  # in order: the identity keeps their order
+                    await cursor.executemany(
+                        "INSERT INTO controller_actions (at, body) VALUES (%s, %s)", rows
+                    )
 
         async def save_and_note() -> None:
             await self._transaction("save the book", save, leader=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -90,9 +90,11 @@ class SqliteControllerStore:
             lambda db: db.execute("DELETE FROM overrides WHERE kind=? AND name=?", (kind, name))
         )
 
-    async def save_book(self, book: Book) -> None:
-        """Replace the saved bookkeeping, writing only the entries that changed."""
+    async def save_book(self, book: Book, records: Sequence[ActionRecord] = ()) -> None:
+        """Replace the saved bookkeeping, writing only the entries that changed, and append
+        ``records`` to the action log, in one transaction."""
         changes = book_changes(book, self._saved)
+        rows = [(r.at, action_body(r)) for r in records]
 
         def save(db: sqlite3.Connection) -> None:
             if changes.rewrite:
@@ -102,6 +104,7 @@ class SqliteControllerStore:
             db.executemany("DELETE FROM books WHERE kind=? AND name=?", changes.gone)
             db.executemany("INSERT OR REPLACE INTO outages VALUES (?, ?, ?)", changes.outages)
             db.executemany("DELETE FROM outages WHERE service=?", [(s,) for s in changes.ended])
+            db.executemany("INSERT INTO actions (at, body) VALUES (?, ?)", rows)
 
         await self._run(save)
         self._saved = book  # only after the transaction committed

@@ -56,7 +56,11 @@ def haproxy_config(
     servers = "\n".join(
         f"    server {node.name} {node.host}:{node.port}" for node in nodes.values()
     )
+    # noreuseport: HAProxy binds with SO_REUSEPORT by default, so another HAProxy on this host
+    # (a concurrent test) that drew the same free port would silently share it, answering
+    # HTTP with its CLI; without it the second bind fails and start_with_retries draws again.
     return f"""global
+    noreuseport
     stats socket {socket_path} level admin
     stats socket ipv4@127.0.0.1:{admin_port} level admin
     stats timeout 10s
@@ -96,6 +100,8 @@ async def start_haproxy(
     async def start() -> HAProxyInstance:
         port = free_port(frontend_host)
         admin_port = free_port()
+        while admin_port == port:  # a port released by the first draw is often drawn again
+            admin_port = free_port()
         text = haproxy_config(
             socket_path,
             admin_port,

@@ -1,0 +1,1 @@
+"""Replay: what a configuration would have done over the recorded probe history."""
