@@ -16,3 +16,6 @@ echo "=== bench/notify_bench.py"; .venv/bin/python bench/notify_bench.py --backe
 echo "=== bench/load_bench.py"; .venv/bin/python bench/load_bench.py --backend both --minutes 3
 echo "=== bench/cluster_bench.py"; .venv/bin/python bench/cluster_bench.py
 echo "=== bench/vantage_bench.py"; .venv/bin/python bench/vantage_bench.py
+echo "=== bench/history_bench.py"; .venv/bin/python bench/history_bench.py
+# 2 simulated hours (the full day of 10,000 nodes takes ~6 CPU-minutes: bench/README.md).
+echo "=== bench/replay_bench.py"; .venv/bin/python bench/replay_bench.py --hours 2

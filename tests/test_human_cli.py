@@ -165,6 +165,9 @@ async def test_events_follow_prints_new_events_until_ctrl_c(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "NODEVIGIL_TOKEN": TOKEN},
+        # A suite started in the background (``cmd &`` in a script) passes SIGINT on ignored,
+        # and Python keeps it so: the Ctrl-C below would never arrive. As at a terminal:
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None and proc.stderr is not None

@@ -127,6 +127,7 @@ async def test_without_etcd_quorum_nobody_acts_and_it_converges(cluster: Harness
     assert len(await cluster.leaders()) == 1
 
 
+@pytest.mark.slow
 async def test_an_outage_across_a_change_of_leader_is_one_incident(cluster: Harness) -> None:
     leader = await cluster.wait_leader()
     await standbys(cluster, leader)
@@ -177,6 +178,7 @@ async def test_an_outage_across_a_change_of_leader_is_one_incident(cluster: Harn
     print(f"unknown: {[(i['start'], i['end']) for i in intervals if i['cause'] == 'unknown']}")
 
 
+@pytest.mark.slow
 async def test_a_drain_written_on_a_standby_is_acted_on_by_the_leader(cluster: Harness) -> None:
     leader = await cluster.wait_leader()
     standby = (await standbys(cluster, leader))[0]

@@ -129,6 +129,7 @@ async def test_a_paused_leader_stops_acting_before_another_starts(hosts: Hosts) 
     assert took_over - halted <= TTL + RENEW + 0.5  # expiry, then one renewal round at most
 
 
+@pytest.mark.slow
 async def test_no_quorum_nobody_acts_and_quorum_back_one_leader(
     hosts: Hosts, etcd: EtcdCluster
 ) -> None:

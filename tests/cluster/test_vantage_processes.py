@@ -219,6 +219,7 @@ async def test_a_vantage_cut_off_from_every_node_moves_nothing_and_says_so(
     await nothing_happened(cluster, began)
 
 
+@pytest.mark.slow
 async def test_a_vantage_cut_off_from_one_site_drains_nothing(cluster: Harness) -> None:
     leader = await leader_of(cluster)
     before = await cluster.admin()
@@ -297,6 +298,7 @@ async def test_a_dead_node_is_drained_on_the_quorums_word_and_the_votes_are_name
 # --- one vantage dead ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_dead_vantages_votes_vanish_and_the_others_decide(
     tmp_path: Path, postgres: PostgresAddress
 ) -> None:
@@ -338,6 +340,7 @@ async def test_a_dead_vantages_votes_vanish_and_the_others_decide(
 # --- the brake ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_bind
 async def test_a_whole_site_failing_at_once_is_braked_and_leaves_dns(
     tmp_path: Path, postgres: PostgresAddress

@@ -92,6 +92,7 @@ async def test_a_compacted_history_is_read_again_and_deletions_delivered(
     await poll("ops-2 is healthy", lambda: b.healthy, within=3)
 
 
+@pytest.mark.slow
 async def test_votes_published_while_quorum_is_lost_land_when_it_returns(
     stores: Stores,
 ) -> None:

@@ -61,7 +61,9 @@ async def metric(api: Api, name: str) -> float | None:
     return None
 
 
-@pytest.mark.parametrize("state_backend", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize(
+    "state_backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.slow)], indirect=True
+)
 async def test_killed_with_an_outage_open_it_loses_no_minute_and_counts_none_twice(
     tmp_path: Path, state_backend: StateBackend
 ) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from nodevigil.app.api.auth import token_digest
@@ -206,6 +207,7 @@ async def test_idle_connections_to_the_api_judge_no_node_and_healthz_answers(
     assert samples(metrics, "nodevigil_api_connections_limit") == {"": 256.0}
 
 
+@pytest.mark.slow
 async def test_a_cap_over_the_descriptor_limit_makes_probes_inconclusive_not_failed(
     tmp_path: Path,
 ) -> None:

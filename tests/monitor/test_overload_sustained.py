@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from monitor.heartbeat import HeartbeatBoard
@@ -141,6 +142,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.slow
 async def test_stalls_longer_than_the_hold_judge_no_serving_node() -> None:
     """The machine frozen for longer than the overload hold, the nodes' server with it: when the
     loop turns again, the probes that ran out of time are judged before the lag watch's own
