@@ -156,16 +156,25 @@ class _Decider:
             at += cycle
         return at
 
+    _acted: frozenset[str] | set[str] = frozenset()  # nodes the last decision acted on
     _last_at: float | None = None
     _grid: float | None = None  # the first decision's time: the loop's cycles count from it
 
-    def run(self, now: float, dirty: set[str]) -> None:
-        """One decision at ``now`` (wall seconds, also the monotonic time)."""
+    def run(self, now: float, dirty: set[str], narrow: dict[str, set[str]] | None = None) -> None:
+        """One decision at ``now`` (wall seconds, also the monotonic time). ``narrow``: site ->
+        its nodes whose verdict changed; as the loop does, the nodes the last decision acted
+        on are added (their read-back state moved), so such a site is decided per node when
+        its budget allows it."""
         state = ControllerState(self.verdicts, self.observed, {}, self.book, self.reasons)
         decision = None
         if self.last is not None:
+            nodes = narrow or {}
+            for node in self._acted:
+                site = self.index.site_of.get(node)
+                if site is not None and site in nodes:
+                    nodes[site].add(node)
             decision = decide_changed(
-                self.config, self.index, state, now, now, last=self.last, dirty=dirty
+                self.config, self.index, state, now, now, last=self.last, dirty=dirty, nodes=nodes
             )
         if decision is None:
             decision = decide(self.config, state, now, now)
@@ -178,6 +187,7 @@ class _Decider:
     def _apply(self, decision: Decision, now: float) -> None:
         # The simulated balancers take every action; changed in place (nothing keeps an older
         # read-back: the loop reads back anew each cycle), not copied per decision.
+        self._acted = {a.node for a in decision.actions if isinstance(a, SetServerState)}
         for action in decision.actions:
             if now >= self.since:
                 self.actions.append((now, action))
@@ -243,6 +253,7 @@ def decide_over(
         if now > until or now == math.inf:
             break
         dirty: set[str] = set()
+        narrow: dict[str, set[str]] = {}
         while i < n and changes[i].at == now:
             change = changes[i]
             decider.verdicts[change.node] = change.transition.new
@@ -250,8 +261,9 @@ def decide_over(
             decider.evidence[change.node] = change
             if (site := decider.index.site_of.get(change.node)) is not None:
                 dirty.add(site)
+                narrow.setdefault(site, set()).add(change.node)
             i += 1
-        decider.run(now, dirty)
+        decider.run(now, dirty, narrow)
     return decider
 
 
