@@ -6,6 +6,7 @@ store is given, nothing is written anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,17 +43,7 @@ def clip(run: ProbeRun, start: float) -> ProbeRun | None:
     step = (run.last - run.first) / (run.count - 1) if run.count > 1 else 0.0
     skip = math.ceil((start - run.first) / step) if step > 0 else 0
     skip = min(skip, run.count - 1)
-    first = run.first + skip * step
-    return ProbeRun(
-        run.node,
-        run.probe,
-        run.vantage,
-        run.outcome,
-        first,
-        run.last,
-        run.count - skip,
-        run.detail,
-    )
+    return dataclasses.replace(run, first=run.first + skip * step, count=run.count - skip)
 
 
 async def history(store: HistoryStore, start: float, until: float) -> list[ProbeRun]:
@@ -66,20 +57,10 @@ async def compare(store: HistoryStore, request: Request) -> dict[str, Any]:
     start = request.since - request.warmup
     runs = await history(store, start, request.until)
     seen_from = request.running.vantage  # the history is this host's: its vantage's runs
-    candidate = await replay(
-        request.candidate,
-        runs,
-        request.since,
-        request.until,
-        charges=request.charges,
-        vantage=seen_from,
-    )
-    running = await replay(
-        request.running,
-        runs,
-        request.since,
-        request.until,
-        charges=request.charges,
-        vantage=seen_from,
-    )
+    candidate, running = [
+        await replay(
+            config, runs, request.since, request.until, charges=request.charges, vantage=seen_from
+        )
+        for config in (request.candidate, request.running)
+    ]
     return report(candidate, running, request.tolerance)

@@ -78,6 +78,14 @@ def _check_address(value: str) -> str:
 Address = Annotated[str, AfterValidator(_check_address)]
 
 
+def _check_dns_address(value: str) -> str:
+    split_host_port(value, 53)
+    return value
+
+
+DnsAddress = Annotated[str, AfterValidator(_check_dns_address)]  # host[:port], port 53 if left out
+
+
 # --- probes ---------------------------------------------------------------------------------
 
 
@@ -342,14 +350,7 @@ class Rfc2136LB(Frozen):
     tsig: TsigKey | None = None
     # The servers a traffic proof asks (``host:port``, port 53 if left out); empty: the zone's
     # NS set as the primary answers it. For servers the NS set does not name as reachable.
-    proof_servers: list[str] = Field(default_factory=list)
-
-    @field_validator("proof_servers")
-    @classmethod
-    def _servers(cls, value: list[str]) -> list[str]:
-        for item in value:
-            split_host_port(item, 53)
-        return value
+    proof_servers: list[DnsAddress] = Field(default_factory=list)
 
 
 class PowerDnsLB(Frozen):
@@ -364,14 +365,7 @@ class PowerDnsLB(Frozen):
     api_key: SecretRef
     # The DNS servers a traffic proof asks (``host:port``, port 53 if left out); empty: the
     # zone's NS set from the API, each name resolved by this host.
-    proof_servers: list[str] = Field(default_factory=list)
-
-    @field_validator("proof_servers")
-    @classmethod
-    def _servers(cls, value: list[str]) -> list[str]:
-        for item in value:
-            split_host_port(item, 53)
-        return value
+    proof_servers: list[DnsAddress] = Field(default_factory=list)
 
 
 class RecordingLB(Frozen):
