@@ -226,7 +226,7 @@ class ProofRunner:
                     return
                 if now >= deadline:
                     for w in pending:
-                        await self._finish(w, w.watch.expire(now, error))
+                        await self._finish(w, w.watch.expire(now, error or _absent(w, sample)))
                     return
                 await self._clock.sleep(min(settings.interval, max(0.0, deadline - now)))
         except asyncio.CancelledError:
@@ -328,3 +328,14 @@ def _direction(watch: DrainWatch | RestoreWatch | DnsWatch) -> Direction:
     if isinstance(watch, DnsWatch):
         return watch.direction
     return Direction.DRAIN if isinstance(watch, DrainWatch) else Direction.RESTORE
+
+
+def _absent(w: _Watching, sample: object) -> str | None:
+    """Why a server's counters never came although the load balancer answered: the backend's
+    ``show stat`` has no such server (HAProxy reloaded without it, say)."""
+    action = w.result.action
+    if not isinstance(action, SetServerState) or not isinstance(sample, dict):
+        return None
+    if action.server in sample:
+        return None
+    return f"backend {action.backend} has no server {action.server} in `show stat`"

@@ -205,6 +205,25 @@ async def test_a_drain_whose_session_outlives_the_timeout_is_recorded_and_counte
     assert registry.get_sample_value("nodevigil_traffic_moved_seconds_count", moved) in (None, 0)
 
 
+async def test_a_server_missing_from_the_stats_is_named_when_the_proof_times_out(
+    slow_haproxy: HAProxyInstance,
+) -> None:
+    recorded = Recorded()
+    proofs = runner(slow_haproxy, recorded)
+    proofs.start(
+        [action("n9", ServerState.READY, ServerState.MAINT)],
+        FailoverProof(timeout="500ms", interval="100ms"),
+    )
+
+    async def ended() -> bool:
+        return bool(recorded.events)
+
+    await poll_until(ended, within=10, what="the drain proof's timeout")
+    proof = recorded.events[0]
+    assert proof.outcome == "timeout"
+    assert "backend web has no server n9 in `show stat`" in proof.text, proof.text
+
+
 async def test_a_quiet_restore_says_no_traffic_came(slow_haproxy: HAProxyInstance) -> None:
     h = slow_haproxy
     recorded = Recorded()
