@@ -420,8 +420,13 @@ class Monitor:
         if transition is not None:
             self._publish(watched.node, transition)
 
-    def _publish(self, node: Node, t: Transition) -> None:
-        change = VerdictChange(
+    def _change(self, node: Node, t: Transition) -> VerdictChange:
+        """The verdict change ``t`` of ``node``, stamped now; the flapping set follows it."""
+        if t.flapping:
+            self._flapping.add(node.name)
+        else:
+            self._flapping.discard(node.name)
+        return VerdictChange(
             node=node.name,
             site=node.site,
             old=t.old,
@@ -432,12 +437,11 @@ class Monitor:
             vantage=self._config.vantage,
             flapping=t.flapping,
         )
+
+    def _publish(self, node: Node, t: Transition) -> None:
+        change = self._change(node, t)
         self._metrics.set_verdict(node.name, node.site, t.new)
         self._metrics.verdict_changes.labels(node.site, t.new.value).inc()
-        if t.flapping:
-            self._flapping.add(node.name)
-        else:
-            self._flapping.discard(node.name)
         self._metrics.nodes_flapping.set(len(self._flapping))
         # Logged once per change (and once on recovery), never once per failed probe.
         if t.new is Verdict.DOWN:

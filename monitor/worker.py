@@ -37,7 +37,6 @@ from monitor.shards import (
     read_frame,
 )
 from monitor.verdict import Transition
-from monitor.verdicts import VerdictChange
 from nodevigil.core.clock import SystemClock
 from nodevigil.core.config import Config, Node
 from nodevigil.core.eventloop import loop_factory
@@ -73,22 +72,7 @@ class ShardMonitor(Monitor):
         self._link = link
 
     def _publish(self, node: Node, t: Transition) -> None:
-        if t.flapping:
-            self._flapping.add(node.name)
-        else:
-            self._flapping.discard(node.name)
-        change = VerdictChange(
-            node=node.name,
-            site=node.site,
-            old=t.old,
-            new=t.new,
-            reason=t.reason,
-            probe=t.probe,
-            at=self._clock.wall(),
-            vantage=self._config.vantage,
-            flapping=t.flapping,
-        )
-        self._link.change(change_row(change))
+        self._link.change(change_row(self._change(node, t)))
 
     def watched(self) -> list[_Watched]:
         """Every watched node, in configuration order."""
